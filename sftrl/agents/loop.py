@@ -1,0 +1,116 @@
+"""The agent loop shared by every env and policy: observe, ask the policy, step, revise on feedback."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage
+
+from sftrl.agents.events import EpisodeStarted, Listener, TurnFinished, publish
+from sftrl.agents.messages import message_to_record, observation_to_message, truncate_history
+from sftrl.agents.policy import Policy, SamplingParams
+from sftrl.agents.trajectory import EpisodeRecord, ImageStore, ReplyRecord, TurnRecord
+from sftrl.environments.base import SftrlEnv, Verdict
+
+# Hard cap on model calls per episode, whatever the env says: protects a run from an env bug.
+MAX_CALLS_PER_EPISODE = 1000
+
+
+async def run_episode(
+    env: SftrlEnv,
+    policy: Policy,
+    *,
+    seed: int,
+    episode_index: int = 0,
+    run_id: str = "",
+    sampling: SamplingParams | None = None,
+    keep_last_turns: int | None = None,
+    images: ImageStore | None = None,
+    listeners: list[Listener] | None = None,
+    reset_options: dict[str, Any] | None = None,
+) -> EpisodeRecord:
+    """Play one episode and return its record.
+
+    A ``task`` observation starts a fresh conversation; a ``feedback`` observation (the verifier's
+    "You failed this trial because …") is appended as a new user turn after the model's reply, and the
+    policy tries again, until the env terminates (solved, or out of attempts).
+    """
+    sampling = sampling or SamplingParams()
+    listeners = listeners or []
+    store = images.put if images is not None else None
+    started = time.time()
+    t0 = time.perf_counter()
+    observation, _ = env.reset(seed=seed, options=reset_options)
+    env_s = time.perf_counter() - t0
+    policy_s = 0.0
+    publish(listeners, EpisodeStarted(episode_index, seed, observation))
+    record = EpisodeRecord(
+        run_id=run_id,
+        episode_index=episode_index,
+        seed=seed,
+        env_id=env.env_id,
+        env_config=env.config_dict,
+        policy=policy.describe(),
+        info=dict(observation.info),
+        started_at=started,
+    )
+    conversation: list[BaseMessage] = []
+    step = attempt = 0
+    success = False
+    for call_index in range(MAX_CALLS_PER_EPISODE):
+        user = observation_to_message(observation)
+        if observation.kind == "task":
+            conversation = [user]
+        else:
+            conversation.append(user)
+        prompt = truncate_history(conversation, keep_last_turns)
+        t0 = time.perf_counter()
+        reply = await policy.generate(prompt, sampling, observation=observation)
+        latency = time.perf_counter() - t0
+        policy_s += latency
+        conversation.append(AIMessage(content=reply.text))
+        t0 = time.perf_counter()
+        next_obs, reward, terminated, truncated, info = env.step(reply.text)
+        env_s += time.perf_counter() - t0
+        verdict: Verdict = info["verdict"]
+        turn = TurnRecord(
+            index=call_index,
+            step=step,
+            attempt=attempt,
+            prompt=[message_to_record(m, store) for m in prompt],
+            reply=ReplyRecord(
+                text=reply.text,
+                token_ids=reply.token_ids,
+                logprobs=reply.logprobs,
+                finish_reason=reply.finish_reason,
+                model=reply.model,
+                usage=reply.usage,
+                sampling=sampling.model_dump(),
+                latency_s=latency,
+            ),
+            action=verdict.action,
+            verdict=verdict,
+            reward=float(reward),
+            info=dict(observation.info),
+        )
+        record.turns.append(turn)
+        record.total_reward += float(reward)
+        success = bool(info.get("success", False))
+        done = terminated or truncated
+        publish(listeners, TurnFinished(episode_index, turn, None if done else next_obs))
+        if done:
+            break
+        if next_obs.kind == "task":
+            step, attempt = step + 1, 0
+        else:
+            attempt += 1
+        observation = next_obs
+    else:
+        record.error = f"episode exceeded {MAX_CALLS_PER_EPISODE} model calls without terminating"
+    record.success = success
+    record.metrics = env.episode_metrics()
+    record.duration_s = time.time() - started
+    record.policy_s = policy_s
+    record.env_s = env_s
+    return record

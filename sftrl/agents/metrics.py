@@ -1,0 +1,103 @@
+"""Run metrics from episode records: success rate with intervals, rewards, and paired comparisons."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sftrl.agents.trajectory import EpisodeRecord
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (well-behaved at 0% and 100%)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarize(records: Sequence[EpisodeRecord]) -> dict[str, Any]:
+    """The summary printed by ``agent run`` / ``agent eval`` (stable keys; see docs)."""
+    ok = [r for r in records if r.error is None]
+    n = len(ok)
+    successes = sum(r.success for r in ok)
+    lo, hi = wilson_interval(successes, n)
+    categories: Counter[str] = Counter()
+    category_reward: dict[str, float] = defaultdict(float)
+    attempts = 0
+    first_try = 0
+    cards_seen = cards_right = 0
+    for r in ok:
+        for t in r.turns:
+            attempts += 1
+            categories[t.verdict.category] += 1
+            category_reward[t.verdict.category] += t.reward
+            if "cards_correct" in t.verdict.details:
+                cards_seen += 1
+                cards_right += bool(t.verdict.details["cards_correct"])
+        if r.success and all(t.attempt == 0 for t in r.turns):
+            first_try += 1
+    summary: dict[str, Any] = {
+        "episodes": n,
+        "errors": len(records) - n,
+        "success_rate": successes / n if n else 0.0,
+        "success_ci95": [lo, hi],
+        "mean_reward": sum(r.total_reward for r in ok) / n if n else 0.0,
+        "mean_turns": attempts / n if n else 0.0,
+        "first_try_success_rate": first_try / n if n else 0.0,
+        "attempts": attempts,
+        "mean_attempt_reward": sum(category_reward.values()) / attempts if attempts else 0.0,
+        "verdicts": dict(sorted(categories.items())),
+    }
+    if cards_seen:
+        summary["recognition_accuracy"] = cards_right / cards_seen
+    if ok:
+        summary["env_id"] = ok[0].env_id
+        summary["policy"] = ok[0].policy.get("name")
+        summary["mean_policy_s"] = sum(r.policy_s for r in ok) / n
+        summary["mean_env_s"] = sum(r.env_s for r in ok) / n
+    return summary
+
+
+def paired_difference(
+    a: Sequence[EpisodeRecord],
+    b: Sequence[EpisodeRecord],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Success-rate difference ``b - a`` over episodes paired by seed, with a bootstrap 95% interval."""
+    by_seed_a = {r.seed: r for r in a if r.error is None}
+    by_seed_b = {r.seed: r for r in b if r.error is None}
+    common = sorted(by_seed_a.keys() & by_seed_b.keys())
+    if not common:
+        raise ValueError("the two runs share no episode seeds: nothing to pair")
+    diffs = [int(by_seed_b[s].success) - int(by_seed_a[s].success) for s in common]
+    rdiffs = [by_seed_b[s].total_reward - by_seed_a[s].total_reward for s in common]
+    rng = random.Random(seed)
+    n = len(diffs)
+    boots = []
+    for _ in range(n_boot):
+        idx = [rng.randrange(n) for _ in range(n)]
+        boots.append(sum(diffs[i] for i in idx) / n)
+    boots.sort()
+    lo = boots[int(0.025 * (n_boot - 1))]
+    hi = boots[int(math.ceil(0.975 * (n_boot - 1)))]
+    return {
+        "paired_episodes": n,
+        "success_rate_a": sum(by_seed_a[s].success for s in common) / n,
+        "success_rate_b": sum(by_seed_b[s].success for s in common) / n,
+        "success_diff": sum(diffs) / n,
+        "success_diff_ci95": [lo, hi],
+        "mean_reward_diff": sum(rdiffs) / n,
+        "b_only_successes": sum(d > 0 for d in diffs),
+        "a_only_successes": sum(d < 0 for d in diffs),
+    }

@@ -1,0 +1,57 @@
+"""The policy protocol every agent backend implements: async chat messages in, one reply out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from langchain_core.messages import BaseMessage
+from pydantic import BaseModel, ConfigDict, Field
+
+from sftrl.environments.base import Observation
+
+
+class SamplingParams(BaseModel):
+    """Sampling settings passed with every request (backends ignore what they cannot honour)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=512, ge=1)
+    seed: int | None = None
+    logprobs: bool = False
+    """Ask the backend to return the sampled tokens' log-probabilities."""
+    stop: list[str] = Field(default_factory=list)
+
+
+class Reply(BaseModel):
+    """One policy reply: the text and, when the backend has them, token ids and log-probs."""
+
+    text: str
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    finish_reason: str | None = None
+    """``stop``, ``length`` (hit max_new_tokens or the context window), ``error``…"""
+    model: str | None = None
+    usage: dict[str, int] | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """An agent's decision maker. ``observation`` is given for non-model policies (expert, random)."""
+
+    name: str
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-serialisable description logged with every episode (backend, model, revision…)."""
+        ...
+
+    async def generate(
+        self,
+        messages: Sequence[BaseMessage],
+        sampling: SamplingParams,
+        *,
+        observation: Observation | None = None,
+    ) -> Reply: ...

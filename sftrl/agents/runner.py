@@ -1,0 +1,229 @@
+"""Run many episodes of one env with one policy: seeding, concurrency, logging, resume and progress."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sftrl.agents.baselines import ExpertPolicy, RandomPolicy
+from sftrl.agents.events import (
+    EpisodeFinished,
+    Listener,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    publish,
+)
+from sftrl.agents.loop import run_episode
+from sftrl.agents.metrics import summarize
+from sftrl.agents.policy import Policy, SamplingParams
+from sftrl.agents.trajectory import EPISODES_FILE, EpisodeRecord, TrajectoryWriter, read_episodes
+from sftrl.config import ConfigError, dump_yaml, load_yaml
+from sftrl.environments.base import SftrlEnv
+from sftrl.environments.registry import env_class, resolve_env_id
+
+CONFIG_FILE = "config.yaml"
+POLICIES = ("expert", "random")
+
+
+class RunConfig(BaseModel):
+    """Options of ``agent run`` that are not env-specific (env options are validated by the env)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env: str = "gp"
+    policy: str = "expert"
+    episodes: int = Field(default=10, ge=1)
+    seed: int = Field(default=0, ge=0)
+    out: Path = Path("runs/latest")
+    resume: bool = False
+    concurrency: int = Field(default=1, ge=1, le=4096)
+    keep_last_turns: int | None = Field(default=None, ge=0)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+
+# Options that may differ between a run and its resumption without changing what is computed.
+_RESUMABLE_KEYS = {"episodes", "resume", "concurrency", "out"}
+
+
+def split_config(values: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
+    """Split a flat option mapping into the run config and the validated, resolved env config."""
+    run_keys = set(RunConfig.model_fields)
+    run_values = {k: v for k, v in values.items() if k in run_keys and v is not None}
+    try:
+        run = RunConfig.model_validate(run_values)
+        env_id = resolve_env_id(run.env)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from exc
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if run.policy not in POLICIES:
+        raise ConfigError(f"unknown policy {run.policy!r}; choose one of: {', '.join(POLICIES)}")
+    model = env_class(env_id).config_model
+    env_values = {k: v for k, v in values.items() if k not in run_keys and v is not None}
+    unknown = set(env_values) - set(model.model_fields)
+    if unknown:
+        raise ConfigError(
+            f"option(s) {', '.join(sorted(unknown))} not known to env {run.env!r}; "
+            f"it takes: {', '.join(sorted(model.model_fields))}"
+        )
+    try:
+        env_cfg = model.model_validate(env_values)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from exc
+    return run, env_cfg.model_dump(mode="json")
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "value"
+        parts.append(f"{loc.replace('_', '-')}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def episode_seed(run_seed: int, index: int) -> int:
+    """The seed of episode ``index``: a fixed function of the run seed, shared by runs that pair."""
+    digest = hashlib.sha256(f"sftrl:{run_seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def make_policy(run: RunConfig) -> Policy:
+    if run.policy == "expert":
+        return ExpertPolicy()
+    if run.policy == "random":
+        return RandomPolicy(seed=run.seed)
+    raise ConfigError(f"unknown policy {run.policy!r}")
+
+
+def effective_config(run: RunConfig, env_cfg: dict[str, Any]) -> dict[str, Any]:
+    values = run.model_dump(mode="json")
+    values["env"] = resolve_env_id(run.env)
+    values.update(env_cfg)
+    return values
+
+
+def run_id_for(config: dict[str, Any]) -> str:
+    """A run id that is a function of what the run computes (so same config ⇒ same log)."""
+    key = {k: v for k, v in config.items() if k not in _RESUMABLE_KEYS}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _check_resume(out: Path, config: dict[str, Any], resume: bool) -> list[EpisodeRecord]:
+    log = out / EPISODES_FILE
+    has_log = log.exists() and log.stat().st_size > 0
+    if not resume:
+        if has_log:
+            raise ConfigError(
+                f"{out} already holds episodes; pass --resume to continue it or choose another --out"
+            )
+        return []
+    saved_path = out / CONFIG_FILE
+    if saved_path.exists():
+        saved = load_yaml(saved_path)
+        diffs = sorted(
+            k for k in set(saved) | set(config) if k not in _RESUMABLE_KEYS and saved.get(k) != config.get(k)
+        )
+        if diffs:
+            raise ConfigError(
+                f"--resume: {out} was run with a different config ({', '.join(diffs)}); "
+                "resume with the same options or choose another --out"
+            )
+    return read_episodes(out) if has_log else []
+
+
+async def run_async(
+    run: RunConfig,
+    env_cfg: dict[str, Any],
+    *,
+    listeners: list[Listener] | None = None,
+    on_progress: Callable[[int, int, EpisodeRecord | None], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the episodes of ``run`` and return the summary of the whole log."""
+    listeners = list(listeners or [])
+    config = effective_config(run, env_cfg)
+    out = run.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create output directory {out}: {exc.strerror or exc}") from exc
+    existing = _check_resume(out, config, run.resume)
+    try:
+        dump_yaml(config, out / CONFIG_FILE)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {out}: {exc.strerror or exc}") from exc
+    run_id = run_id_for(config)
+    done = {r.episode_index for r in existing}
+    todo = [i for i in range(run.episodes) if i not in done]
+    records: list[EpisodeRecord] = [r for r in existing if r.episode_index < run.episodes]
+    cls = env_class(run.env)
+    policy = make_policy(run)
+    publish(listeners, RunStarted(run_id, cls.env_id, run.episodes, len(records), config))
+    if on_progress:
+        on_progress(len(records), run.episodes, None)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in todo:
+        queue.put_nowait(i)
+
+    with TrajectoryWriter(out) as writer:
+
+        async def worker() -> None:
+            env: SftrlEnv | None = None
+            while True:
+                try:
+                    index = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                seed = episode_seed(run.seed, index)
+                try:
+                    if env is None:
+                        env = cls(**env_cfg)
+                    record = await run_episode(
+                        env,
+                        policy,
+                        seed=seed,
+                        episode_index=index,
+                        run_id=run_id,
+                        sampling=run.sampling,
+                        keep_last_turns=run.keep_last_turns,
+                        images=writer.images,
+                        listeners=listeners,
+                    )
+                except Exception:
+                    # One broken episode must not end the run: log it and replace the env.
+                    env = None
+                    record = EpisodeRecord(
+                        run_id=run_id,
+                        episode_index=index,
+                        seed=seed,
+                        env_id=cls.env_id,
+                        env_config=env_cfg,
+                        policy=policy.describe(),
+                        started_at=time.time(),
+                        error=traceback.format_exc(),
+                    )
+                writer.write(record)
+                records.append(record)
+                publish(listeners, EpisodeFinished(record))
+                if on_progress:
+                    on_progress(len(records), run.episodes, record)
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(run.concurrency, max(1, len(todo))))))
+        except BaseException as exc:
+            publish(listeners, RunFailed(f"{type(exc).__name__}: {exc}"))
+            raise
+    records.sort(key=lambda r: r.episode_index)
+    summary = summarize(records)
+    summary["out"] = str(out)
+    summary["run_id"] = run_id
+    publish(listeners, RunFinished(summary))
+    return summary

@@ -1,0 +1,114 @@
+"""The environment contract shared by every sftrl environment: observations, verdicts and the base env.
+
+Environments are gymnasium environments whose actions are the model's raw reply text and whose
+observations are :class:`Observation` objects (prompt text, images, structured info). A verifier turns
+the reply into a :class:`Verdict`; the env turns verdicts into rewards, feedback turns and termination.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+import gymnasium as gym
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+ObservationKind = Literal["task", "feedback"]
+
+
+class Verdict(BaseModel):
+    """What a verifier concluded about one model reply. Pure data: no I/O, no model code produced it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reward: float
+    category: str
+    """Machine-readable outcome, e.g. ``correct``, ``illegal_formula``, ``incorrect_action``."""
+    message: str
+    """Human-readable feedback; sent back to the model after a failed attempt."""
+    correct: bool
+    """True when this attempt solves the current (sub)task."""
+    action: dict[str, Any] | None = None
+    """The action parsed from the reply, or None when nothing could be parsed."""
+    details: dict[str, Any] = Field(default_factory=dict)
+    """Extra facts for metrics, e.g. ``{"cards_correct": True}`` in vision mode."""
+
+
+class Observation(BaseModel):
+    """What the agent observes: the prompt text, zero or more images and structured info.
+
+    ``kind`` tells the agent loop how the observation joins the conversation: a ``task`` observation
+    starts a fresh conversation (it holds the whole task prompt); a ``feedback`` observation is
+    appended as a new user turn after the model's previous reply (sequential revision).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    text: str
+    images: list[Image.Image] = Field(default_factory=list)
+    kind: ObservationKind = "task"
+    env_id: str = ""
+    info: dict[str, Any] = Field(default_factory=dict)
+    """Structured, JSON-serialisable facts about the state (what a UI or analysis may show)."""
+    oracle: dict[str, Any] = Field(default_factory=dict, repr=False)
+    """Privileged facts for non-model policies (e.g. ``expert_reply``); never put into a prompt."""
+
+
+class ObservationSpace(gym.Space[Observation]):
+    """A gymnasium space whose elements are :class:`Observation` objects."""
+
+    def __init__(self) -> None:
+        super().__init__(shape=None, dtype=None)
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, Observation)
+
+    def sample(self, mask: Any = None, probability: Any = None) -> Observation:  # pragma: no cover
+        raise NotImplementedError("observations are produced by reset/step, not sampled")
+
+
+StepResult = tuple[Observation, float, bool, bool, dict[str, Any]]
+
+
+class SftrlEnv(gym.Env[Observation, str], ABC):
+    """Base class of sftrl environments (gymnasium API with text actions).
+
+    ``reset(seed=, options=) -> (Observation, info)`` and
+    ``step(reply_text) -> (Observation, reward, terminated, truncated, info)``. ``info`` of a step holds
+    the ``verdict`` (:class:`Verdict`), ``success`` (episode solved so far) and env-specific facts.
+    Seeds fully determine episodes: subclasses draw randomness only from ``self.np_random``.
+    """
+
+    env_id: ClassVar[str]
+    config_model: ClassVar[type[BaseModel]]
+    """Pydantic model of the env's keyword arguments (named like the CLI flags)."""
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observation_space = ObservationSpace()
+        self.action_space = gym.spaces.Text(max_length=65_536)
+
+    @property
+    @abstractmethod
+    def config_dict(self) -> dict[str, Any]:
+        """The env's full, resolved configuration (JSON-serialisable), as logged with every episode."""
+
+    @abstractmethod
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Observation, dict[str, Any]]: ...
+
+    @abstractmethod
+    def step(self, action: str) -> StepResult: ...
+
+    @classmethod
+    @abstractmethod
+    def random_reply(cls, observation: Observation, rng: random.Random) -> str:
+        """A well-formed reply with a random action for ``observation`` (the ``random`` policy)."""
+
+    def episode_metrics(self) -> dict[str, Any]:
+        """Env-specific metrics of the current episode, stored in its log record."""
+        return {}

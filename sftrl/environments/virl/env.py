@@ -1,0 +1,535 @@
+"""The V-IRL navigation environment (VIRL-L and VIRL-VL): follow route instructions on real street graphs.
+
+Rail mode (the paper): the expert's rail fixes the positions; each correct action advances one rail
+point (a new ``task`` observation with the updated observation/action history), a wrong one returns a
+``feedback`` observation ("You failed this trial because …"); ``verify_iter`` wrong attempts at one
+point end the episode. Success is a correct ``stop()`` at the destination.
+
+Free mode (beyond the paper): actions really move the agent on the street graph. ``forward()`` follows
+the out-edge closest to the agent's heading for about one rail step (stopping at intersections, sharp
+bends and the destination); ``turn_direction(x)`` sets the heading to the available edge direction
+closest to x. The correct action is replanned from the current position (shortest path to the
+destination); rewards compare with it. The episode ends on ``stop()`` (success within 25 m of the
+destination) or when the step budget runs out (truncated).
+
+Vision mode: the observation image is :func:`grid_2x2` of four views at headings front/right/back/left
+(agent heading +0/+90/+180/+270), matching the prompt's "[front, right / back, left]" description.
+The official SFTvsRL code renders heading-135/-45/+45/+135 instead (four diagonal views that together
+cover 360° but none straight ahead); we follow the prompt text so "front" really is straight ahead.
+In vision mode the current observation is not given as text (the model must read the grid); earlier
+observations appear in the history as the text the expert reported.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, ClassVar, Final, Literal
+
+import gymnasium as gym
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sftrl.environments.base import Observation, SftrlEnv, StepResult
+from sftrl.environments.virl.prompts import (
+    OUTPUT_BLOCK,
+    OUTPUT_BLOCK_VISION,
+    action_list,
+    feedback_text,
+    reply_text,
+    task_prompt,
+)
+from sftrl.environments.virl.rail import (
+    INTERSECTION,
+    Rail,
+    RailPoint,
+    build_rail,
+    observation_at,
+    turn_action,
+)
+from sftrl.environments.virl.routes import RouteInfo, route_summary, split_routes
+from sftrl.environments.virl.verifier import VIRLState, verify
+from sftrl.street_view.city import CityMap, available_cities, load_city
+from sftrl.street_view.geometry import COMPASS_NAMES, haversine_m, heading_delta
+from sftrl.street_view.provider import GRID_LAYOUT, StreetViewProvider, ViewRequest, grid_2x2
+
+Split = Literal["id", "rule-ood", "visual-ood", "nyc-unseen"]
+
+# Per split: default city (joined with "+" for several) and default action space.
+SPLITS: Final[dict[str, dict[str, str]]] = {
+    "id": {"city": "nyc", "actions": "absolute"},
+    "rule-ood": {"city": "nyc", "actions": "relative"},
+    "visual-ood": {"city": "helsinki+baltimore", "actions": "absolute"},
+    "nyc-unseen": {"city": "nyc", "actions": "absolute"},
+}
+SUCCESS_RADIUS_M: Final = 25.0  # free mode: stop() this close to the destination succeeds
+FREE_STEP_M: Final = 20.0  # free mode: one forward() walks about this far
+FREE_FORWARD_MAX_DEG: Final = 60.0  # forward() needs an out-edge this close to the heading
+FREE_CONTINUE_MAX_DEG: Final = 45.0  # ... and keeps walking only through gentle bends
+RELATIVE_TURN_DEG: Final[dict[str, float]] = {
+    "left": -90.0,
+    "right": 90.0,
+    "slightly left": -45.0,
+    "slightly right": 45.0,
+}
+
+
+class VIRLConfig(BaseModel):
+    """Keyword arguments of ``sftrl/VIRL-v0`` (named like the ``agent run`` flags)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    city: str | None = Field(
+        default=None,
+        description="city bundle (nyc, helsinki, baltimore, singapore; join with + for several); "
+        "default from the split: nyc, or helsinki+baltimore for visual-ood",
+    )
+    split: Split = "id"
+    modality: Literal["language", "vision"] = "language"
+    actions: Literal["absolute", "relative"] | None = Field(
+        default=None, description="action space; default from the split (relative for rule-ood)"
+    )
+    mode: Literal["rail", "free"] = "rail"
+    street_view: Literal["synthetic", "google", "cache", "panorama-dir"] = "synthetic"
+    routes: str | None = Field(
+        default=None, description="official route file (route_infos.json or one route_info)"
+    )
+    verify_iter: int = Field(default=2, ge=1, le=1000)
+    resolution: int = Field(default=320, ge=16, le=2048, description="pixels per view (the grid is 2x2)")
+    max_route_m: float = Field(default=400.0, gt=0.0, description="longest generated route (metres)")
+    max_start_m: float = Field(
+        default=150.0, gt=50.0, description="farthest start place from the destination (straight line, m)"
+    )
+    straight_line_length: int = Field(default=5, ge=0, le=100)
+    drop_rate: float = Field(default=0.5, ge=0.0, lt=1.0)
+    num_routes: int = Field(default=100, ge=1, le=10_000, description="routes per split")
+    route_seed: int = Field(default=0, description="seed of the split's fixed route set")
+    max_steps: int | None = Field(default=None, ge=1, description="free mode step budget")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> VIRLConfig:
+        defaults = SPLITS[self.split]
+        if self.city is None:
+            object.__setattr__(self, "city", defaults["city"])
+        if self.actions is None:
+            object.__setattr__(self, "actions", defaults["actions"])
+        assert self.city is not None
+        city = self.city.strip().lower()
+        known = available_cities()
+        for part in city.split("+"):
+            if part not in known:
+                raise ValueError(f"unknown city {part!r}; available: {', '.join(known)}")
+        if self.split == "nyc-unseen" and city != "nyc":
+            raise ValueError("split 'nyc-unseen' exists only for city 'nyc'")
+        object.__setattr__(self, "city", city)
+        return self
+
+
+class VIRLEnv(SftrlEnv):
+    """Navigate a route by instructions; each step answers with observation, instruction and action."""
+
+    env_id: ClassVar[str] = "sftrl/VIRL-v0"
+    config_model: ClassVar[type[BaseModel]] = VIRLConfig
+
+    def __init__(self, provider: StreetViewProvider | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        self.config = VIRLConfig.model_validate(kwargs)
+        self._provider = provider
+        self._providers: dict[str, StreetViewProvider] = {}
+        self._routes: tuple[RouteInfo, ...] | None = None
+        self._rail: Rail | None = None
+        self._city: CityMap | None = None
+        self._route_index = -1
+        self._pos = 0
+        self._wrong_here = 0
+        self._wrong_total = 0
+        self._steps = 0
+        self._obs_hist: list[str] = []
+        self._act_hist: list[str] = []
+        self._done = True
+        self._success = False
+        self._final_dist: float | None = None
+        # free mode state
+        self._node = -1
+        self._heading = 0.0
+        self._leg = 0
+        self._path_cache: dict[int, list[int]] = {}
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    # -- routes ----------------------------------------------------------------------------------
+    @property
+    def routes(self) -> tuple[RouteInfo, ...]:
+        """The env's fixed route set (the split's, or the official file's)."""
+        if self._routes is None:
+            cfg = self.config
+            assert cfg.city is not None
+            if cfg.routes:
+                from sftrl.environments.virl.official import load_routes
+
+                self._routes = tuple(load_routes(cfg.routes))
+            else:
+                self._routes = split_routes(
+                    cfg.city, cfg.split, cfg.route_seed, cfg.num_routes, cfg.max_route_m, cfg.max_start_m
+                )
+        return self._routes
+
+    def _city_for(self, route: RouteInfo) -> CityMap | None:
+        name = route.city or (self.config.city or "nyc").split("+")[0]
+        try:
+            return load_city(name)
+        except LookupError:
+            return None
+
+    # -- gymnasium API ---------------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Observation, dict[str, Any]]:
+        # SftrlEnv.reset is abstract (it does not seed): seed np_random through gymnasium directly.
+        gym.Env.reset(self, seed=seed)
+        cfg = self.config
+        options = options or {}
+        routes = self.routes
+        if "route_index" in options:
+            idx = int(options["route_index"])
+            if not 0 <= idx < len(routes):
+                raise ValueError(f"route_index {idx} out of range (0..{len(routes) - 1})")
+        else:
+            idx = int(self.np_random.integers(len(routes)))
+        route = routes[idx]
+        self._route_index = idx
+        self._city = self._city_for(route)
+        assert cfg.actions is not None
+        self._rail = build_rail(
+            route,
+            self._city,
+            cfg.actions,
+            cfg.straight_line_length,
+            cfg.drop_rate,
+            seed=int(self.np_random.integers(2**31)),
+        )
+        if cfg.mode == "free" and (self._rail.geocode_only or self._city is None):
+            raise ValueError("free mode needs a route covered by a shipped city graph")
+        self._pos = self._wrong_here = self._wrong_total = self._steps = 0
+        self._obs_hist, self._act_hist = [], []
+        self._done, self._success, self._final_dist = False, False, None
+        self._path_cache = {}
+        first = self._rail.points[0]
+        self._node = first.node if first.node is not None else -1
+        self._heading = first.heading
+        self._leg = 0
+        obs = self._task_observation()
+        return obs, dict(obs.info)
+
+    def step(self, action: str) -> StepResult:
+        if self._done or self._rail is None:
+            raise RuntimeError("the episode is over: call reset() before step()")
+        reply = action if isinstance(action, str) else str(action)
+        if self.config.mode == "free":
+            return self._step_free(reply)
+        return self._step_rail(reply)
+
+    # -- rail mode -------------------------------------------------------------------------------
+    def _point(self) -> RailPoint:
+        assert self._rail is not None
+        return self._rail.points[self._pos]
+
+    def _output_block(self) -> str:
+        return OUTPUT_BLOCK_VISION if self.config.modality == "vision" else OUTPUT_BLOCK
+
+    def _step_rail(self, reply: str) -> StepResult:
+        assert self._rail is not None
+        cfg = self.config
+        pt = self._point()
+        assert cfg.actions is not None
+        state = VIRLState(pt.action, pt.intersection, cfg.actions, pt.instruction, self._output_block())
+        verdict = verify(state, reply)
+        self._steps += 1
+        terminated = False
+        if verdict.correct:
+            self._obs_hist.append(pt.observation)
+            self._act_hist.append(pt.action)
+            self._wrong_here = 0
+            if pt.action == "stop()":
+                self._success = terminated = True
+                self._final_dist = haversine_m(pt.lat, pt.lng, *self._rail.dest)
+            else:
+                self._pos += 1
+            obs = self._task_observation() if not terminated else self._feedback(verdict.message)
+        else:
+            self._wrong_here += 1
+            self._wrong_total += 1
+            terminated = self._wrong_here >= cfg.verify_iter
+            if terminated:
+                self._final_dist = haversine_m(pt.lat, pt.lng, *self._rail.dest)
+            obs = self._feedback(feedback_text(verdict.message))
+        self._done = terminated
+        info = dict(obs.info)
+        info.update({"verdict": verdict, "success": self._success})
+        return obs, verdict.reward, terminated, False, info
+
+    def _feedback(self, text: str) -> Observation:
+        return Observation(
+            text=text,
+            kind="feedback",
+            env_id=self.env_id,
+            info=self._info(),
+            oracle=self._oracle(),
+        )
+
+    # -- observations ----------------------------------------------------------------------------
+    def _current(self) -> tuple[float, float, int | None, float, str, bool, str, str]:
+        """(lat, lng, node, heading, gt observation, at intersection, gt instruction, gt action)."""
+        if self.config.mode == "free":
+            return self._free_state()
+        pt = self._point()
+        return pt.lat, pt.lng, pt.node, pt.heading, pt.observation, pt.intersection, pt.instruction, pt.action
+
+    def _task_observation(self) -> Observation:
+        assert self._rail is not None
+        cfg = self.config
+        assert cfg.actions is not None
+        lat, lng, node, heading, obs_text, _, _, _ = self._current()
+        vision = cfg.modality == "vision"
+        current = "the current street view grid (see the image)" if vision else obs_text
+        text = task_prompt(
+            modality=cfg.modality,
+            instruction="\n".join(self._rail.instructions),
+            actions=cfg.actions,
+            observations=[*self._obs_hist, current],
+            actions_taken=self._act_hist,
+        )
+        images = [self._grid(lat, lng, node, heading)] if vision else []
+        return Observation(
+            text=text,
+            images=images,
+            kind="task",
+            env_id=self.env_id,
+            info=self._info(),
+            oracle=self._oracle(),
+        )
+
+    def _grid(self, lat: float, lng: float, node: int | None, heading: float) -> Any:
+        assert self._rail is not None
+        city = self._rail.route.city
+        provider = self._provider or self._default_provider(city)
+        res = self.config.resolution
+        views = [
+            provider.get_view(
+                ViewRequest(
+                    lat=lat,
+                    lng=lng,
+                    heading=(heading + rel) % 360.0,
+                    width=res,
+                    height=res,
+                    city=city,
+                    node=node,
+                )
+            )
+            for _, rel in GRID_LAYOUT
+        ]
+        return grid_2x2(views)
+
+    def _default_provider(self, city: str | None) -> StreetViewProvider:
+        from sftrl.street_view.provider import make_provider
+
+        key = f"{self.config.street_view}:{city}"
+        if key not in self._providers:
+            try:
+                if self.config.street_view == "synthetic":
+                    self._providers[key] = make_provider("synthetic", city=city or "nyc")
+                else:
+                    self._providers[key] = make_provider(self.config.street_view)
+            except ImportError as exc:
+                raise RuntimeError(
+                    f"street-view provider {self.config.street_view!r} is not available ({exc}); "
+                    "pass provider= or choose another --street-view"
+                ) from exc
+        return self._providers[key]
+
+    def _info(self) -> dict[str, Any]:
+        assert self._rail is not None
+        cfg = self.config
+        assert cfg.actions is not None
+        lat, lng, node, heading, _, inter, instr, _ = self._current()
+        return {
+            **route_summary(self._rail.route),
+            "route_index": self._route_index,
+            "split": cfg.split,
+            "mode": cfg.mode,
+            "modality": cfg.modality,
+            "action_space": cfg.actions,
+            "actions": action_list(cfg.actions),
+            "rail_length": len(self._rail),
+            "position": self._pos,
+            "step": self._steps,
+            "lat": lat,
+            "lng": lng,
+            "node": node,
+            "heading": round(heading, 1),
+            "at_intersection": inter,
+            "attempt": self._wrong_here,
+            "remaining_attempts": cfg.verify_iter - self._wrong_here,
+            "geocode_only": self._rail.geocode_only,
+        }
+
+    def _oracle(self) -> dict[str, Any]:
+        if self._done:
+            return {}
+        _, _, _, _, obs_text, _, instr, action = self._current()
+        return {"expert_reply": reply_text(obs_text, instr, action), "gt_action": action}
+
+    # -- free mode -------------------------------------------------------------------------------
+    def _budget(self) -> int:
+        assert self._rail is not None
+        return self.config.max_steps or 2 * len(self._rail) + 10
+
+    def _dest_node(self) -> int:
+        assert self._rail is not None
+        return self._rail.path[-1]
+
+    def _plan(self, node: int) -> list[int]:
+        if node not in self._path_cache:
+            assert self._city is not None
+            self._path_cache[node] = self._city.shortest_path(node, self._dest_node())
+        return self._path_cache[node]
+
+    def _forward_edge(self, node: int, heading: float, max_deg: float) -> tuple[int, float] | None:
+        assert self._city is not None
+        best = None
+        for dst, h in self._city.out_edges(node):
+            d = abs(heading_delta(heading, h))
+            if d <= max_deg and (best is None or d < best[0]):
+                best = (d, dst, h)
+        return None if best is None else (best[1], best[2])
+
+    def _walk(self, node: int, heading: float) -> tuple[int, float]:
+        """Where forward() from (node, heading) ends: ~one rail step along the closest edges."""
+        assert self._city is not None
+        edge = self._forward_edge(node, heading, FREE_FORWARD_MAX_DEG)
+        if edge is None:
+            return node, heading  # facing no street: forward() does nothing
+        walked = 0.0
+        dest = self._dest_node()
+        while edge is not None:
+            walked += self._city.distance_m(node, edge[0])
+            node, heading = edge
+            if walked >= FREE_STEP_M or node == dest or self._city.is_intersection(node):
+                break
+            edge = self._forward_edge(node, heading, FREE_CONTINUE_MAX_DEG)
+        return node, heading
+
+    def _turn(self, node: int, heading: float, x: str) -> float:
+        """The heading after turn_direction(x): the out-edge direction closest to the named one."""
+        assert self._city is not None
+        if x in RELATIVE_TURN_DEG:
+            target = heading + RELATIVE_TURN_DEG[x]
+        else:
+            target = COMPASS_NAMES.index(x) * 45.0
+        edges = self._city.out_edges(node)
+        if not edges:
+            return target % 360.0
+        return min(edges, key=lambda e: abs(heading_delta(target, e[1])))[1]
+
+    def _expert_action(self, node: int, heading: float) -> str:
+        assert self._city is not None and self.config.actions is not None
+        if node == self._dest_node():
+            return "stop()"
+        path = self._plan(node)
+        want = self._city.edge_heading(node, path[1])
+        edge = self._forward_edge(node, heading, FREE_FORWARD_MAX_DEG)
+        if edge is not None and edge[0] == path[1]:
+            return "forward()"
+        # Prefer the plain name of the wanted heading; else any direction whose snapped edge is it.
+        first = turn_action(heading, want, self.config.actions)
+        options = [first[len("turn_direction(") : -1]]
+        options += [a[len("turn_direction(") : -1] for a in action_list(self.config.actions) if "turn_" in a]
+        for x in options:
+            if abs(heading_delta(self._turn(node, heading, x), want)) < 1e-6:
+                return f"turn_direction({x})"
+        # No single turn reaches it (a U-turn with relative actions): turn the closest way.
+        best = min(options, key=lambda x: abs(heading_delta(self._turn(node, heading, x), want)))
+        return f"turn_direction({best})"
+
+    def _free_state(self) -> tuple[float, float, int | None, float, str, bool, str, str]:
+        assert self._rail is not None and self._city is not None
+        node, heading = self._node, self._heading
+        lat, lng = self._city.latlng(node)
+        landmarks = [(lm.name, *lm.geocode) for lm in self._rail.route.route_results.landmark_list]
+        landmarks.append((self._rail.route.dest_place.name, *self._rail.route.dest_place.geocode))
+        inter = self._city.is_intersection(node)
+        obs = observation_at(lat, lng, heading, landmarks)
+        if inter:
+            obs = f"{obs}. {INTERSECTION}"
+        action = self._expert_action(node, heading) if not self._done else "stop()"
+        instr = self._rail.instructions
+        if action == "stop()":
+            sentence = instr[-1]
+        else:
+            k = min(self._leg, len(instr) // 2 - 1)
+            sentence = instr[2 * k] if action.startswith("turn_") else instr[2 * k + 1]
+        return lat, lng, node, heading, obs, inter, sentence, action
+
+    def _step_free(self, reply: str) -> StepResult:
+        assert self._rail is not None and self._city is not None and self.config.actions is not None
+        _, _, _, heading, obs_text, inter, instr, gt = self._free_state()
+        state = VIRLState(gt, inter, self.config.actions, instr, self._output_block())
+        verdict = verify(state, reply)
+        self._steps += 1
+        act = (verdict.action or {}).get("action") if verdict.category != "unparseable" else None
+        terminated = truncated = False
+        if act is not None:
+            self._obs_hist.append(obs_text)
+            self._act_hist.append(act)
+            if act == "stop()":
+                terminated = True
+                self._final_dist = haversine_m(*self._city.latlng(self._node), *self._rail.dest)
+                self._success = self._final_dist <= SUCCESS_RADIUS_M
+            elif act == "forward()":
+                self._node, self._heading = self._walk(self._node, self._heading)
+                self._advance_leg()
+            else:
+                self._heading = self._turn(self._node, self._heading, act[len("turn_direction(") : -1])
+        else:
+            self._wrong_total += 1
+        if act is not None and not verdict.correct:
+            self._wrong_total += 1
+        if not terminated and self._steps >= self._budget():
+            truncated = True
+            self._final_dist = haversine_m(*self._city.latlng(self._node), *self._rail.dest)
+        self._done = terminated or truncated
+        if act is None and not self._done:
+            obs = self._feedback(feedback_text(verdict.message))
+        elif self._done:
+            obs = self._feedback(verdict.message if verdict.correct else feedback_text(verdict.message))
+        else:
+            obs = self._task_observation()
+        info = dict(obs.info)
+        info.update({"verdict": verdict, "success": self._success})
+        return obs, verdict.reward, terminated, truncated, info
+
+    def _advance_leg(self) -> None:
+        assert self._rail is not None and self._city is not None
+        geos = self._rail.route.route_results.geocode_list
+        if self._leg < len(geos) - 1:
+            lat, lng = geos[self._leg]
+            if haversine_m(lat, lng, *self._city.latlng(self._node)) <= 10.0:
+                self._leg += 1
+
+    # -- metrics / random ------------------------------------------------------------------------
+    def episode_metrics(self) -> dict[str, Any]:
+        assert self._rail is not None
+        return {
+            "steps": self._steps,
+            "rail_length": len(self._rail),
+            "rail_position": self._pos,
+            "wrong_attempts": self._wrong_total,
+            "dist_to_dest_m": None if self._final_dist is None else round(self._final_dist, 1),
+            "route_id": self._rail.route.route_id,
+        }
+
+    @classmethod
+    def random_reply(cls, observation: Observation, rng: random.Random) -> str:
+        """A well-formed reply with a random action from ``observation.info["actions"]``."""
+        actions = list(observation.info.get("actions") or action_list("absolute"))
+        return reply_text("No landmarks nearby", "", rng.choice(actions))

@@ -1,0 +1,171 @@
+"""The pure V-IRL verifier: parse a reply, normalise its action, judge observation and action.
+
+Rewards follow the paper: correct action +1, incorrect action -1, incorrect observation -1.5 (the
+reply's "current observation" claims an intersection where there is none, or misses one). An
+unparseable reply counts as an incorrect action (-1) with a message saying what the format must be.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from sftrl.environments.base import Verdict
+from sftrl.environments.virl.prompts import OUTPUT_BLOCK, directions
+
+FIELDS: Final = ["current observation", "current instruction", "action"]
+
+REWARD_CORRECT: Final = 1.0
+REWARD_INCORRECT_ACTION: Final = -1.0
+REWARD_INCORRECT_OBSERVATION: Final = -1.5
+
+_CALL_RE = re.compile(r"^([a-z_ ]+?)\s*(?:\((.*)\))?$", re.DOTALL)
+_NEGATED_INTERSECTION_RE = re.compile(
+    r"\b(no|not|without|isn't|aren't|none|never)\b[^.;]*\bintersections?\b", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class VIRLState:
+    """What the verifier needs to know about the current rail point (or free-mode position)."""
+
+    gt_action: str
+    at_intersection: bool
+    actions: Literal["absolute", "relative"] = "absolute"
+    instruction: str = ""
+    output_block: str = OUTPUT_BLOCK
+    check_observation: bool = True
+
+
+def _clean(s: str) -> str:
+    s = s.strip().strip("`'\" .").lower()
+    s = re.sub(r"[\"'`]", "", s)
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def normalize_action(text: Any, actions: Literal["absolute", "relative"] = "absolute") -> str | None:
+    """Canonical action string (``forward()``, ``turn_direction(northeast)``, ``stop()``) or None.
+
+    Tolerates quotes, case, extra spaces, a missing ``()`` on forward/stop, ``turn_direction`` spelled
+    with a space or hyphen, and compass names written with a space/hyphen ("north east"). Directions
+    outside the action space (e.g. "north" in relative mode) give None.
+    """
+    if not isinstance(text, str):
+        return None
+    s = _clean(text).replace("-", " ")
+    m = _CALL_RE.match(s)
+    if not m:
+        return None
+    name = m.group(1).strip().replace(" ", "_")
+    arg = _clean(m.group(2) or "").replace("_", " ")
+    if name in ("forward", "stop") and not arg:
+        return f"{name}()"
+    if name in ("turn_direction", "turn") and arg:
+        arg = re.sub(r"^(x\s*=\s*|direction\s*=\s*)", "", arg)
+        compact = arg.replace(" ", "")
+        for d in directions(actions):
+            if arg == d or (actions == "absolute" and compact == d):
+                return f"turn_direction({d})"
+    return None
+
+
+def claims_intersection(observation: str) -> bool:
+    """Whether an observation text says the agent is at an intersection (negations count as no)."""
+    low = observation.lower()
+    if "intersection" not in low:
+        return False
+    return not _NEGATED_INTERSECTION_RE.search(low)
+
+
+def _fallback_extract(text: str, keys: list[str]) -> dict[str, Any]:
+    """Minimal field extraction used only while ``sftrl.environments.parsing`` is unavailable."""
+    for m in re.finditer(r"\{.*\}", text, re.DOTALL):
+        try:
+            obj = json.loads(m.group())
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            low = {str(k).strip().lower(): v for k, v in obj.items()}
+            return {k: low.get(k) for k in keys}
+    out: dict[str, Any] = {}
+    for k in keys:
+        km = re.search(rf'"?{re.escape(k)}"?\s*:\s*"([^"\n]*)"', text, re.IGNORECASE)
+        out[k] = km.group(1) if km else None
+    return out
+
+
+def _extract(reply: str) -> dict[str, Any] | None:
+    try:
+        from sftrl.environments.parsing import extract_fields
+    except ImportError:  # the shared parser is optional for this module; keep a minimal fallback
+        extract_fields = _fallback_extract
+    try:
+        fields = extract_fields(reply, FIELDS)
+    except Exception:  # a malformed reply is the model's error, never the env's
+        return None
+    if not isinstance(fields, dict):
+        return None
+    return fields
+
+
+def verify(state: VIRLState, reply: str) -> Verdict:
+    """Judge one reply against the current state (pure: same inputs, same verdict)."""
+    fields = _extract(reply) or {}
+    raw_action = fields.get("action")
+    obs = fields.get("current observation")
+    instr = fields.get("current instruction")
+    action = normalize_action(raw_action, state.actions)
+    parsed = {"action": action, "observation": obs, "instruction": instr}
+    details: dict[str, Any] = {"gt_action": state.gt_action, "raw_action": raw_action}
+    if action is None:
+        if raw_action is None:
+            why = (
+                'your reply could not be parsed: answer with a JSON object holding "current observation", '
+                '"current instruction" and "action".'
+            )
+        else:
+            allowed = ", ".join(
+                ["forward()", *(f"turn_direction({d})" for d in directions(state.actions)), "stop()"]
+            )
+            why = f"the action {str(raw_action)!r} is not in the action space ({allowed})."
+        return Verdict(
+            reward=REWARD_INCORRECT_ACTION,
+            category="unparseable",
+            message=f"{why} Please try again in the same format:\n{state.output_block}",
+            correct=False,
+            action=parsed if fields else None,
+            details=details,
+        )
+    # A missing observation claims nothing, so it is wrong exactly where there is an intersection.
+    obs_text = obs if isinstance(obs, str) else ""
+    if state.check_observation and claims_intersection(obs_text) != state.at_intersection:
+        where = "at an intersection" if state.at_intersection else "not at any intersection"
+        return Verdict(
+            reward=REWARD_INCORRECT_OBSERVATION,
+            category="incorrect_observation",
+            message=f"you are {where}. Please avoid this observation and try again in the same format:\n"
+            f"{state.output_block}",
+            correct=False,
+            action=parsed,
+            details=details,
+        )
+    if action != state.gt_action:
+        return Verdict(
+            reward=REWARD_INCORRECT_ACTION,
+            category="incorrect_action",
+            message="you make incorrect action. Please avoid this action and try again in the same format:\n"
+            f"{state.output_block}",
+            correct=False,
+            action=parsed,
+            details=details,
+        )
+    return Verdict(
+        reward=REWARD_CORRECT,
+        category="correct_action",
+        message="Correct action",
+        correct=True,
+        action=parsed,
+        details=details,
+    )

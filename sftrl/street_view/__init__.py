@@ -1,0 +1,1 @@
+"""Street data and street-view imagery providers."""

@@ -1,0 +1,1 @@
+"""The Textual TUI: watch agents act live and replay logged episodes."""
