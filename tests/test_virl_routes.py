@@ -165,3 +165,16 @@ def test_sftvsrl_list_layout():
     assert isinstance(routes[0], RouteInfo)
     with pytest.raises(ValueError):
         parse_routes(42)
+
+
+def test_split_route_sets_match_the_shipped_manifest():
+    from sftrl.environments.virl.routes import build_manifest, shipped_manifest
+
+    built, shipped = build_manifest(), shipped_manifest()
+    assert built == shipped, "route generation changed: rerun scripts/build_virl_manifest.py and review"
+    prints = {s: {r["fingerprint"] for r in rs} for s, rs in shipped["splits"].items()}
+    assert all(len(v) == 100 for v in prints.values())
+    splits = list(prints)
+    for i, a in enumerate(splits):
+        for b in splits[i + 1 :]:
+            assert not prints[a] & prints[b], (a, b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -15,6 +16,18 @@ from sftrl.environments.base import SftrlEnv, Verdict
 
 # Hard cap on model calls per episode, whatever the env says: protects a run from an env bug.
 MAX_CALLS_PER_EPISODE = 1000
+
+
+def _call_sampling(sampling: SamplingParams, episode_index: int, call_index: int) -> SamplingParams:
+    """Per-call sampling params: a run-level seed becomes a distinct, reproducible seed per call.
+
+    Without this every episode of a GRPO group (same initial state, same prompt) would sample the
+    same reply under a fixed seed, and the group would carry no learning signal.
+    """
+    if sampling.seed is None:
+        return sampling
+    digest = hashlib.sha256(f"{sampling.seed}:{episode_index}:{call_index}".encode()).digest()
+    return sampling.model_copy(update={"seed": int.from_bytes(digest[:4], "big") & 0x7FFFFFFF})
 
 
 async def run_episode(
@@ -65,8 +78,9 @@ async def run_episode(
         else:
             conversation.append(user)
         prompt = truncate_history(conversation, keep_last_turns)
+        call_sampling = _call_sampling(sampling, episode_index, call_index)
         t0 = time.perf_counter()
-        reply = await policy.generate(prompt, sampling, observation=observation)
+        reply = await policy.generate(prompt, call_sampling, observation=observation)
         latency = time.perf_counter() - t0
         policy_s += latency
         conversation.append(AIMessage(content=reply.text))
@@ -86,7 +100,7 @@ async def run_episode(
                 finish_reason=reply.finish_reason,
                 model=reply.model,
                 usage=reply.usage,
-                sampling=sampling.model_dump(),
+                sampling=call_sampling.model_dump(),
                 latency_s=latency,
             ),
             action=verdict.action,

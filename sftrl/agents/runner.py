@@ -47,6 +47,8 @@ class RunConfig(BaseModel):
     resume: bool = False
     concurrency: int = Field(default=1, ge=1, le=4096)
     keep_last_turns: int | None = Field(default=None, ge=0)
+    group_size: int = Field(default=1, ge=1, le=1024)
+    """Consecutive episodes sharing one seed (one initial state): GRPO groups for ``agent train rl``."""
     sampling: SamplingParams = Field(default_factory=SamplingParams)
 
 
@@ -146,8 +148,12 @@ async def run_async(
     *,
     listeners: list[Listener] | None = None,
     on_progress: Callable[[int, int, EpisodeRecord | None], None] | None = None,
+    policy: Policy | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the episodes of ``run`` and return the summary of the whole log."""
+    """Run (or resume) the episodes of ``run`` and return the summary of the whole log.
+
+    ``policy`` overrides the one ``run.policy`` names (the RL trainer passes the model it is training).
+    """
     listeners = list(listeners or [])
     config = effective_config(run, env_cfg)
     out = run.out
@@ -165,7 +171,7 @@ async def run_async(
     todo = [i for i in range(run.episodes) if i not in done]
     records: list[EpisodeRecord] = [r for r in existing if r.episode_index < run.episodes]
     cls = env_class(run.env)
-    policy = make_policy(run)
+    policy = policy if policy is not None else make_policy(run)
     publish(listeners, RunStarted(run_id, cls.env_id, run.episodes, len(records), config))
     if on_progress:
         on_progress(len(records), run.episodes, None)
@@ -182,7 +188,7 @@ async def run_async(
                     index = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                seed = episode_seed(run.seed, index)
+                seed = episode_seed(run.seed, index // run.group_size)
                 try:
                     if env is None:
                         env = cls(**env_cfg)

@@ -89,12 +89,30 @@ class VIRLConfig(BaseModel):
     )
     mode: Literal["rail", "free"] = "rail"
     street_view: Literal["synthetic", "google", "cache", "panorama-dir"] = "synthetic"
+    cache_inner: Literal["synthetic", "google", "panorama-dir"] = Field(
+        default="synthetic", description="provider the cache reads through (--street-view cache)"
+    )
+    cache_dir: str | None = Field(
+        default=None, description="street-view cache directory (default $SFTRL_CACHE_DIR or ~/.cache/sftrl)"
+    )
+    offline: bool = Field(default=False, description="street-view cache only: never call the inner provider")
+    cache_google_imagery: bool = Field(
+        default=False,
+        description="allow caching Google Street View images (Google's terms restrict storing them)",
+    )
+    panorama_dir: str | None = Field(
+        default=None, description="root of an official SFTvsRL dataset (--street-view panorama-dir)"
+    )
     routes: str | None = Field(
         default=None, description="official route file (route_infos.json or one route_info)"
     )
     verify_iter: int = Field(default=2, ge=1, le=1000)
     resolution: int = Field(default=320, ge=16, le=2048, description="pixels per view (the grid is 2x2)")
-    max_route_m: float = Field(default=400.0, gt=0.0, description="longest generated route (metres)")
+    max_route_m: float = Field(
+        default=150.0,
+        gt=0.0,
+        description="longest generated route in metres (V-IRL's routes are <= ~150 m; raise for longer ones)",
+    )
     max_start_m: float = Field(
         default=150.0, gt=50.0, description="farthest start place from the destination (straight line, m)"
     )
@@ -117,6 +135,9 @@ class VIRLConfig(BaseModel):
         for part in city.split("+"):
             if part not in known:
                 raise ValueError(f"unknown city {part!r}; available: {', '.join(known)}")
+        # Within NYC, the visual OOD split is map2seq's held-out "unseen" area (new streets, same city).
+        if self.split == "visual-ood" and city == "nyc":
+            object.__setattr__(self, "split", "nyc-unseen")
         if self.split == "nyc-unseen" and city != "nyc":
             raise ValueError("split 'nyc-unseen' exists only for city 'nyc'")
         object.__setattr__(self, "city", city)
@@ -330,21 +351,36 @@ class VIRLEnv(SftrlEnv):
         ]
         return grid_2x2(views)
 
+    def _provider_kwargs(self, name: str, city: str | None) -> dict[str, Any]:
+        cfg = self.config
+        if name == "synthetic":
+            return {"city": city or "nyc"}
+        if name == "panorama-dir":
+            if not cfg.panorama_dir:
+                raise ValueError("--street-view panorama-dir needs --panorama-dir ROOT (an SFTvsRL dataset)")
+            return {"root": cfg.panorama_dir}
+        return {}
+
     def _default_provider(self, city: str | None) -> StreetViewProvider:
         from sftrl.street_view.provider import make_provider
 
-        key = f"{self.config.street_view}:{city}"
+        cfg = self.config
+        key = f"{cfg.street_view}:{city}"
         if key not in self._providers:
-            try:
-                if self.config.street_view == "synthetic":
-                    self._providers[key] = make_provider("synthetic", city=city or "nyc")
-                else:
-                    self._providers[key] = make_provider(self.config.street_view)
-            except ImportError as exc:
-                raise RuntimeError(
-                    f"street-view provider {self.config.street_view!r} is not available ({exc}); "
-                    "pass provider= or choose another --street-view"
-                ) from exc
+            if cfg.street_view == "cache":
+                kwargs: dict[str, Any] = {
+                    "inner": cfg.cache_inner,
+                    "offline": cfg.offline,
+                    "allow_google": cfg.cache_google_imagery,
+                    **self._provider_kwargs(cfg.cache_inner, city),
+                }
+                if cfg.cache_dir:
+                    kwargs["cache_dir"] = cfg.cache_dir
+                self._providers[key] = make_provider("cache", **kwargs)
+            else:
+                self._providers[key] = make_provider(
+                    cfg.street_view, **self._provider_kwargs(cfg.street_view, city)
+                )
         return self._providers[key]
 
     def _info(self) -> dict[str, Any]:

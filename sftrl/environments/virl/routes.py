@@ -10,8 +10,11 @@ each turn at an intersection becomes a milestone with the nearest unique-name la
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import re
 from dataclasses import dataclass
+from importlib import resources
 from itertools import pairwise
 from typing import Any, Final, Literal
 
@@ -48,6 +51,7 @@ LANDMARK_RADIUS_M: Final = 25.0  # a milestone's landmark lies within this of th
 MERGE_TURNS_M: Final = 20.0  # turn candidates closer than this along the path are one turn
 UTURN_DEG: Final = 157.5
 DEFAULT_ROUTES_PER_SPLIT: Final = 100
+MAX_PASSES: Final = 6  # passes over the destinations when an area has too few of them
 RELATIVE_TURNS: Final = ("left", "right", "slightly left", "slightly right")
 
 
@@ -399,7 +403,7 @@ def generate_routes(
     area: Literal["seen", "unseen", "any"] = "any",
     min_start_m: float = 50.0,
     max_start_m: float = 150.0,
-    max_route_m: float = 400.0,
+    max_route_m: float = 150.0,
     min_turns: int = 1,
     max_turns: int = 2,
     id_prefix: str | None = None,
@@ -422,49 +426,54 @@ def generate_routes(
     routes: list[RouteInfo] = []
     used_dest: set[str] = set()
     used_paths: set[tuple[int, ...]] = set()
-    for k in order:
+    # Pass 0 gives every destination one route; later passes (only when the area is too small for
+    # ``n`` distinct destinations, e.g. NYC's unseen box) add routes from other starts.
+    for pass_ in range(MAX_PASSES):
+        for k in order:
+            if len(routes) >= n:
+                break
+            dest = cm.pois[pool[k]]
+            if pass_ == 0 and dest.name.casefold() in used_dest:
+                continue
+            near = [
+                p
+                for p in cm.pois_near(dest.lat, dest.lng, max_start_m)
+                if p.index in pool_set
+                and p.node != dest.node
+                and p.name.casefold() != dest.name.casefold()
+                and _ll_dist(p, dest) >= min_start_m
+            ]
+            if not near:
+                continue
+            start = near[int(rng.integers(len(near)))]
+            try:
+                path = cm.shortest_path(start.node, dest.node)
+            except NoPathError:
+                continue
+            # POIs share street nodes: two destinations can give the same walk; keep the first only.
+            if len(path) < 3 or tuple(path) in used_paths or cm.path_length_m(path) > max_route_m:
+                continue
+            if unseen_box is not None and area != "any":
+                inside = [unseen_box.contains(*cm.latlng(v)) for v in path]
+                if (area == "seen" and any(inside)) or (area == "unseen" and not all(inside)):
+                    continue
+            route = route_from_path(
+                cm,
+                path,
+                start,
+                dest,
+                rng=rng,
+                route_id=f"{prefix}-{len(routes):04d}",
+                min_turns=min_turns,
+                max_turns=max_turns,
+            )
+            if route is None:
+                continue
+            used_dest.add(dest.name.casefold())
+            used_paths.add(tuple(path))
+            routes.append(route)
         if len(routes) >= n:
             break
-        dest = cm.pois[pool[k]]
-        if dest.name.casefold() in used_dest:
-            continue
-        near = [
-            p
-            for p in cm.pois_near(dest.lat, dest.lng, max_start_m)
-            if p.index in pool_set
-            and p.node != dest.node
-            and p.name.casefold() != dest.name.casefold()
-            and _ll_dist(p, dest) >= min_start_m
-        ]
-        if not near:
-            continue
-        start = near[int(rng.integers(len(near)))]
-        try:
-            path = cm.shortest_path(start.node, dest.node)
-        except NoPathError:
-            continue
-        # POIs share street nodes: two destinations can give the same walk; keep the first only.
-        if len(path) < 3 or tuple(path) in used_paths or cm.path_length_m(path) > max_route_m:
-            continue
-        if unseen_box is not None and area != "any":
-            inside = [unseen_box.contains(*cm.latlng(v)) for v in path]
-            if (area == "seen" and any(inside)) or (area == "unseen" and not all(inside)):
-                continue
-        route = route_from_path(
-            cm,
-            path,
-            start,
-            dest,
-            rng=rng,
-            route_id=f"{prefix}-{len(routes):04d}",
-            min_turns=min_turns,
-            max_turns=max_turns,
-        )
-        if route is None:
-            continue
-        used_dest.add(dest.name.casefold())
-        used_paths.add(tuple(path))
-        routes.append(route)
     return routes
 
 
@@ -481,7 +490,7 @@ def split_routes(
     split: str,
     seed: int = 0,
     n: int = DEFAULT_ROUTES_PER_SPLIT,
-    max_route_m: float = 400.0,
+    max_route_m: float = 150.0,
     max_start_m: float = 150.0,
 ) -> tuple[RouteInfo, ...]:
     """The fixed route set of ``split`` in ``city`` (cached per process; treat it as read-only).
@@ -522,6 +531,48 @@ def split_manifest(city: str, split: str, seed: int = 0, n: int = DEFAULT_ROUTES
     return [r.route_id or "" for r in split_routes(city, split, seed, n)]
 
 
+# The default route sets of the shipped splits, as listed in ``data/splits_manifest.json``.
+MANIFEST_SPLITS: Final[tuple[tuple[str, str], ...]] = (
+    ("nyc", "id"),
+    ("nyc", "rule-ood"),
+    ("nyc", "nyc-unseen"),
+    ("helsinki+baltimore", "visual-ood"),
+)
+
+
+def route_fingerprint(route: RouteInfo) -> str:
+    """A short content hash of a route (start, destination, path and instruction)."""
+    payload = json.dumps(
+        [route.city, route.start_place.name, route.dest_place.name, route.path, route.instruction],
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def build_manifest(seed: int = 0, n: int = DEFAULT_ROUTES_PER_SPLIT) -> dict[str, Any]:
+    """Every default split's route set: id, city, endpoints, length and fingerprint of each route."""
+    splits: dict[str, list[dict[str, Any]]] = {}
+    for city, split in MANIFEST_SPLITS:
+        splits[split] = [
+            {
+                "route_id": r.route_id,
+                "city": r.city,
+                "start": r.start_place.name,
+                "destination": r.dest_place.name,
+                "length_m": r.route_results.distance,
+                "fingerprint": route_fingerprint(r),
+            }
+            for r in split_routes(city, split, seed, n)
+        ]
+    return {"seed": seed, "routes_per_split": n, "splits": splits}
+
+
+def shipped_manifest() -> dict[str, Any]:
+    """The manifest shipped with the package (``scripts/build_virl_manifest.py`` rebuilds it)."""
+    text = resources.files("sftrl.environments.virl").joinpath("data/splits_manifest.json").read_text()
+    return json.loads(text)
+
+
 def route_summary(route: RouteInfo) -> dict[str, Any]:
     """A small JSON-friendly description of a route (for ``Observation.info``)."""
     return {
@@ -543,6 +594,7 @@ __all__ = [
     "RouteInfo",
     "RouteResults",
     "Split",
+    "build_manifest",
     "find_turns",
     "generate_routes",
     "milestone_block",

@@ -1,0 +1,384 @@
+"""The multi-turn RL learner: PPO (as the paper, RL4VLM style) and GRPO updates from logged transitions.
+
+One learner serves both ways in: episodes logged by ``agent run`` (importance ratios against the logged
+behaviour log-probs) and episodes the online trainer just collected. Every model call is a transition
+(prompt with its images -> reply tokens); the action log-prob is the sum of the reply's token
+log-probs under the sampling temperature (the official code samples and scores at different
+temperatures; we score at the one used for sampling). Mini-batches are padded batches, not the
+official batch size 1 with 128 accumulation steps. Runs on plain torch, so ``accelerate launch``
+(DeepSpeed/FSDP) can wrap it; on a CPU it trains tiny models in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sftrl.training.advantages import gae, group_advantages, normalize
+from sftrl.training.transitions import EpisodeBatch, Transition
+
+if TYPE_CHECKING:
+    import torch
+
+
+class RLConfig(BaseModel):
+    """Hyper-parameters of an RL update (defaults: the paper's PPO values where it states them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    algo: Literal["ppo", "grpo"] = "ppo"
+    lr: float = Field(default=1e-5, gt=0)
+    value_lr: float | None = Field(default=None, gt=0, description="value head learning rate (default lr*10)")
+    ppo_epochs: int = Field(default=4, ge=1)
+    minibatch_size: int = Field(default=8, ge=1)
+    clip: float = Field(default=0.1, gt=0)
+    gamma: float = Field(default=0.9, ge=0, le=1)
+    lam: float = Field(default=0.95, ge=0, le=1)
+    vf_coef: float = Field(default=0.5, ge=0)
+    ent_coef: float = Field(default=0.01, ge=0)
+    kl_coef: float = Field(default=0.0, ge=0, description="GRPO: KL penalty to the initial model")
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    normalize_advantages: bool = True
+    logprob_tolerance: float = Field(
+        default=0.05, ge=0, description="largest mean |trainer - rollout| token log-prob gap accepted"
+    )
+    seed: int = 0
+
+
+@dataclass
+class Scored:
+    """The learner's view of a batch of transitions (one row each)."""
+
+    logprobs: torch.Tensor
+    """[B, C] token log-probs of the completion tokens (0 on padding)."""
+    mask: torch.Tensor
+    """[B, C] 1 for real completion tokens."""
+    entropy: torch.Tensor
+    """[B, C] token entropies of the (temperature-scaled) distribution."""
+    values: torch.Tensor | None
+    """[B] value estimates of the prompts (PPO)."""
+
+
+Encoder = Callable[[Transition], dict[str, Any]]
+"""Maps a transition's prompt to model inputs: ``input_ids`` (list[int]) plus optional image tensors."""
+
+
+class LogprobMismatchError(RuntimeError):
+    """Recomputed log-probs disagree with the rollout's: an update would be off-policy garbage."""
+
+
+class ValueHead:
+    """Scalar value of a prompt from the policy's last hidden state at the prompt's last token."""
+
+    def __init__(self, hidden_size: int, dtype: Any = None) -> None:
+        import torch
+
+        self.linear = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.normal_(self.linear.weight, std=1.0 / math.sqrt(hidden_size + 1))
+        torch.nn.init.zeros_(self.linear.bias)
+        if dtype is not None:
+            self.linear.to(dtype)
+
+    def parameters(self) -> Any:
+        return self.linear.parameters()
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.linear.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.linear.load_state_dict(state)
+
+
+def _hidden_size(model: Any) -> int:
+    cfg = model.config
+    for c in (cfg, getattr(cfg, "text_config", None)):
+        if c is not None and getattr(c, "hidden_size", None):
+            return int(c.hidden_size)
+    raise ValueError("cannot find the model's hidden size for the value head")
+
+
+class Learner:
+    """Scores transitions with the current model and applies PPO or GRPO updates."""
+
+    def __init__(
+        self,
+        model: Any,
+        encode: Encoder,
+        config: RLConfig,
+        *,
+        pad_token_id: int = 0,
+        ref_model: Any = None,
+        value_head: ValueHead | None = None,
+    ) -> None:
+        import torch
+
+        self.model = model
+        self.encode = encode
+        self.cfg = config
+        self.pad_token_id = pad_token_id
+        self.ref_model = ref_model
+        self.value_head = value_head
+        if config.algo == "ppo" and self.value_head is None:
+            self.value_head = ValueHead(_hidden_size(model))
+        groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        if self.value_head is not None:
+            groups.append(
+                {"params": list(self.value_head.parameters()), "lr": config.value_lr or config.lr * 10}
+            )
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
+        self.rng = random.Random(config.seed)
+        self.updates = 0
+        self._encoded: dict[int, dict[str, Any]] = {}
+
+    # -- scoring -----------------------------------------------------------------------------------
+    def _inputs(self, items: Sequence[Transition]) -> tuple[dict[str, Any], list[int], int]:
+        """A right-padded batch of prompt+completion ids, image tensors concatenated along dim 0."""
+        import torch
+
+        encs = []
+        for t in items:
+            key = id(t)
+            if key not in self._encoded:
+                self._encoded[key] = self.encode(t)
+            encs.append(self._encoded[key])
+        seqs = [list(e["input_ids"]) + list(t.completion_ids) for e, t in zip(encs, items, strict=True)]
+        prompt_lens = [len(e["input_ids"]) for e in encs]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            attn[i, : len(s)] = 1
+        batch: dict[str, Any] = {"input_ids": ids, "attention_mask": attn}
+        extra_keys = sorted({k for e in encs for k in e if k != "input_ids"})
+        for k in extra_keys:
+            parts = [e[k] for e in encs if k in e and e[k] is not None]
+            if parts:
+                batch[k] = torch.cat(parts, dim=0)
+        max_c = max((len(t.completion_ids) for t in items), default=0)
+        return batch, prompt_lens, max_c
+
+    def _model_logits(self, model: Any, batch: dict[str, Any], want_hidden: bool) -> tuple[Any, Any]:
+        out = model(**batch, output_hidden_states=want_hidden, use_cache=False)
+        hidden = out.hidden_states[-1] if want_hidden else None
+        return out.logits, hidden
+
+    def score(self, items: Sequence[Transition], *, model: Any = None, with_values: bool = True) -> Scored:
+        """Token log-probs, entropies (and values) of ``items`` under ``model`` (default: the policy)."""
+        import torch
+
+        model = model if model is not None else self.model
+        batch, prompt_lens, max_c = self._inputs(items)
+        want_hidden = with_values and self.value_head is not None and model is self.model
+        logits, hidden = self._model_logits(model, batch, want_hidden)
+        b = len(items)
+        logprobs = torch.zeros((b, max_c), dtype=torch.float32)
+        entropy = torch.zeros((b, max_c), dtype=torch.float32)
+        mask = torch.zeros((b, max_c), dtype=torch.float32)
+        values = torch.zeros(b, dtype=torch.float32) if want_hidden else None
+        rows_lp, rows_ent, rows_v = [], [], []
+        for i, t in enumerate(items):
+            p, c = prompt_lens[i], len(t.completion_ids)
+            temp = max(t.temperature, 1e-5)
+            # Logits at position j predict token j+1: the completion is predicted from p-1 .. p+c-2.
+            step_logits = logits[i, p - 1 : p + c - 1].float() / temp
+            logp_all = torch.log_softmax(step_logits, dim=-1)
+            target = torch.tensor(t.completion_ids, dtype=torch.long)
+            lp = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            ent = -(logp_all.exp() * logp_all).sum(-1)
+            rows_lp.append(torch.nn.functional.pad(lp, (0, max_c - c)))
+            rows_ent.append(torch.nn.functional.pad(ent, (0, max_c - c)))
+            mask[i, :c] = 1.0
+            if want_hidden:
+                assert self.value_head is not None and hidden is not None
+                rows_v.append(self.value_head(hidden[i, p - 1]))
+        if rows_lp:
+            logprobs = torch.stack(rows_lp)
+            entropy = torch.stack(rows_ent)
+        if want_hidden and rows_v:
+            values = torch.stack(rows_v).float()
+        return Scored(logprobs=logprobs, mask=mask, entropy=entropy, values=values)
+
+    # -- consistency ------------------------------------------------------------------------------
+    def logprob_gap(self, items: Sequence[Transition]) -> float:
+        """Mean |trainer - rollout| token log-prob over ``items`` (before any update)."""
+        import torch
+
+        gaps, n = 0.0, 0
+        with torch.no_grad():
+            for chunk in _chunks(list(items), self.cfg.minibatch_size):
+                s = self.score(chunk, with_values=False)
+                for i, t in enumerate(chunk):
+                    if t.behaviour_logprobs is None:
+                        continue
+                    c = len(t.completion_ids)
+                    old = torch.tensor(t.behaviour_logprobs, dtype=torch.float32)
+                    gaps += float((s.logprobs[i, :c] - old).abs().sum())
+                    n += c
+        return gaps / max(n, 1)
+
+    def check_consistency(self, items: Sequence[Transition]) -> float:
+        gap = self.logprob_gap(items)
+        if gap > self.cfg.logprob_tolerance:
+            raise LogprobMismatchError(
+                f"trainer log-probs differ from the rollout's by {gap:.4f} nats/token on average "
+                f"(tolerance {self.cfg.logprob_tolerance}): the logged episodes were not sampled by this "
+                "model, with this chat template, or at the logged temperature"
+            )
+        return gap
+
+    # -- advantages -------------------------------------------------------------------------------
+    def _advantages(self, batch: EpisodeBatch) -> tuple[list[Transition], list[float], list[float]]:
+        """Flat transitions with their advantages and (PPO) value targets."""
+        import torch
+
+        items = batch.transitions
+        if self.cfg.algo == "grpo":
+            keys = [ep[0].group_key for ep in batch.episodes]
+            ep_adv = group_advantages(keys, batch.returns)
+            adv = [a for a, ep in zip(ep_adv, batch.episodes, strict=True) for _ in ep]
+            return items, adv, [0.0] * len(items)
+        values: list[float] = []
+        with torch.no_grad():
+            for chunk in _chunks(items, self.cfg.minibatch_size):
+                s = self.score(chunk)
+                assert s.values is not None
+                values.extend(float(v) for v in s.values)
+        adv, ret = [], []
+        k = 0
+        for ep in batch.episodes:
+            v = values[k : k + len(ep)]
+            a, r = gae([t.reward for t in ep], v, gamma=self.cfg.gamma, lam=self.cfg.lam)
+            adv.extend(a)
+            ret.extend(r)
+            k += len(ep)
+        if self.cfg.normalize_advantages:
+            adv = normalize(adv)
+        return items, adv, ret
+
+    # -- update -----------------------------------------------------------------------------------
+    def update(self, batch: EpisodeBatch) -> dict[str, float]:
+        """One RL update (``ppo_epochs`` passes over shuffled mini-batches) from ``batch``."""
+        import torch
+
+        cfg = self.cfg
+        self.model.train()
+        items, adv, ret = self._advantages(batch)
+        ref_lp: dict[int, torch.Tensor] = {}
+        if cfg.algo == "grpo" and cfg.kl_coef > 0 and self.ref_model is not None:
+            with torch.no_grad():
+                for chunk in _chunks(list(range(len(items))), cfg.minibatch_size):
+                    s = self.score([items[i] for i in chunk], model=self.ref_model, with_values=False)
+                    for j, i in enumerate(chunk):
+                        ref_lp[i] = s.logprobs[j]
+        stats: dict[str, list[float]] = {
+            k: [] for k in ("policy_loss", "value_loss", "entropy", "kl", "clip_fraction", "approx_kl")
+        }
+        order = list(range(len(items)))
+        for _ in range(cfg.ppo_epochs):
+            self.rng.shuffle(order)
+            for idx in _chunks(order, cfg.minibatch_size):
+                chunk = [items[i] for i in idx]
+                s = self.score(chunk, with_values=cfg.algo == "ppo")
+                old = torch.zeros_like(s.logprobs)
+                for j, t in enumerate(chunk):
+                    c = len(t.completion_ids)
+                    if t.behaviour_logprobs is not None:
+                        old[j, :c] = torch.tensor(t.behaviour_logprobs, dtype=torch.float32)
+                    else:
+                        old[j, :c] = s.logprobs[j, :c].detach()
+                a = torch.tensor([adv[i] for i in idx], dtype=torch.float32)
+                n_tok = s.mask.sum(-1).clamp(min=1)
+                if cfg.algo == "ppo":
+                    # Action = the whole reply: its log-prob is the sum of its token log-probs.
+                    new_lp = (s.logprobs * s.mask).sum(-1)
+                    old_lp = (old * s.mask).sum(-1)
+                    ratio = torch.exp((new_lp - old_lp).clamp(-20, 20))
+                    pg = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a).mean()
+                    clipped = ((ratio - 1).abs() > cfg.clip).float().mean()
+                    approx_kl = (old_lp - new_lp).mean()
+                    assert s.values is not None
+                    r = torch.tensor([ret[i] for i in idx], dtype=torch.float32)
+                    v_loss = 0.5 * (s.values - r).pow(2).mean()
+                    kl = torch.zeros(())
+                else:
+                    # GRPO: token-level clipped ratios, the episode's group advantage on every token.
+                    ratio = torch.exp((s.logprobs - old).clamp(-20, 20))
+                    at = a.unsqueeze(-1)
+                    tok = -torch.min(ratio * at, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * at)
+                    pg = ((tok * s.mask).sum(-1) / n_tok).mean()
+                    clipped = (((ratio - 1).abs() > cfg.clip).float() * s.mask).sum() / s.mask.sum().clamp(
+                        min=1
+                    )
+                    approx_kl = ((old - s.logprobs) * s.mask).sum() / s.mask.sum().clamp(min=1)
+                    v_loss = torch.zeros(())
+                    kl = torch.zeros(())
+                    if ref_lp:
+                        ref = torch.stack(
+                            [
+                                torch.nn.functional.pad(
+                                    ref_lp[i], (0, s.logprobs.shape[1] - ref_lp[i].shape[0])
+                                )
+                                for i in idx
+                            ]
+                        )
+                        d = ref - s.logprobs
+                        # k3 estimator of KL(policy || reference): unbiased and always >= 0.
+                        k3 = torch.exp(d) - d - 1
+                        kl = ((k3 * s.mask).sum(-1) / n_tok).mean()
+                ent = ((s.entropy * s.mask).sum(-1) / n_tok).mean()
+                loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * ent + cfg.kl_coef * kl
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.optimizer.step()
+                stats["policy_loss"].append(float(pg))
+                stats["value_loss"].append(float(v_loss))
+                stats["entropy"].append(float(ent))
+                stats["kl"].append(float(kl))
+                stats["clip_fraction"].append(float(clipped))
+                stats["approx_kl"].append(float(approx_kl))
+        self.updates += 1
+        self._encoded.clear()
+        self.model.eval()
+        out = {k: (sum(v) / len(v) if v else 0.0) for k, v in stats.items()}
+        out["tokens"] = float(sum(len(t.completion_ids) for t in items))
+        out["transitions"] = float(len(items))
+        return out
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save_state(self, path: Path) -> None:
+        """Optimizer, value head and counters (the model itself is saved with ``save_pretrained``)."""
+        import torch
+
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "value_head": self.value_head.state_dict() if self.value_head is not None else None,
+            "updates": self.updates,
+            "rng": self.rng.getstate(),
+        }
+        torch.save(state, path)
+
+    def load_state(self, path: Path) -> None:
+        import torch
+
+        state = torch.load(path, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.value_head is not None and state.get("value_head") is not None:
+            self.value_head.load_state_dict(state["value_head"])
+        self.updates = int(state["updates"])
+        self.rng.setstate(state["rng"])
+
+
+def _chunks(xs: list[Any], n: int) -> list[list[Any]]:
+    return [xs[i : i + n] for i in range(0, len(xs), n)]
