@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage
+from langchain_core.tools import BaseTool
 
 from sftrl.agents.messages import message_text
 from sftrl.agents.policy import Reply, SamplingParams
@@ -33,9 +34,14 @@ class ExpertPolicy:
         sampling: SamplingParams,
         *,
         observation: Observation | None = None,
+        tools: Sequence[BaseTool] | None = None,
     ) -> Reply:
         if observation is None or "expert_reply" not in observation.oracle:
             raise PolicyInputError("the expert policy needs an observation with an oracle expert_reply")
+        call = observation.oracle.get("expert_tool_call")
+        if tools and call:
+            calls = [{**call, "id": "call_0"}]
+            return Reply(text="", tool_calls=calls, finish_reason="tool_calls", model="expert")
         return Reply(text=observation.oracle["expert_reply"], finish_reason="stop", model="expert")
 
 
@@ -65,7 +71,9 @@ class RandomPolicy:
         sampling: SamplingParams,
         *,
         observation: Observation | None = None,
+        tools: Sequence[BaseTool] | None = None,
     ) -> Reply:
+        # In tool mode the random reply stays plain text (no tool call): the loop scores the text.
         if observation is None or not observation.env_id:
             raise PolicyInputError("the random policy needs the observation (to know the env's actions)")
         text = env_class(observation.env_id).random_reply(observation, self._rng_for(messages))

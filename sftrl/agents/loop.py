@@ -11,6 +11,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from sftrl.agents.events import EpisodeStarted, Listener, TurnFinished, publish
 from sftrl.agents.messages import message_to_record, observation_to_message, truncate_history
 from sftrl.agents.policy import Policy, SamplingParams
+from sftrl.agents.tools import assistant_message, langchain_tools, reply_action_text, tool_result
 from sftrl.agents.trajectory import EpisodeRecord, ImageStore, ReplyRecord, TurnRecord
 from sftrl.environments.base import SftrlEnv, Verdict
 
@@ -71,21 +72,34 @@ async def run_episode(
     conversation: list[BaseMessage] = []
     step = attempt = 0
     success = False
+    # Tool-calling mode: actions are tool calls, and the env's answers (feedback, the next step's
+    # observation) come back as their tool results within one continuing conversation.
+    tool_mode = env.config_dict.get("protocol") == "tools"
+    tools = langchain_tools(env.tool_specs()) if tool_mode else None
+    pending_call: str | None = None
     for call_index in range(MAX_CALLS_PER_EPISODE):
         user = observation_to_message(observation)
-        if observation.kind == "task":
+        if pending_call is not None:
+            conversation.append(tool_result(user, pending_call))
+        elif observation.kind == "task":
             conversation = [user]
         else:
             conversation.append(user)
         prompt = truncate_history(conversation, keep_last_turns)
         call_sampling = _call_sampling(sampling, episode_index, call_index)
         t0 = time.perf_counter()
-        reply = await policy.generate(prompt, call_sampling, observation=observation)
+        if tool_mode:
+            reply = await policy.generate(prompt, call_sampling, observation=observation, tools=tools)
+        else:
+            reply = await policy.generate(prompt, call_sampling, observation=observation)
         latency = time.perf_counter() - t0
         policy_s += latency
-        conversation.append(AIMessage(content=reply.text))
+        assistant = assistant_message(reply) if tool_mode else AIMessage(content=reply.text)
+        conversation.append(assistant)
+        pending_call = assistant.tool_calls[0]["id"] if tool_mode and assistant.tool_calls else None
+        action_text = reply_action_text(env, reply) if tool_mode else reply.text
         t0 = time.perf_counter()
-        next_obs, reward, terminated, truncated, info = env.step(reply.text)
+        next_obs, reward, terminated, truncated, info = env.step(action_text)
         env_s += time.perf_counter() - t0
         verdict: Verdict = info["verdict"]
         turn = TurnRecord(
@@ -95,6 +109,7 @@ async def run_episode(
             prompt=[message_to_record(m, store) for m in prompt],
             reply=ReplyRecord(
                 text=reply.text,
+                tool_calls=[dict(c) for c in assistant.tool_calls] if tool_mode else None,
                 token_ids=reply.token_ids,
                 logprobs=reply.logprobs,
                 finish_reason=reply.finish_reason,

@@ -12,7 +12,7 @@ import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from PIL import Image
 
 from sftrl.environments.base import Observation
@@ -70,7 +70,18 @@ def message_text(message: BaseMessage) -> str:
     return "".join(parts)
 
 
-_ROLES = {"human": "user", "ai": "assistant", "system": "system"}
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+
+
+def _with_tool_fields(record: dict[str, Any], message: BaseMessage) -> dict[str, Any]:
+    """Tool-calling mode: keep an assistant turn's tool calls and a tool turn's call id."""
+    if isinstance(message, AIMessage) and message.tool_calls:
+        record["tool_calls"] = [
+            {"name": c["name"], "args": c["args"], "id": c.get("id")} for c in message.tool_calls
+        ]
+    if isinstance(message, ToolMessage):
+        record["tool_call_id"] = message.tool_call_id
+    return record
 
 
 def message_to_record(
@@ -79,7 +90,7 @@ def message_to_record(
     """A JSON-ready record of a message; image bytes go to ``store_image(sha, png) -> path``."""
     role = _ROLES.get(message.type, message.type)
     if isinstance(message.content, str):
-        return {"role": role, "content": message.content}
+        return _with_tool_fields({"role": role, "content": message.content}, message)
     content: list[dict[str, Any]] = []
     for block in message.content:
         if isinstance(block, str):
@@ -91,7 +102,7 @@ def message_to_record(
             content.append(record)
         else:
             content.append(dict(block))
-    return {"role": role, "content": content}
+    return _with_tool_fields({"role": role, "content": content}, message)
 
 
 def record_to_message(
@@ -117,7 +128,9 @@ def record_to_message(
         content = blocks
     role = record["role"]
     if role == "assistant":
-        return AIMessage(content=content)
+        return AIMessage(content=content, tool_calls=record.get("tool_calls") or [])
+    if role == "tool":
+        return ToolMessage(content=content, tool_call_id=record.get("tool_call_id", ""))
     if role == "system":
         return SystemMessage(content=content)
     return HumanMessage(content=content)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from langchain_core.messages import BaseMessage
+from langchain_core.tools import BaseTool
 from pydantic import BaseModel, ConfigDict, Field
 
 from sftrl.environments.base import Observation
@@ -35,6 +36,8 @@ class Reply(BaseModel):
     """``stop``, ``length`` (hit max_new_tokens or the context window), ``error``…"""
     model: str | None = None
     usage: dict[str, int] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    """Tool-calling mode: langchain-style calls ``{"name", "args", "id"}`` (first one is acted on)."""
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -54,4 +57,7 @@ class Policy(Protocol):
         sampling: SamplingParams,
         *,
         observation: Observation | None = None,
-    ) -> Reply: ...
+        tools: Sequence[BaseTool] | None = None,
+    ) -> Reply:
+        """``tools`` is given in tool-calling mode: the policy should answer with a tool call."""
+        ...

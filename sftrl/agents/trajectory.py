@@ -28,6 +28,7 @@ class ReplyRecord(BaseModel):
     """A policy reply as logged: text, tokens and log-probs when known, and how it was sampled."""
 
     text: str
+    tool_calls: list[dict[str, Any]] | None = None
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
     finish_reason: str | None = None

@@ -15,6 +15,8 @@ import gymnasium as gym
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from sftrl.environments.tools import ToolSpec
+
 ObservationKind = Literal["task", "feedback"]
 
 
@@ -108,6 +110,10 @@ class SftrlEnv(gym.Env[Observation, str], ABC):
     @abstractmethod
     def random_reply(cls, observation: Observation, rng: random.Random) -> str:
         """A well-formed reply with a random action for ``observation`` (the ``random`` policy)."""
+
+    def tool_specs(self) -> list[ToolSpec]:
+        """The env's actions as tools (tool-calling mode); empty if the env has no tool mode."""
+        return []
 
     def episode_metrics(self) -> dict[str, Any]:
         """Env-specific metrics of the current episode, stored in its log record."""

@@ -342,12 +342,12 @@ class Learner:
                 params = [p for g in self.optimizer.param_groups for p in g["params"]]
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
-                stats["policy_loss"].append(float(pg))
-                stats["value_loss"].append(float(v_loss))
-                stats["entropy"].append(float(ent))
-                stats["kl"].append(float(kl))
-                stats["clip_fraction"].append(float(clipped))
-                stats["approx_kl"].append(float(approx_kl))
+                stats["policy_loss"].append(float(pg.detach()))
+                stats["value_loss"].append(float(v_loss.detach()))
+                stats["entropy"].append(float(ent.detach()))
+                stats["kl"].append(float(kl.detach()))
+                stats["clip_fraction"].append(float(clipped.detach()))
+                stats["approx_kl"].append(float(approx_kl.detach()))
         self.updates += 1
         self._encoded.clear()
         self.model.eval()

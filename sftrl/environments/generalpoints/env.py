@@ -18,7 +18,9 @@ from sftrl.environments.generalpoints.cards import (
 )
 from sftrl.environments.generalpoints.prompts import feedback_text, reply_text, task_prompt
 from sftrl.environments.generalpoints.solver import is_solvable, solve
+from sftrl.environments.generalpoints.tools import TOOLS_OUTPUT, tool_specs
 from sftrl.environments.generalpoints.verifier import GPState, verify
+from sftrl.environments.tools import ToolSpec
 
 Split = Literal["id", "rule-ood", "visual-ood"]
 FaceCards = Literal["10", "11-13"]
@@ -49,6 +51,9 @@ class GeneralPointsConfig(BaseModel):
     verify_iter: int = Field(default=5, ge=1, le=1000)
     resolution: int = Field(default=1200, ge=64, le=4096)
     solvable_only: bool = True
+    protocol: Literal["json", "tools"] = Field(
+        default="json", description="answer as the paper's JSON, or by calling the submit tool"
+    )
 
     @field_validator("face_cards", mode="before")
     @classmethod
@@ -84,6 +89,7 @@ class GeneralPointsEnv(SftrlEnv):
         self._cards_checked = 0
         self._cards_correct = 0
         self._expert_reply: str | None = None
+        self._expert_call: dict[str, Any] | None = None
         self._task: Observation | None = None
 
     @property
@@ -147,13 +153,20 @@ class GeneralPointsEnv(SftrlEnv):
         self._success = False
         self._cards_checked = self._cards_correct = 0
         self._expert_reply = None
+        self._expert_call = None
         if solutions:
             pick = solutions[int(self.np_random.integers(len(solutions)))]
             self._expert_reply = reply_text(ranks=ranks, numbers=values, formula=f"{pick}={cfg.target}")
+            self._expert_call = {
+                "name": "submit",
+                "args": {"cards": list(ranks), "numbers": list(values), "formula": f"{pick}={cfg.target}"},
+            }
         assert cfg.face_cards is not None
         text = task_prompt(
             modality=cfg.modality, ranks=ranks, target=cfg.target, face_rule=face_rule_text(cfg.face_cards)
         )
+        if cfg.protocol == "tools":
+            text = text[: text.index("[Output]")] + TOOLS_OUTPUT.format(target=cfg.target)
         images = []
         if cfg.modality == "vision":
             from sftrl.environments.generalpoints.render import render_hand
@@ -184,7 +197,12 @@ class GeneralPointsEnv(SftrlEnv):
         }
 
     def _oracle(self) -> dict[str, Any]:
-        return {"expert_reply": self._expert_reply} if self._expert_reply else {}
+        if not self._expert_reply:
+            return {}
+        return {"expert_reply": self._expert_reply, "expert_tool_call": self._expert_call}
+
+    def tool_specs(self) -> list[ToolSpec]:
+        return tool_specs()
 
     def step(self, action: str) -> StepResult:
         if self._done or self._state is None:

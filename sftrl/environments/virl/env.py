@@ -29,6 +29,7 @@ import gymnasium as gym
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sftrl.environments.base import Observation, SftrlEnv, StepResult
+from sftrl.environments.tools import ToolSpec
 from sftrl.environments.virl.prompts import (
     OUTPUT_BLOCK,
     OUTPUT_BLOCK_VISION,
@@ -46,6 +47,7 @@ from sftrl.environments.virl.rail import (
     turn_action,
 )
 from sftrl.environments.virl.routes import RouteInfo, route_summary, split_routes
+from sftrl.environments.virl.tools import TOOLS_OUTPUT, expert_tool_call, tool_specs
 from sftrl.environments.virl.verifier import VIRLState, verify
 from sftrl.street_view.city import CityMap, available_cities, load_city
 from sftrl.street_view.geometry import COMPASS_NAMES, haversine_m, heading_delta
@@ -107,6 +109,9 @@ class VIRLConfig(BaseModel):
         default=None, description="official route file (route_infos.json or one route_info)"
     )
     verify_iter: int = Field(default=2, ge=1, le=1000)
+    protocol: Literal["json", "tools"] = Field(
+        default="json", description="answer as the paper's JSON, or by calling action tools"
+    )
     resolution: int = Field(default=320, ge=16, le=2048, description="pixels per view (the grid is 2x2)")
     max_route_m: float = Field(
         default=150.0,
@@ -256,7 +261,11 @@ class VIRLEnv(SftrlEnv):
         return self._rail.points[self._pos]
 
     def _output_block(self) -> str:
-        return OUTPUT_BLOCK_VISION if self.config.modality == "vision" else OUTPUT_BLOCK
+        vision = self.config.modality == "vision"
+        if self.config.protocol == "tools":
+            where = " from the street view grid" if vision else " from the observation sequence"
+            return TOOLS_OUTPUT.format(where=where)
+        return OUTPUT_BLOCK_VISION if vision else OUTPUT_BLOCK
 
     def _step_rail(self, reply: str) -> StepResult:
         assert self._rail is not None
@@ -320,6 +329,8 @@ class VIRLEnv(SftrlEnv):
             observations=[*self._obs_hist, current],
             actions_taken=self._act_hist,
         )
+        if cfg.protocol == "tools":
+            text = text[: text.rindex("[Output]")] + self._output_block()
         images = [self._grid(lat, lng, node, heading)] if vision else []
         return Observation(
             text=text,
@@ -413,7 +424,15 @@ class VIRLEnv(SftrlEnv):
         if self._done:
             return {}
         _, _, _, _, obs_text, _, instr, action = self._current()
-        return {"expert_reply": reply_text(obs_text, instr, action), "gt_action": action}
+        return {
+            "expert_reply": reply_text(obs_text, instr, action),
+            "expert_tool_call": expert_tool_call(obs_text, instr, action),
+            "gt_action": action,
+        }
+
+    def tool_specs(self) -> list[ToolSpec]:
+        assert self.config.actions is not None
+        return tool_specs(self.config.actions)
 
     # -- free mode -------------------------------------------------------------------------------
     def _budget(self) -> int:

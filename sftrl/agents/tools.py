@@ -1,0 +1,75 @@
+"""Tool-calling mode on the agent side: env tool specs as langchain-core tools, calls back to reply text.
+
+The env's :class:`~sftrl.environments.tools.ToolSpec` s become ``StructuredTool`` s (pydantic argument
+schemas), which backends bind natively (OpenAI/vLLM ``tools``) or render through the chat template
+(``hf``). The tools are never executed by a model: the agent loop turns the model's first tool call
+into the reply text the env's verifier scores, and the env's answer becomes the ``ToolMessage``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.tools import BaseTool, StructuredTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from sftrl.agents.policy import Reply
+from sftrl.environments.base import SftrlEnv
+from sftrl.environments.tools import ToolSpec, call_to_reply
+
+
+def _not_executable(**_: Any) -> str:
+    raise RuntimeError("env tools are acted on by the env, not executed")
+
+
+def langchain_tools(specs: list[ToolSpec]) -> list[BaseTool]:
+    """The env's action tools as langchain-core ``StructuredTool`` s."""
+    return [
+        StructuredTool.from_function(
+            func=_not_executable, name=s.name, description=s.description, args_schema=s.args_schema
+        )
+        for s in specs
+    ]
+
+
+def openai_tools(tools: list[BaseTool]) -> list[dict[str, Any]]:
+    """The OpenAI ``tools`` request field for ``tools`` (JSON schemas of their arguments)."""
+    return [convert_to_openai_tool(t) for t in tools]
+
+
+def reply_action_text(env: SftrlEnv, reply: Reply) -> str:
+    """What the verifier scores: the first tool call as reply text, or the reply's text if it made none."""
+    if reply.tool_calls:
+        call = reply.tool_calls[0]
+        args = call.get("args")
+        if isinstance(args, str):  # OpenAI sends arguments as a JSON string
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                return f"(tool call {call.get('name')!r} with unparseable arguments: {args[:200]!r})"
+        name = str(call.get("name", ""))
+        return call_to_reply(env.tool_specs(), name, args if isinstance(args, dict) else {})
+    return reply.text
+
+
+def assistant_message(reply: Reply) -> AIMessage:
+    """The reply as the conversation's assistant turn (tool calls included)."""
+    if not reply.tool_calls:
+        return AIMessage(content=reply.text)
+    calls = []
+    for i, c in enumerate(reply.tool_calls):
+        args = c.get("args")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                args = {"_raw": args}
+        calls.append({"name": str(c.get("name", "")), "args": args or {}, "id": c.get("id") or f"call_{i}"})
+    return AIMessage(content=reply.text, tool_calls=calls)
+
+
+def tool_result(user: BaseMessage, call_id: str) -> ToolMessage:
+    """The env's next observation (feedback or the next step, images included) as the tool's result."""
+    return ToolMessage(content=user.content, tool_call_id=call_id)

@@ -1,0 +1,232 @@
+"""``agent train rl``: alternate rollouts and RL updates (online), or update from logged episodes.
+
+Online, each update collects episodes with the model being trained (through the ordinary runner, so
+every rollout is a normal run directory under ``OUT/rollouts``), then feeds them to the
+:class:`~sftrl.training.rl.Learner` exactly as logged episodes are fed offline. Checkpoints hold the
+model, its processor, the value head and optimizer state; ``--resume`` continues from the latest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sftrl.agents.policy import SamplingParams
+from sftrl.training.rl import Learner, RLConfig
+from sftrl.training.transitions import EpisodeBatch, Transition, TransitionError, load_episodes
+
+METRICS_FILE = "metrics.jsonl"
+STATE_FILE = "learner_state.pt"
+
+
+class RLRunConfig(BaseModel):
+    """What ``agent train rl`` does besides the update's hyper-parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env: str = "gp"
+    env_options: dict[str, Any] = Field(default_factory=dict)
+    model: str
+    out: Path
+    updates: int = Field(default=10, ge=1, description="number of RL updates (--max-steps)")
+    episodes_per_update: int = Field(default=16, ge=1)
+    group_size: int = Field(default=4, ge=1, description="episodes per initial state (GRPO groups)")
+    concurrency: int = Field(default=8, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    max_new_tokens: int = Field(default=128, ge=1)
+    save_every: int = Field(default=5, ge=1)
+    seed: int = 0
+    resume: bool = False
+    episodes: list[Path] = Field(default_factory=list, description="logged run dirs to learn from (offline)")
+    rl: RLConfig = Field(default_factory=RLConfig)
+
+
+def model_flops_per_token(model: Any) -> float:
+    """~2 FLOPs per parameter per token for a forward pass (the usual dense-transformer estimate)."""
+    return 2.0 * sum(p.numel() for p in model.parameters())
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def _save(policy: Any, learner: Learner, path: Path, meta: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    policy.save_pretrained(tmp)
+    learner.save_state(tmp / STATE_FILE)
+    (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=1))
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)  # a checkpoint is either complete or absent
+
+
+def _collect(
+    cfg: RLRunConfig, policy: Any, update: int, progress: Callable[[str], None] | None
+) -> tuple[Path, dict[str, Any]]:
+    from sftrl.agents.runner import RunConfig, run_async, split_config
+
+    out = cfg.out / "rollouts" / f"update-{update:05d}"
+    values: dict[str, Any] = {
+        **cfg.env_options,
+        "env": cfg.env,
+        "policy": "hf",
+        "episodes": cfg.episodes_per_update,
+        "seed": cfg.seed * 1_000_003 + update,
+        "out": out,
+        "concurrency": cfg.concurrency,
+        "group_size": cfg.group_size if cfg.rl.algo == "grpo" else 1,
+        "resume": out.exists(),
+    }
+    run, env_cfg = split_config({k: v for k, v in values.items() if k != "policy"})
+    run = RunConfig.model_validate(
+        {
+            **run.model_dump(),
+            "policy": "hf",
+            "sampling": SamplingParams(
+                temperature=cfg.temperature,
+                max_new_tokens=cfg.max_new_tokens,
+                logprobs=True,
+                seed=cfg.seed * 7919 + update,
+            ),
+        }
+    )
+    summary = asyncio.run(run_async(run, env_cfg, policy=policy))
+    if progress:
+        progress(
+            f"update {update}: collected {summary['episodes']} episodes, "
+            f"success {summary['success_rate']:.3f}"
+        )
+    return out, summary
+
+
+def _batch_metrics(batch: EpisodeBatch) -> dict[str, float]:
+    n = max(len(batch), 1)
+    return {
+        "reward": sum(batch.returns) / n,
+        "success_rate": sum(batch.successes) / n,
+        "episode_length": sum(len(e) for e in batch.episodes) / n,
+    }
+
+
+def train_rl(
+    cfg: RLRunConfig,
+    *,
+    policy: Any = None,
+    encode: Callable[[Transition], dict[str, Any]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``cfg.updates`` RL updates and save the final model to ``cfg.out``; returns the last metrics.
+
+    ``policy`` is an :class:`~sftrl.agents.hf_policy.HFPolicy` (built from ``cfg.model`` if None): its
+    model is the one trained, so rollouts after each update use the new weights.
+    """
+    import torch
+
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    start = 0
+    model_path = cfg.model
+    ckpt = _latest_checkpoint(out) if cfg.resume else None
+    if not cfg.resume and (out / METRICS_FILE).exists():
+        raise TransitionError(f"{out} already holds an RL run; pass --resume or choose another --out")
+    if ckpt is not None:
+        model_path = str(ckpt)
+        start = json.loads((ckpt / "trainer_state.json").read_text())["update"]
+    if policy is None:
+        from sftrl.agents.hf_policy import HFPolicy
+
+        policy = HFPolicy(model_path)
+    encode = encode or policy.encode_transition
+    ref_model = None
+    if cfg.rl.algo == "grpo" and cfg.rl.kl_coef > 0:
+        import copy
+
+        ref_model = copy.deepcopy(policy.model).eval()
+    learner = Learner(policy.model, encode, cfg.rl, pad_token_id=policy.pad_token_id, ref_model=ref_model)
+    if ckpt is not None and (ckpt / STATE_FILE).exists():
+        learner.load_state(ckpt / STATE_FILE)
+    flops_tok = model_flops_per_token(policy.model)
+    total_flops = 0.0
+    metrics: dict[str, Any] = {}
+    offline_batch = load_episodes(cfg.episodes, model=None) if cfg.episodes else None
+    torch.manual_seed(cfg.seed)
+    for update in range(start, cfg.updates):
+        t0 = time.perf_counter()
+        if offline_batch is not None:
+            batch, rollout_dir = offline_batch, None
+        else:
+            rollout_dir, _ = _collect(cfg, policy, update, progress)
+            batch = load_episodes([rollout_dir])
+        gap = learner.check_consistency(batch.transitions)
+        stats = learner.update(batch)
+        tokens = stats["tokens"]
+        # Rollout (forward) + PPO epochs x (forward + backward ~ 3x forward) over the reply tokens.
+        total_flops += flops_tok * tokens * (1 + 3 * cfg.rl.ppo_epochs)
+        metrics = {
+            "update": update + 1,
+            **_batch_metrics(batch),
+            **stats,
+            "logprob_gap": gap,
+            "flops": total_flops,
+            "seconds": time.perf_counter() - t0,
+            "rollouts": str(rollout_dir) if rollout_dir else None,
+        }
+        with (out / METRICS_FILE).open("a") as fh:
+            fh.write(json.dumps(metrics) + "\n")
+        if progress:
+            progress(
+                f"update {update + 1}/{cfg.updates}: reward {metrics['reward']:.3f} "
+                f"success {metrics['success_rate']:.3f} policy_loss {stats['policy_loss']:.4f}"
+            )
+        if (update + 1) % cfg.save_every == 0 or update + 1 == cfg.updates:
+            _save(
+                policy,
+                learner,
+                out / f"checkpoint-{update + 1}",
+                {"update": update + 1, **cfg.model_dump(mode="json")},
+            )
+    policy.save_pretrained(out)
+    plot_metrics(out)
+    return metrics
+
+
+def read_metrics(out: Path) -> list[dict[str, Any]]:
+    path = out / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_metrics(
+    out: Path, keys: Sequence[str] = ("reward", "success_rate", "policy_loss", "entropy")
+) -> Path | None:
+    """A PNG of the per-update metrics (against training FLOPs, as the paper plots)."""
+    rows = read_metrics(out)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    x = [r["flops"] for r in rows]
+    for ax, k in zip(axes, keys, strict=True):
+        ax.plot(x, [r.get(k, float("nan")) for r in rows], marker="o", ms=3)
+        ax.set_title(k)
+        ax.set_xlabel("training FLOPs")
+    fig.tight_layout()
+    path = out / "rl_metrics.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
