@@ -92,6 +92,49 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--config", type=Path, help="YAML file whose keys mirror these flags")
     ev.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     ev.add_argument("--bootstrap", type=int, default=argparse.SUPPRESS, help="bootstrap resamples (2000)")
+
+    routes = sub.add_parser("routes", help="V-IRL route sets: list a split, collect new routes")
+    rsub = routes.add_subparsers(dest="routes_command", required=True, parser_class=_Parser)
+    rl_list = rsub.add_parser("list", help="the fixed route set of a split (as in the shipped manifest)")
+    rl_list.add_argument("--split", default="id", help="id | rule-ood | visual-ood | nyc-unseen")
+    rl_list.add_argument("--city", default=None, help="city bundle(s), default from the split")
+    rl_list.add_argument("--num-routes", type=int, default=100)
+    rl_list.add_argument("--route-seed", type=int, default=0)
+    rl_list.add_argument("--json", action="store_true")
+
+    train = sub.add_parser("train", help="post-train a model: sft | rl")
+    tsub = train.add_subparsers(dest="train_command", required=True, parser_class=_Parser)
+    trl = tsub.add_parser("rl", help="multi-turn RL with verifier rewards (PPO as the paper, or GRPO)")
+    trl.add_argument("--config", type=Path, help="YAML file whose keys mirror these flags")
+    trl.add_argument("--env", default=argparse.SUPPRESS, help="env to roll out in: gp (default) | virl")
+    trl.add_argument("--model", default=argparse.SUPPRESS, help="model directory or hub id (hf backend)")
+    trl.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="checkpoint directory")
+    trl.add_argument("--algo", default=argparse.SUPPRESS, help="ppo (default) | grpo")
+    trl.add_argument("--max-steps", type=int, default=argparse.SUPPRESS, help="RL updates (10)")
+    trl.add_argument(
+        "--episodes",
+        type=Path,
+        nargs="+",
+        default=argparse.SUPPRESS,
+        metavar="RUN_DIR",
+        help="learn from these logged runs (collected with --policy hf) instead of collecting online",
+    )
+    trl.add_argument("--episodes-per-update", type=int, default=argparse.SUPPRESS, help="(16)")
+    trl.add_argument("--group-size", type=int, default=argparse.SUPPRESS, help="GRPO episodes per seed (4)")
+    trl.add_argument("--concurrency", type=int, default=argparse.SUPPRESS, help="episodes in flight (8)")
+    trl.add_argument(
+        "--temperature", type=float, default=argparse.SUPPRESS, help="sampling temperature (1.0)"
+    )
+    trl.add_argument("--max-new-tokens", type=int, default=argparse.SUPPRESS, help="(128)")
+    trl.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="learning rate (1e-5)")
+    trl.add_argument("--ppo-epochs", type=int, default=argparse.SUPPRESS, help="(4)")
+    trl.add_argument("--minibatch-size", type=int, default=argparse.SUPPRESS, help="(8)")
+    trl.add_argument("--kl-coef", type=float, default=argparse.SUPPRESS, help="GRPO KL to the start (0)")
+    trl.add_argument("--save-every", type=int, default=argparse.SUPPRESS, help="checkpoint every N updates")
+    trl.add_argument("--seed", type=int, default=argparse.SUPPRESS)
+    trl.add_argument("--resume", action="store_true", default=argparse.SUPPRESS)
+    trl.add_argument("--json", action="store_true", help="print the last update's metrics as JSON")
+    _env_flags(trl)
     return parser
 
 
@@ -217,7 +260,98 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval}
+def cmd_routes(ns: argparse.Namespace) -> int:
+    from sftrl.environments.virl.env import VIRLConfig
+    from sftrl.environments.virl.routes import route_fingerprint, route_summary, split_routes
+
+    try:
+        cfg = VIRLConfig(split=ns.split, city=ns.city, num_routes=ns.num_routes, route_seed=ns.route_seed)
+    except ValueError as exc:
+        raise CLIError(str(exc).splitlines()[-1] if "validation error" in str(exc) else str(exc)) from exc
+    assert cfg.city is not None
+    routes = split_routes(
+        cfg.city, cfg.split, cfg.route_seed, cfg.num_routes, cfg.max_route_m, cfg.max_start_m
+    )
+    rows = [dict(route_summary(r), index=i, fingerprint=route_fingerprint(r)) for i, r in enumerate(routes)]
+    if ns.json:
+        print(json.dumps(rows))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"V-IRL routes: split {cfg.split}, city {cfg.city} ({len(rows)})")
+    for col in ("index", "route_id", "start", "destination", "length_m", "milestones"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            *(str(r[c]) for c in ("index", "route_id", "start", "destination", "length_m", "milestones"))
+        )
+    Console().print(table)
+    return 0
+
+
+_RL_KEYS = {"lr", "ppo_epochs", "minibatch_size", "kl_coef", "algo", "seed"}
+_RL_RUN_KEYS = {
+    "env",
+    "model",
+    "out",
+    "episodes_per_update",
+    "group_size",
+    "concurrency",
+    "temperature",
+    "max_new_tokens",
+    "save_every",
+    "seed",
+    "resume",
+    "episodes",
+}
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    if ns.train_command != "rl":  # pragma: no cover - argparse restricts the choices
+        raise CLIError(f"unknown train command {ns.train_command!r}")
+    from pydantic import ValidationError
+
+    from sftrl.agents.runner import split_config
+    from sftrl.training.rl_train import RLRunConfig, train_rl
+
+    flags = {k: v for k, v in vars(ns).items() if k not in {"command", "train_command", "config", "json"}}
+    values = merge(load_yaml(ns.config) if ns.config else {}, flags)
+    if "max_steps" in values:
+        values["updates"] = values.pop("max_steps")
+    rl = dict(values.pop("rl", None) or {})  # the YAML's `rl:` section (every RLConfig field)
+    rl.update({k: values.pop(k) for k in list(values) if k in _RL_KEYS - {"seed"}})
+    if "seed" in values:
+        rl["seed"] = values["seed"]
+    run_values = {k: values.pop(k) for k in list(values) if k in _RL_RUN_KEYS | {"updates"}}
+    # Whatever is left are env options: validate them with the env's own model.
+    _, env_cfg = split_config({"env": run_values.get("env", "gp"), **values})
+    explicit = {k: env_cfg[k] for k in values}
+    if "model" not in run_values or "out" not in run_values:
+        raise CLIError("train rl needs --model PATH and --out DIR")
+    try:
+        cfg = RLRunConfig.model_validate({**run_values, "env_options": explicit, "rl": rl})
+    except ValidationError as exc:
+        raise CLIError(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        ) from exc
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    from sftrl.training.transitions import TransitionError
+
+    try:
+        metrics = train_rl(cfg, progress=lambda msg: err.print(msg))
+    except TransitionError as exc:
+        raise CLIError(str(exc)) from exc
+    if ns.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        err.print(f"saved to {cfg.out}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "routes": cmd_routes, "train": cmd_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

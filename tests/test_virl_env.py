@@ -127,7 +127,7 @@ def test_rail_feedback_history_and_verify_iter():
 
 
 def test_free_mode_moves_and_metrics():
-    env = make_env("virl", mode="free", max_steps=4)
+    env = make_env("virl", mode="free", max_episode_steps=4)
     obs, _ = env.reset(seed=2)
     start = obs.info["node"]
     fwd = json.dumps(

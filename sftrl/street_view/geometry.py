@@ -250,6 +250,12 @@ class GridIndex:
         if not self._cells:
             raise ValueError("nearest() on an empty GridIndex")
         ix, iy = int(math.floor(x / self.cell_m)), int(math.floor(y / self.cell_m))
+        (cx0, cx1), (cy0, cy1) = self._cx_range, self._cy_range
+        if not (cx0 - 2 <= ix <= cx1 + 2 and cy0 - 2 <= iy <= cy1 + 2):
+            # Far outside the data: ring search would walk empty cells for ages; one vector pass is O(n).
+            d2_all = (self.x - x) ** 2 + (self.y - y) ** 2
+            k = int(np.argmin(d2_all))
+            return k, float(math.sqrt(d2_all[k]))
         best_i, best_d2 = -1, math.inf
         # Grow square rings of cells; once a hit is found, a ring further out than the best distance
         # cannot contain anything closer, so stop there.

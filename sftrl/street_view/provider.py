@@ -33,6 +33,8 @@ class ViewRequest(BaseModel):
     """City bundle name (the synthetic provider draws from it)."""
     node: int | None = None
     """Street-graph node index the view is taken at, when known."""
+    landmarks: tuple[tuple[str, float, float], ...] = ()
+    """Named places (name, lat, lng) the synthetic renderer must show when in view (route landmarks)."""
 
 
 class ProviderError(RuntimeError):

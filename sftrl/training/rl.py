@@ -73,29 +73,38 @@ class LogprobMismatchError(RuntimeError):
     """Recomputed log-probs disagree with the rollout's: an update would be off-policy garbage."""
 
 
-class ValueHead:
-    """Scalar value of a prompt from the policy's last hidden state at the prompt's last token."""
+def actor_critic(policy: Any, with_value: bool) -> Any:
+    """One ``nn.Module`` holding the policy and (PPO) its value head, so ``accelerate`` (DeepSpeed,
+    FSDP, DDP) prepares a single model. ``forward`` returns the policy's logits and the values read
+    from the last hidden state at each row's ``value_index`` (the prompt's last token)."""
+    import torch
 
-    def __init__(self, hidden_size: int, dtype: Any = None) -> None:
-        import torch
+    class ActorCritic(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.policy = policy
+            self.value_head: torch.nn.Linear | None = None
+            if with_value:
+                hidden = _hidden_size(policy)
+                self.value_head = torch.nn.Linear(hidden, 1)
+                torch.nn.init.normal_(self.value_head.weight, std=1.0 / math.sqrt(hidden + 1))
+                torch.nn.init.zeros_(self.value_head.bias)
 
-        self.linear = torch.nn.Linear(hidden_size, 1)
-        torch.nn.init.normal_(self.linear.weight, std=1.0 / math.sqrt(hidden_size + 1))
-        torch.nn.init.zeros_(self.linear.bias)
-        if dtype is not None:
-            self.linear.to(dtype)
+        def forward(
+            self, value_index: torch.Tensor | None = None, **batch: Any
+        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+            want = self.value_head is not None and value_index is not None
+            out = self.policy(**batch, output_hidden_states=want, use_cache=False)
+            values = None
+            if want:
+                assert self.value_head is not None and value_index is not None
+                last = out.hidden_states[-1]
+                rows = torch.arange(last.shape[0], device=last.device)
+                h = last[rows, value_index]
+                values = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
+            return out.logits, values
 
-    def parameters(self) -> Any:
-        return self.linear.parameters()
-
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.linear.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.linear.load_state_dict(state)
+    return ActorCritic()
 
 
 def _hidden_size(model: Any) -> int:
@@ -117,7 +126,7 @@ class Learner:
         *,
         pad_token_id: int = 0,
         ref_model: Any = None,
-        value_head: ValueHead | None = None,
+        accelerator: Any = None,
     ) -> None:
         import torch
 
@@ -126,18 +135,27 @@ class Learner:
         self.cfg = config
         self.pad_token_id = pad_token_id
         self.ref_model = ref_model
-        self.value_head = value_head
-        if config.algo == "ppo" and self.value_head is None:
-            self.value_head = ValueHead(_hidden_size(model))
+        module = actor_critic(model, with_value=config.algo == "ppo")
         groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-        if self.value_head is not None:
+        if module.value_head is not None:
             groups.append(
-                {"params": list(self.value_head.parameters()), "lr": config.value_lr or config.lr * 10}
+                {"params": list(module.value_head.parameters()), "lr": config.value_lr or config.lr * 10}
             )
-        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
+        if accelerator is None:
+            from accelerate import Accelerator
+
+            accelerator = Accelerator()
+        self.accelerator = accelerator
+        # Under `accelerate launch` this wraps for DDP / DeepSpeed ZeRO / FSDP; on one CPU it is a no-op.
+        self.module, self.optimizer = accelerator.prepare(module, optimizer)
         self.rng = random.Random(config.seed)
         self.updates = 0
         self._encoded: dict[int, dict[str, Any]] = {}
+
+    @property
+    def value_head(self) -> Any:
+        return self.accelerator.unwrap_model(self.module).value_head
 
     # -- scoring -----------------------------------------------------------------------------------
     def _inputs(self, items: Sequence[Transition]) -> tuple[dict[str, Any], list[int], int]:
@@ -167,45 +185,44 @@ class Learner:
         max_c = max((len(t.completion_ids) for t in items), default=0)
         return batch, prompt_lens, max_c
 
-    def _model_logits(self, model: Any, batch: dict[str, Any], want_hidden: bool) -> tuple[Any, Any]:
-        out = model(**batch, output_hidden_states=want_hidden, use_cache=False)
-        hidden = out.hidden_states[-1] if want_hidden else None
-        return out.logits, hidden
-
     def score(self, items: Sequence[Transition], *, model: Any = None, with_values: bool = True) -> Scored:
         """Token log-probs, entropies (and values) of ``items`` under ``model`` (default: the policy)."""
         import torch
 
-        model = model if model is not None else self.model
         batch, prompt_lens, max_c = self._inputs(items)
-        want_hidden = with_values and self.value_head is not None and model is self.model
-        logits, hidden = self._model_logits(model, batch, want_hidden)
+        want_hidden = with_values and self.value_head is not None and model is None
+        device = self.accelerator.device
+        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+        if model is None:
+            index = torch.tensor([p - 1 for p in prompt_lens], device=device) if want_hidden else None
+            logits, values_t = self.module(value_index=index, **batch)
+        else:
+            logits = model(**batch, use_cache=False).logits
+            values_t = None
         b = len(items)
-        logprobs = torch.zeros((b, max_c), dtype=torch.float32)
-        entropy = torch.zeros((b, max_c), dtype=torch.float32)
-        mask = torch.zeros((b, max_c), dtype=torch.float32)
+        logprobs = torch.zeros((b, max_c), dtype=torch.float32, device=device)
+        entropy = torch.zeros((b, max_c), dtype=torch.float32, device=device)
+        mask = torch.zeros((b, max_c), dtype=torch.float32, device=device)
         values = torch.zeros(b, dtype=torch.float32) if want_hidden else None
-        rows_lp, rows_ent, rows_v = [], [], []
+        rows_lp: list[torch.Tensor] = []
+        rows_ent: list[torch.Tensor] = []
         for i, t in enumerate(items):
             p, c = prompt_lens[i], len(t.completion_ids)
             temp = max(t.temperature, 1e-5)
             # Logits at position j predict token j+1: the completion is predicted from p-1 .. p+c-2.
             step_logits = logits[i, p - 1 : p + c - 1].float() / temp
             logp_all = torch.log_softmax(step_logits, dim=-1)
-            target = torch.tensor(t.completion_ids, dtype=torch.long)
+            target = torch.tensor(t.completion_ids, dtype=torch.long, device=logits.device)
             lp = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)
             ent = -(logp_all.exp() * logp_all).sum(-1)
             rows_lp.append(torch.nn.functional.pad(lp, (0, max_c - c)))
             rows_ent.append(torch.nn.functional.pad(ent, (0, max_c - c)))
             mask[i, :c] = 1.0
-            if want_hidden:
-                assert self.value_head is not None and hidden is not None
-                rows_v.append(self.value_head(hidden[i, p - 1]))
         if rows_lp:
             logprobs = torch.stack(rows_lp)
             entropy = torch.stack(rows_ent)
-        if want_hidden and rows_v:
-            values = torch.stack(rows_v).float()
+        if want_hidden:
+            values = values_t
         return Scored(logprobs=logprobs, mask=mask, entropy=entropy, values=values)
 
     # -- consistency ------------------------------------------------------------------------------
@@ -221,7 +238,7 @@ class Learner:
                     if t.behaviour_logprobs is None:
                         continue
                     c = len(t.completion_ids)
-                    old = torch.tensor(t.behaviour_logprobs, dtype=torch.float32)
+                    old = torch.tensor(t.behaviour_logprobs, dtype=torch.float32, device=s.logprobs.device)
                     gaps += float((s.logprobs[i, :c] - old).abs().sum())
                     n += c
         return gaps / max(n, 1)
@@ -271,7 +288,7 @@ class Learner:
         import torch
 
         cfg = self.cfg
-        self.model.train()
+        self.module.train()
         items, adv, ret = self._advantages(batch)
         ref_lp: dict[int, torch.Tensor] = {}
         if cfg.algo == "grpo" and cfg.kl_coef > 0 and self.ref_model is not None:
@@ -296,7 +313,8 @@ class Learner:
                         old[j, :c] = torch.tensor(t.behaviour_logprobs, dtype=torch.float32)
                     else:
                         old[j, :c] = s.logprobs[j, :c].detach()
-                a = torch.tensor([adv[i] for i in idx], dtype=torch.float32)
+                dev = s.logprobs.device
+                a = torch.tensor([adv[i] for i in idx], dtype=torch.float32, device=dev)
                 n_tok = s.mask.sum(-1).clamp(min=1)
                 if cfg.algo == "ppo":
                     # Action = the whole reply: its log-prob is the sum of its token log-probs.
@@ -307,9 +325,9 @@ class Learner:
                     clipped = ((ratio - 1).abs() > cfg.clip).float().mean()
                     approx_kl = (old_lp - new_lp).mean()
                     assert s.values is not None
-                    r = torch.tensor([ret[i] for i in idx], dtype=torch.float32)
+                    r = torch.tensor([ret[i] for i in idx], dtype=torch.float32, device=dev)
                     v_loss = 0.5 * (s.values - r).pow(2).mean()
-                    kl = torch.zeros(())
+                    kl = torch.zeros((), device=dev)
                 else:
                     # GRPO: token-level clipped ratios, the episode's group advantage on every token.
                     ratio = torch.exp((s.logprobs - old).clamp(-20, 20))
@@ -320,8 +338,8 @@ class Learner:
                         min=1
                     )
                     approx_kl = ((old - s.logprobs) * s.mask).sum() / s.mask.sum().clamp(min=1)
-                    v_loss = torch.zeros(())
-                    kl = torch.zeros(())
+                    v_loss = torch.zeros((), device=dev)
+                    kl = torch.zeros((), device=dev)
                     if ref_lp:
                         ref = torch.stack(
                             [
@@ -338,9 +356,8 @@ class Learner:
                 ent = ((s.entropy * s.mask).sum(-1) / n_tok).mean()
                 loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * ent + cfg.kl_coef * kl
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.accelerator.backward(loss)
+                self.accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 stats["policy_loss"].append(float(pg.detach()))
                 stats["value_loss"].append(float(v_loss.detach()))
@@ -350,7 +367,7 @@ class Learner:
                 stats["approx_kl"].append(float(approx_kl.detach()))
         self.updates += 1
         self._encoded.clear()
-        self.model.eval()
+        self.module.eval()
         out = {k: (sum(v) / len(v) if v else 0.0) for k, v in stats.items()}
         out["tokens"] = float(sum(len(t.completion_ids) for t in items))
         out["transitions"] = float(len(items))

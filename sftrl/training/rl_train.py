@@ -71,17 +71,18 @@ def _save(policy: Any, learner: Learner, path: Path, meta: dict[str, Any]) -> No
 
 
 def _collect(
-    cfg: RLRunConfig, policy: Any, update: int, progress: Callable[[str], None] | None
+    cfg: RLRunConfig, policy: Any, update: int, progress: Callable[[str], None] | None, rank: int = 0
 ) -> tuple[Path, dict[str, Any]]:
     from sftrl.agents.runner import RunConfig, run_async, split_config
 
-    out = cfg.out / "rollouts" / f"update-{update:05d}"
+    # Each data-parallel process collects its own episodes (own seeds, own run directory).
+    out = cfg.out / "rollouts" / (f"update-{update:05d}" + (f"-rank{rank}" if rank else ""))
     values: dict[str, Any] = {
         **cfg.env_options,
         "env": cfg.env,
         "policy": "hf",
         "episodes": cfg.episodes_per_update,
-        "seed": cfg.seed * 1_000_003 + update,
+        "seed": cfg.seed * 1_000_003 + update * 1009 + rank,
         "out": out,
         "concurrency": cfg.concurrency,
         "group_size": cfg.group_size if cfg.rl.algo == "grpo" else 1,
@@ -131,7 +132,11 @@ def train_rl(
     model is the one trained, so rollouts after each update use the new weights.
     """
     import torch
+    from accelerate import Accelerator
 
+    accelerator = Accelerator()
+    rank = accelerator.process_index
+    main = accelerator.is_main_process
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     start = 0
@@ -152,7 +157,14 @@ def train_rl(
         import copy
 
         ref_model = copy.deepcopy(policy.model).eval()
-    learner = Learner(policy.model, encode, cfg.rl, pad_token_id=policy.pad_token_id, ref_model=ref_model)
+    learner = Learner(
+        policy.model,
+        encode,
+        cfg.rl,
+        pad_token_id=policy.pad_token_id,
+        ref_model=ref_model,
+        accelerator=accelerator,
+    )
     if ckpt is not None and (ckpt / STATE_FILE).exists():
         learner.load_state(ckpt / STATE_FILE)
     flops_tok = model_flops_per_token(policy.model)
@@ -165,7 +177,7 @@ def train_rl(
         if offline_batch is not None:
             batch, rollout_dir = offline_batch, None
         else:
-            rollout_dir, _ = _collect(cfg, policy, update, progress)
+            rollout_dir, _ = _collect(cfg, policy, update, progress if main else None, rank)
             batch = load_episodes([rollout_dir])
         gap = learner.check_consistency(batch.transitions)
         stats = learner.update(batch)
@@ -181,22 +193,25 @@ def train_rl(
             "seconds": time.perf_counter() - t0,
             "rollouts": str(rollout_dir) if rollout_dir else None,
         }
-        with (out / METRICS_FILE).open("a") as fh:
-            fh.write(json.dumps(metrics) + "\n")
-        if progress:
+        if main:
+            with (out / METRICS_FILE).open("a") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+        if progress and main:
             progress(
                 f"update {update + 1}/{cfg.updates}: reward {metrics['reward']:.3f} "
                 f"success {metrics['success_rate']:.3f} policy_loss {stats['policy_loss']:.4f}"
             )
-        if (update + 1) % cfg.save_every == 0 or update + 1 == cfg.updates:
+        accelerator.wait_for_everyone()
+        if main and ((update + 1) % cfg.save_every == 0 or update + 1 == cfg.updates):
             _save(
                 policy,
                 learner,
                 out / f"checkpoint-{update + 1}",
                 {"update": update + 1, **cfg.model_dump(mode="json")},
             )
-    policy.save_pretrained(out)
-    plot_metrics(out)
+    if main:
+        policy.save_pretrained(out)
+        plot_metrics(out)
     return metrics
 
 

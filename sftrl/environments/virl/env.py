@@ -125,7 +125,7 @@ class VIRLConfig(BaseModel):
     drop_rate: float = Field(default=0.5, ge=0.0, lt=1.0)
     num_routes: int = Field(default=100, ge=1, le=10_000, description="routes per split")
     route_seed: int = Field(default=0, description="seed of the split's fixed route set")
-    max_steps: int | None = Field(default=None, ge=1, description="free mode step budget")
+    max_episode_steps: int | None = Field(default=None, ge=1, description="free mode step budget")
 
     @model_validator(mode="after")
     def _resolve(self) -> VIRLConfig:
@@ -346,6 +346,9 @@ class VIRLEnv(SftrlEnv):
         city = self._rail.route.city
         provider = self._provider or self._default_provider(city)
         res = self.config.resolution
+        route = self._rail.route
+        marks = tuple((lm.name, *lm.geocode) for lm in route.route_results.landmark_list)
+        marks += ((route.dest_place.name, *route.dest_place.geocode),)
         views = [
             provider.get_view(
                 ViewRequest(
@@ -356,6 +359,7 @@ class VIRLEnv(SftrlEnv):
                     height=res,
                     city=city,
                     node=node,
+                    landmarks=marks,
                 )
             )
             for _, rel in GRID_LAYOUT
@@ -437,7 +441,7 @@ class VIRLEnv(SftrlEnv):
     # -- free mode -------------------------------------------------------------------------------
     def _budget(self) -> int:
         assert self._rail is not None
-        return self.config.max_steps or 2 * len(self._rail) + 10
+        return self.config.max_episode_steps or 2 * len(self._rail) + 10
 
     def _dest_node(self) -> int:
         assert self._rail is not None
