@@ -349,6 +349,7 @@ class VIRLEnv(SftrlEnv):
         route = self._rail.route
         marks = tuple((lm.name, *lm.geocode) for lm in route.route_results.landmark_list)
         marks += ((route.dest_place.name, *route.dest_place.geocode),)
+        marks += ((route.start_place.name, *route.start_place.geocode),)
         views = [
             provider.get_view(
                 ViewRequest(

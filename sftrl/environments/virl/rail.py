@@ -161,10 +161,28 @@ def observation_at(
     return f"{best[1]} is on your {rel}"
 
 
-def _milestone_text(text: str) -> str:
+def _milestone_text(
+    text: str,
+    at: tuple[float, float] | None = None,
+    heading: float | None = None,
+    known: dict[str, tuple[float, float]] | None = None,
+) -> str:
+    """The observation at a milestone: "X is on your {rel}" for the milestone's landmark X.
+
+    The route text's relation was written for the route's own arrival heading; when X's position is
+    known, the relation is recomputed for the rail's heading so the words match what a view shows.
+    """
     # "The destination X is on your left" -> "X is on your left": observations name what is seen.
     t = text.strip().rstrip(".")
-    return t[len("the destination ") :] if t.lower().startswith("the destination ") else t
+    t = t[len("the destination ") :] if t.lower().startswith("the destination ") else t
+    from sftrl.environments.virl.routes import _LANDMARK_RE
+
+    m = _LANDMARK_RE.match(t)
+    if m is None or at is None or heading is None or not known or m.group(1).strip() not in known:
+        return t
+    name = m.group(1).strip()
+    la, ln = known[name]
+    return f"{name} is on your {relative_name(heading_delta(heading, bearing_deg(at[0], at[1], la, ln)))}"
 
 
 def build_rail(
@@ -223,6 +241,7 @@ def build_rail(
         )
 
     start_landmarks = [*landmarks, (route.start_place.name, *route.start_place.geocode)]
+    known = {name: (la, ln) for name, la, ln in landmarks}
     heading = float(route.init_heading)
     last = len(ms) - 1
     for k, m in enumerate(ms):
@@ -233,7 +252,7 @@ def build_rail(
         if k == 0:
             obs = observation_at(lat, lng, heading, start_landmarks)
         else:
-            obs = f"{_milestone_text(ms[k - 1].landmarks)}. {INTERSECTION}"
+            obs = f"{_milestone_text(ms[k - 1].landmarks, (lat, lng), heading, known)}. {INTERSECTION}"
         add(
             lat,
             lng,
@@ -281,7 +300,7 @@ def build_rail(
         node,
         heading,
         "stop()",
-        _milestone_text(ms[last].landmarks),
+        _milestone_text(ms[last].landmarks, (lat, lng), heading, known),
         False,
         len(instructions) - 1,
         last,
