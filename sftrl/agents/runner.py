@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import json
 import time
 import traceback
@@ -31,7 +32,15 @@ from sftrl.environments.base import SftrlEnv
 from sftrl.environments.registry import env_class, resolve_env_id
 
 CONFIG_FILE = "config.yaml"
-POLICIES = ("expert", "random")
+# policy name -> "module:Class" with a ``from_run_config(run)`` classmethod; model backends are imported
+# only when chosen, so `agent run --policy expert` never loads torch or an HTTP client.
+POLICY_CLASSES: dict[str, str] = {
+    "hf": "sftrl.agents.hf_policy:HFPolicy",
+    "openai": "sftrl.agents.openai_policy:OpenAIPolicy",
+    "vllm": "sftrl.agents.openai_policy:VLLMPolicy",
+    "vllm-offline": "sftrl.agents.vllm_offline:VLLMOfflinePolicy",
+}
+POLICIES = ("expert", "random", *POLICY_CLASSES)
 
 
 class RunConfig(BaseModel):
@@ -50,10 +59,29 @@ class RunConfig(BaseModel):
     group_size: int = Field(default=1, ge=1, le=1024)
     """Consecutive episodes sharing one seed (one initial state): GRPO groups for ``agent train rl``."""
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    model: str | None = None
+    """Model directory or hub id (``hf``, ``vllm-offline``) or served model name (``openai``, ``vllm``)."""
+    base_url: list[str] = Field(default_factory=list)
+    """OpenAI-compatible endpoint(s); several ``vllm`` replicas share the requests."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (the key itself is never stored)."""
+    request_timeout: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    policy_options: dict[str, Any] = Field(default_factory=dict)
+    """Backend-specific options (e.g. ``dtype``, ``device``, ``max_batch_size``, engine kwargs)."""
 
 
 # Options that may differ between a run and its resumption without changing what is computed.
-_RESUMABLE_KEYS = {"episodes", "resume", "concurrency", "out"}
+_RESUMABLE_KEYS = {
+    "episodes",
+    "resume",
+    "concurrency",
+    "out",
+    "base_url",
+    "api_key_env",
+    "request_timeout",
+    "max_retries",
+}
 
 
 def split_config(values: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
@@ -99,11 +127,32 @@ def episode_seed(run_seed: int, index: int) -> int:
 
 
 def make_policy(run: RunConfig) -> Policy:
+    """The policy ``run.policy`` names, built from the run's backend options."""
     if run.policy == "expert":
         return ExpertPolicy()
     if run.policy == "random":
         return RandomPolicy(seed=run.seed)
-    raise ConfigError(f"unknown policy {run.policy!r}")
+    if run.policy not in POLICY_CLASSES:
+        raise ConfigError(f"unknown policy {run.policy!r}; choose one of: {', '.join(POLICIES)}")
+    if run.model is None:
+        raise ConfigError(f"--policy {run.policy} needs --model (a model directory, hub id or served name)")
+    module_name, _, attr = POLICY_CLASSES[run.policy].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = " (install the GPU extra: pip install 'sftrl[vllm]')" if "vllm" in run.policy else ""
+        raise ConfigError(f"--policy {run.policy} is unavailable: {exc}{hint}") from exc
+    try:
+        return getattr(module, attr).from_run_config(run)
+    except ValueError as exc:  # bad options, missing model files: the user's to fix
+        raise ConfigError(f"--policy {run.policy}: {exc}") from exc
+
+
+async def close_policy(policy: Policy) -> None:
+    """Release a backend's resources (HTTP clients, engines) if it holds any."""
+    close = getattr(policy, "aclose", None)
+    if close is not None:
+        await close()
 
 
 def effective_config(run: RunConfig, env_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -171,6 +220,7 @@ async def run_async(
     todo = [i for i in range(run.episodes) if i not in done]
     records: list[EpisodeRecord] = [r for r in existing if r.episode_index < run.episodes]
     cls = env_class(run.env)
+    own_policy = policy is None
     policy = policy if policy is not None else make_policy(run)
     publish(listeners, RunStarted(run_id, cls.env_id, run.episodes, len(records), config))
     if on_progress:
@@ -227,6 +277,9 @@ async def run_async(
         except BaseException as exc:
             publish(listeners, RunFailed(f"{type(exc).__name__}: {exc}"))
             raise
+        finally:
+            if own_policy:
+                await close_policy(policy)
     records.sort(key=lambda r: r.episode_index)
     summary = summarize(records)
     summary["out"] = str(out)

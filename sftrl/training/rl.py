@@ -65,6 +65,9 @@ class Scored:
     """[B] value estimates of the prompts (PPO)."""
 
 
+TOKEN_ALIGNED_KEYS = ("mm_token_type_ids",)
+"""Encoder outputs holding one value per prompt token (padded like ``input_ids``, not concatenated)."""
+
 Encoder = Callable[[Transition], dict[str, Any]]
 """Maps a transition's prompt to model inputs: ``input_ids`` (list[int]) plus optional image tensors."""
 
@@ -127,10 +130,14 @@ class Learner:
         pad_token_id: int = 0,
         ref_model: Any = None,
         accelerator: Any = None,
+        suppressed_token_ids: Sequence[int] = (),
     ) -> None:
         import torch
 
         self.model = model
+        # Tokens the sampler never emits (e.g. image placeholders): excluded here too, so the scored
+        # distribution is the sampled one.
+        self.suppressed = sorted(set(suppressed_token_ids))
         self.encode = encode
         self.cfg = config
         self.pad_token_id = pad_token_id
@@ -177,7 +184,15 @@ class Learner:
             ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
             attn[i, : len(s)] = 1
         batch: dict[str, Any] = {"input_ids": ids, "attention_mask": attn}
-        extra_keys = sorted({k for e in encs for k in e if k != "input_ids"})
+        for k in TOKEN_ALIGNED_KEYS:
+            if any(k in e for e in encs):
+                # Per-token ids (e.g. which tokens are image tokens): 0 for completion and padding.
+                aligned = torch.zeros((len(seqs), width), dtype=torch.long)
+                for i, e in enumerate(encs):
+                    if k in e:
+                        aligned[i, : len(e[k])] = torch.tensor(list(e[k]), dtype=torch.long)
+                batch[k] = aligned
+        extra_keys = sorted({k for e in encs for k in e if k != "input_ids" and k not in TOKEN_ALIGNED_KEYS})
         for k in extra_keys:
             parts = [e[k] for e in encs if k in e and e[k] is not None]
             if parts:
@@ -211,6 +226,8 @@ class Learner:
             temp = max(t.temperature, 1e-5)
             # Logits at position j predict token j+1: the completion is predicted from p-1 .. p+c-2.
             step_logits = logits[i, p - 1 : p + c - 1].float() / temp
+            if self.suppressed:
+                step_logits[:, self.suppressed] = float("-inf")
             logp_all = torch.log_softmax(step_logits, dim=-1)
             target = torch.tensor(t.completion_ids, dtype=torch.long, device=logits.device)
             lp = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)

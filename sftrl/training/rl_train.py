@@ -164,6 +164,7 @@ def train_rl(
         pad_token_id=policy.pad_token_id,
         ref_model=ref_model,
         accelerator=accelerator,
+        suppressed_token_ids=getattr(policy, "suppressed_token_ids", ()),
     )
     if ckpt is not None and (ckpt / STATE_FILE).exists():
         learner.load_state(ckpt / STATE_FILE)

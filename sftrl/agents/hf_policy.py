@@ -1,0 +1,427 @@
+"""The ``hf`` policy: a transformers model in-process, with dynamic batching, token ids and log-probs.
+
+Concurrent episodes' requests are gathered into one left-padded ``generate`` call (run in a worker
+thread so envs keep stepping meanwhile). Sampling happens in :class:`RowSampler`, a logits processor
+with one ``torch.Generator`` per row: a reply depends on its own seed only, never on which other
+requests shared its batch, and its log-probs are exactly ``log_softmax(logits / temperature)`` at the
+sampled tokens — what the RL learner recomputes, so rollout/trainer consistency can be checked.
+
+Text models load with ``AutoModelForCausalLM`` + ``AutoTokenizer``; vision-language models with
+``AutoModelForImageTextToText`` + ``AutoProcessor`` (Qwen2-VL / Qwen2.5-VL, Idefics3, LLaVA, …).
+The same loading code serves local tiny models (:mod:`sftrl.agents.tiny`) and hub models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.tools import BaseTool
+
+from sftrl.agents.messages import decode_image, message_text, record_to_message
+from sftrl.agents.policy import Reply, SamplingParams
+from sftrl.agents.tools import openai_tools
+from sftrl.environments.base import Observation
+
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+_PLACEHOLDER_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "image_token_index")
+_OPTIONS = {"device", "dtype", "max_batch_size", "batch_wait_s", "revision", "trust_remote_code", "seed"}
+
+
+class HFPolicyError(ValueError):
+    """The model cannot be loaded or used as asked (missing files, bad option)."""
+
+
+def to_chat(messages: Sequence[BaseMessage], vision: bool) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Langchain messages -> (chat-template messages, the PIL images in order of appearance).
+
+    Vision templates take content lists with ``{"type": "image"}`` placeholders; text templates want
+    plain strings (images, if any, are dropped: a text model cannot see them).
+    """
+    chat: list[dict[str, Any]] = []
+    images: list[Any] = []
+    for m in messages:
+        role = _ROLES.get(m.type, m.type)
+        if vision and not isinstance(m.content, str):
+            parts: list[dict[str, Any]] = []
+            for block in m.content:
+                if isinstance(block, str):
+                    parts.append({"type": "text", "text": block})
+                elif block.get("type") == "image" and "base64" in block:
+                    images.append(decode_image(block))
+                    parts.append({"type": "image"})
+                elif block.get("type") == "text":
+                    parts.append({"type": "text", "text": str(block.get("text", ""))})
+            entry: dict[str, Any] = {"role": role, "content": parts}
+        else:
+            entry = {"role": role, "content": message_text(m)}
+        if isinstance(m, AIMessage) and m.tool_calls:
+            entry["tool_calls"] = [
+                {"type": "function", "function": {"name": c["name"], "arguments": c["args"]}}
+                for c in m.tool_calls
+            ]
+        if isinstance(m, ToolMessage):
+            entry["tool_call_id"] = m.tool_call_id
+        chat.append(entry)
+    return chat, images
+
+
+def parse_tool_calls(raw: str) -> list[dict[str, Any]] | None:
+    """Tool calls in the Qwen/Hermes template format ``<tool_call>{"name", "arguments"}</tool_call>``.
+
+    A call whose JSON does not parse is kept with its raw text as ``args`` so the verifier scores it.
+    """
+    calls: list[dict[str, Any]] = []
+    for i, body in enumerate(_TOOL_CALL.findall(raw)):
+        try:
+            obj = json.loads(body)
+        except json.JSONDecodeError:
+            calls.append({"name": "", "args": body, "id": f"call_{i}"})
+            continue
+        if not isinstance(obj, dict):
+            calls.append({"name": "", "args": body, "id": f"call_{i}"})
+            continue
+        args = obj.get("arguments", obj.get("parameters", {}))
+        calls.append({"name": str(obj.get("name", "")), "args": args, "id": f"call_{i}"})
+    return calls or None
+
+
+class RowSampler:
+    """Logits processor sampling each row with its own generator, temperature and top-p.
+
+    Returns scores that put all mass on the chosen token, so ``generate`` runs greedy on top of it;
+    records each row's ``log_softmax(logits / temperature)`` of the chosen token.
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        temperatures: Sequence[float],
+        top_ps: Sequence[float],
+        suppressed: Sequence[int] = (),
+    ) -> None:
+        import torch
+
+        self.suppressed = sorted(set(suppressed))
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperatures = list(temperatures)
+        self.top_ps = list(top_ps)
+        self.logprobs: list[list[float]] = [[] for _ in seeds]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        out = torch.full_like(scores, float("-inf"))
+        logits_all = scores.float()
+        if self.suppressed:
+            logits_all[:, self.suppressed] = float("-inf")
+        for i in range(scores.shape[0]):
+            temp = self.temperatures[i]
+            logits = logits_all[i]
+            if temp <= 0:
+                token = int(torch.argmax(logits))
+                logp = torch.log_softmax(logits, dim=-1)
+            else:
+                logp = torch.log_softmax(logits / temp, dim=-1)
+                probs = logp.exp()
+                if self.top_ps[i] < 1.0:
+                    sorted_p, order = torch.sort(probs, descending=True)
+                    keep = torch.cumsum(sorted_p, 0) - sorted_p < self.top_ps[i]
+                    trimmed = torch.zeros_like(probs)
+                    trimmed[order[keep]] = probs[order[keep]]
+                    probs = trimmed
+                token = int(torch.multinomial(probs, 1, generator=self.generators[i]))
+            self.logprobs[i].append(float(logp[token]))
+            out[i, token] = 0.0
+        return out
+
+
+@dataclass
+class _Request:
+    chat: list[dict[str, Any]]
+    images: list[Any]
+    tools: list[dict[str, Any]] | None
+    sampling: SamplingParams
+    future: asyncio.Future[Reply]
+    seed: int = 0
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+class HFPolicy:
+    """A transformers model as a policy (CPU training path, tests, small GPU runs)."""
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+        max_batch_size: int = 8,
+        batch_wait_s: float = 0.002,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        seed: int = 0,
+    ) -> None:
+        import random
+
+        import torch
+        from transformers import AutoConfig
+        from transformers.utils import logging as hf_logging
+
+        from sftrl.agents.tiny import register_processors
+
+        # Per-load tqdm bars would interleave with the run's own progress display.
+        hf_logging.disable_progress_bar()
+
+        if max_batch_size < 1:
+            raise HFPolicyError("max_batch_size must be >= 1")
+        self.model_name = str(model)
+        self.device = device
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
+        self._rng = random.Random(seed)
+        kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+        try:
+            config = AutoConfig.from_pretrained(self.model_name, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise HFPolicyError(f"cannot load model config from {self.model_name!r}: {exc}") from exc
+        self.vision = getattr(config, "vision_config", None) is not None
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        if self.vision:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            register_processors()
+            self.processor = AutoProcessor.from_pretrained(self.model_name, **kwargs)
+            self.tokenizer = self.processor.tokenizer
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                self.model_name, dtype=torch_dtype, **kwargs
+            )
+        else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_name, **kwargs)
+            self.processor = self.tokenizer
+            self.model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=torch_dtype, **kwargs)
+        self.model.to(device).eval()
+        if self.tokenizer.chat_template is None and getattr(self.processor, "chat_template", None) is None:
+            raise HFPolicyError(
+                f"{self.model_name} has no chat template (an instruction-tuned model is needed)"
+            )
+        self.revision = revision or getattr(config, "_commit_hash", None)
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        text_cfg = getattr(config, "text_config", None) or config
+        # Image/video placeholders are the processor's to place: a sampled one would make the reply
+        # unscorable (more image tokens than image features), so neither sampler nor learner allows them.
+        self.suppressed_token_ids = sorted(
+            {
+                int(i)
+                for i in (getattr(config, k, None) for k in _PLACEHOLDER_IDS)
+                if isinstance(i, int) and i >= 0
+            }
+        )
+        self.max_positions = int(getattr(text_cfg, "max_position_embeddings", 0) or 0) or None
+        self._pending: list[_Request] = []
+        self._task: asyncio.Task[None] | None = None
+        self.batches: list[int] = []
+        """Sizes of the generate calls made so far (dynamic batching, for benchmarks and tests)."""
+
+    @classmethod
+    def from_run_config(cls, run: Any) -> HFPolicy:
+        options = dict(run.policy_options)
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise HFPolicyError(
+                f"unknown hf policy option(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(_OPTIONS))}"
+            )
+        options.setdefault("seed", run.seed)
+        return cls(run.model, **options)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else next(iter(self.eos_ids)))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": "hf",
+            "model": self.model_name,
+            "revision": self.revision,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "vision": self.vision,
+        }
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
+    # -- encoding ----------------------------------------------------------------------------------
+    def encode_chat(
+        self, chat: list[dict[str, Any]], images: list[Any], tools: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """Prompt ids (and image tensors) exactly as generation sees them: chat template + processor."""
+        template_owner = self.processor if self.vision else self.tokenizer
+        text = template_owner.apply_chat_template(
+            chat, tools=tools, add_generation_prompt=True, tokenize=False
+        )
+        if self.vision and images:
+            enc = self.processor(text=[text], images=images, return_tensors="pt")
+            out: dict[str, Any] = {"input_ids": enc["input_ids"][0].tolist()}
+            if "mm_token_type_ids" in enc:
+                out["mm_token_type_ids"] = enc["mm_token_type_ids"][0].tolist()
+            for key in ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes"):
+                if key in enc:
+                    out[key] = enc[key]
+            return out
+        return {"input_ids": self.tokenizer(text, add_special_tokens=False)["input_ids"]}
+
+    def encode_transition(self, transition: Any) -> dict[str, Any]:
+        """Model inputs of a logged transition's prompt (images read back from its run directory)."""
+        run_dir = Path(transition.run_dir)
+        messages = [
+            record_to_message(r, load_image=lambda p: (run_dir / p).read_bytes()) for r in transition.prompt
+        ]
+        chat, images = to_chat(messages, self.vision)
+        return self.encode_chat(chat, images, transition.extra.get("tools"))
+
+    # -- generation --------------------------------------------------------------------------------
+    async def generate(
+        self,
+        messages: Sequence[BaseMessage],
+        sampling: SamplingParams,
+        *,
+        observation: Observation | None = None,
+        tools: Sequence[BaseTool] | None = None,
+    ) -> Reply:
+        chat, images = to_chat(messages, self.vision)
+        loop = asyncio.get_running_loop()
+        seed = sampling.seed if sampling.seed is not None else self._rng.randrange(2**31)
+        request = _Request(
+            chat=chat,
+            images=images,
+            tools=openai_tools(list(tools)) if tools else None,
+            sampling=sampling,
+            future=loop.create_future(),
+            seed=seed,
+        )
+        self._pending.append(request)
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._drain())
+        return await request.future
+
+    async def _drain(self) -> None:
+        """Serve pending requests in batches until none is left (one generate at a time)."""
+        while self._pending:
+            # Yield once so that every episode ready to ask joins this batch.
+            await asyncio.sleep(self.batch_wait_s)
+            batch = self._pending[: self.max_batch_size]
+            del self._pending[: len(batch)]
+            try:
+                replies = await asyncio.to_thread(self._generate_batch, batch)
+            except Exception as exc:
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(exc)
+                continue
+            for r, reply in zip(batch, replies, strict=True):
+                if not r.future.done():
+                    r.future.set_result(reply)
+
+    def _generate_batch(self, batch: list[_Request]) -> list[Reply]:
+        import torch
+        from transformers import GenerationConfig
+
+        encs = [self.encode_chat(r.chat, r.images, r.tools) for r in batch]
+        replies: list[Reply | None] = [None] * len(batch)
+        live: list[int] = []
+        budgets: list[int] = []
+        for i, (r, e) in enumerate(zip(batch, encs, strict=True)):
+            budget = r.sampling.max_new_tokens
+            if self.max_positions is not None:
+                budget = min(budget, self.max_positions - len(e["input_ids"]))
+            if budget <= 0:
+                # The prompt alone fills the context window: an empty reply the verifier will score.
+                replies[i] = Reply(
+                    text="", token_ids=[], logprobs=[], finish_reason="length", model=self.model_name
+                )
+            else:
+                live.append(i)
+                budgets.append(budget)
+        if live:
+            width = max(len(encs[i]["input_ids"]) for i in live)
+            ids = torch.full((len(live), width), self.pad_token_id, dtype=torch.long)
+            attn = torch.zeros((len(live), width), dtype=torch.long)
+            for row, i in enumerate(live):
+                seq = encs[i]["input_ids"]
+                ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)  # left padding
+                attn[row, width - len(seq) :] = 1
+            inputs: dict[str, Any] = {
+                "input_ids": ids.to(self.device),
+                "attention_mask": attn.to(self.device),
+            }
+            if any("mm_token_type_ids" in encs[i] for i in live):
+                types = torch.zeros_like(ids)
+                for row, i in enumerate(live):
+                    t = encs[i].get("mm_token_type_ids") or [0] * len(encs[i]["input_ids"])
+                    types[row, width - len(t) :] = torch.tensor(t, dtype=torch.long)
+                inputs["mm_token_type_ids"] = types.to(self.device)
+            for key in ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes"):
+                parts = [encs[i][key] for i in live if key in encs[i]]
+                if parts:
+                    inputs[key] = torch.cat(parts, dim=0).to(self.device)
+            sampler = RowSampler(
+                [batch[i].seed for i in live],
+                [batch[i].sampling.temperature for i in live],
+                [batch[i].sampling.top_p for i in live],
+                self.suppressed_token_ids,
+            )
+            gen_cfg = GenerationConfig(
+                max_new_tokens=max(budgets),
+                do_sample=False,
+                pad_token_id=self.pad_token_id,
+                eos_token_id=sorted(self.eos_ids),
+            )
+            with torch.no_grad():
+                out = self.model.generate(**inputs, generation_config=gen_cfg, logits_processor=[sampler])
+            new = out[:, width:].tolist()
+            for row, i in enumerate(live):
+                replies[i] = self._reply(new[row], sampler.logprobs[row], budgets[row], batch[i])
+        self.batches.append(len(live))
+        return [r for r in replies if r is not None]
+
+    def _reply(self, tokens: list[int], logprobs: list[float], budget: int, request: _Request) -> Reply:
+        finish = "length"
+        cut = min(len(tokens), budget)
+        for j, tok in enumerate(tokens[:budget]):
+            if tok in self.eos_ids:
+                cut, finish = j + 1, "stop"
+                break
+        tokens = tokens[:cut]
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        tool_calls = None
+        if request.tools:
+            raw = self.tokenizer.decode(tokens, skip_special_tokens=False)
+            tool_calls = parse_tool_calls(raw)
+        return Reply(
+            text=text,
+            token_ids=tokens,
+            logprobs=logprobs[:cut],
+            finish_reason="tool_calls" if tool_calls else finish,
+            model=self.model_name,
+            usage={"completion_tokens": len(tokens)},
+            tool_calls=tool_calls,
+            extra={"seed": request.seed},
+        )

@@ -1,0 +1,612 @@
+"""Policies speaking the OpenAI chat-completions protocol: the OpenAI API and vLLM server replicas.
+
+``OpenAIPolicy`` sends each model call as one ``POST {base_url}/chat/completions`` (httpx, async, one
+pooled client per event loop) and turns the answer into a :class:`~sftrl.agents.policy.Reply`: text,
+tool calls, finish reason, usage and, when asked, per-token log-probs. ``VLLMPolicy`` spreads the calls
+over several replicas (least outstanding requests first) and asks vLLM for the sampled token ids.
+
+The API key is read from the environment variable named by ``api_key_env`` at each request and only
+ever placed in the ``Authorization`` header: it is not an attribute, not in :meth:`describe`, ``repr``
+or any exception message (server error texts are scrubbed of it before they are raised).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import httpx
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage, ToolMessage
+from langchain_core.tools import BaseTool
+
+from sftrl.agents.messages import message_text
+from sftrl.agents.policy import Reply, SamplingParams
+from sftrl.agents.tools import openai_tools
+from sftrl.config import ConfigError
+from sftrl.environments.base import Observation
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+VLLM_BASE_URL = "http://127.0.0.1:8000/v1"
+# Statuses worth another try: rate limits, overload and server-side failures.
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+# Cap on a server's Retry-After so one header cannot stall a run for minutes.
+MAX_RETRY_AFTER_S = 60.0
+_TOKEN_ID = re.compile(r"^token_id:(-?\d+)$")
+
+
+class BackendError(RuntimeError):
+    """A model call that failed for good: retries exhausted, or an error retrying cannot fix."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Retryable(Exception):
+    """Internal: one attempt failed in a way another attempt (maybe on another replica) may fix."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, connect: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.connect = connect
+
+
+# --- request building -----------------------------------------------------------------------------
+
+
+def _normalize_base_url(url: str) -> str:
+    """``http://host:8000`` → ``http://host:8000/v1`` (the usual mistake); trailing slashes dropped."""
+    url = url.strip().rstrip("/")
+    parsed = httpx.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(f"base URL {public_url(url)!r} is not an http(s) URL like http://host:8000/v1")
+    if parsed.path in ("", "/"):
+        url += "/v1"
+    return url
+
+
+def public_url(url: str) -> str:
+    """``url`` without credentials (user:password@) or query string, safe to log."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "<invalid url>"
+    return str(parsed.copy_with(username=None, password=None, query=None, fragment=None))
+
+
+def _image_part(block: dict[str, Any]) -> dict[str, Any]:
+    """A langchain image block as an OpenAI ``image_url`` part (base64 data becomes a ``data:`` URL)."""
+    if "base64" in block:
+        mime = block.get("mime_type") or "image/png"
+        return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{block['base64']}"}}
+    if block.get("url"):
+        return {"type": "image_url", "image_url": {"url": block["url"]}}
+    raise ValueError(
+        f"image block {block.get('id', '?')} has no data (a logged prompt without its image bytes?)"
+    )
+
+
+def _content_parts(content: str | list[Any]) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append({"type": "text", "text": block})
+        elif block.get("type") == "text":
+            parts.append({"type": "text", "text": str(block.get("text", ""))})
+        elif block.get("type") == "image":
+            parts.append(_image_part(block))
+        elif block.get("type") == "image_url":  # already in OpenAI form
+            parts.append(dict(block))
+        else:
+            raise ValueError(f"content block of type {block.get('type')!r} cannot be sent to an OpenAI API")
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)  # plain string: accepted by every server and template
+    return parts
+
+
+def _tool_call_arguments(args: Any) -> str:
+    # assistant_message() wraps unparseable arguments as {"_raw": text}: send the model's text back.
+    if isinstance(args, dict) and set(args) == {"_raw"} and isinstance(args["_raw"], str):
+        return args["_raw"]
+    if isinstance(args, str):
+        return args
+    return json.dumps(args if args is not None else {})
+
+
+def to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """langchain messages → the ``messages`` field of a chat-completions request.
+
+    Images become ``image_url`` parts with base64 PNG ``data:`` URLs. A tool result carrying images
+    (V-IRL's next street view in tool mode) is split into the ``tool`` message with its text and a
+    ``user`` message with the images, because the OpenAI API accepts only text in tool messages.
+    """
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if isinstance(m, SystemMessage):
+            out.append({"role": "system", "content": message_text(m)})
+        elif isinstance(m, AIMessage):
+            entry: dict[str, Any] = {"role": "assistant", "content": message_text(m)}
+            if m.tool_calls:
+                entry["tool_calls"] = [
+                    {
+                        "id": c.get("id") or f"call_{i}",
+                        "type": "function",
+                        "function": {"name": c["name"], "arguments": _tool_call_arguments(c.get("args"))},
+                    }
+                    for i, c in enumerate(m.tool_calls)
+                ]
+            out.append(entry)
+        elif isinstance(m, ToolMessage):
+            content = _content_parts(m.content)
+            if isinstance(content, str):
+                out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": content})
+            else:
+                text = "".join(p["text"] for p in content if p["type"] == "text")
+                images = [p for p in content if p["type"] != "text"]
+                out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": text})
+                note = {"type": "text", "text": "(the images returned by the tool call above)"}
+                out.append({"role": "user", "content": [*images, note]})
+        else:
+            out.append({"role": "user", "content": _content_parts(m.content)})
+    return out
+
+
+# --- response parsing -----------------------------------------------------------------------------
+
+
+def parse_tool_calls(raw: Any) -> list[dict[str, Any]] | None:
+    """OpenAI ``tool_calls`` → langchain-style ``{"name", "args", "id"}``.
+
+    Arguments that are not a JSON object stay the model's raw text (a string): the agent loop scores
+    such a call as malformed instead of the run crashing on model output.
+    """
+    if not isinstance(raw, list) or not raw:
+        return None
+    calls: list[dict[str, Any]] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            continue
+        fn = item.get("function") if isinstance(item.get("function"), dict) else {}
+        arguments = fn.get("arguments")
+        args: Any
+        if isinstance(arguments, dict):
+            args = arguments
+        elif isinstance(arguments, str):
+            try:
+                parsed = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError:
+                parsed = None
+            args = parsed if isinstance(parsed, dict) else arguments
+        else:
+            args = {}
+        calls.append(
+            {"name": str(fn.get("name") or ""), "args": args, "id": str(item.get("id") or f"call_{i}")}
+        )
+    return calls or None
+
+
+def parse_logprobs(choice: dict[str, Any]) -> tuple[list[int] | None, list[float] | None]:
+    """Token ids and log-probs of the sampled tokens, when the server returned them.
+
+    Ids come from vLLM's ``token_ids`` field (``return_token_ids``) or from logprob tokens written as
+    ``token_id:N`` (``return_tokens_as_token_ids``); the OpenAI API returns neither (ids stay None).
+    """
+    logprobs: list[float] | None = None
+    ids: list[int] | None = None
+    content = (choice.get("logprobs") or {}).get("content")
+    if isinstance(content, list) and content:
+        try:
+            logprobs = [float(t["logprob"]) for t in content]
+        except (KeyError, TypeError, ValueError):
+            logprobs = None
+        matches = [_TOKEN_ID.match(str(t.get("token", ""))) if isinstance(t, dict) else None for t in content]
+        if all(matches):
+            ids = [int(m.group(1)) for m in matches if m]
+    raw_ids = choice.get("token_ids")
+    if isinstance(raw_ids, list) and all(isinstance(t, int) for t in raw_ids):
+        ids = list(raw_ids)
+    return ids, logprobs
+
+
+def _usage(raw: Any) -> dict[str, int] | None:
+    if not isinstance(raw, dict):
+        return None
+    # Nested details (prompt_tokens_details…) are dropped: Reply.usage is a flat int mapping.
+    return {k: int(v) for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)} or None
+
+
+# --- the policies ---------------------------------------------------------------------------------
+
+
+class _Replica:
+    """One server: its base URL, requests in flight and when it last refused a connection."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.outstanding = 0
+        self.down_until = 0.0
+        self.requests = 0
+
+
+class OpenAIPolicy:
+    """A model behind an OpenAI-compatible ``/chat/completions`` endpoint (the OpenAI API by default)."""
+
+    name = "openai"
+    backend: ClassVar[str] = "openai"
+    default_api_key_env: ClassVar[str | None] = "OPENAI_API_KEY"
+    # The OpenAI API's current name for the output budget (reasoning models reject ``max_tokens``).
+    max_tokens_field: ClassVar[str] = "max_completion_tokens"
+    # policy_options keys accepted by from_run_config (keyword arguments of __init__).
+    OPTION_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"backoff_s", "max_backoff_s", "tool_choice", "extra_body", "require_key", "max_connections"}
+    )
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | Sequence[str] = OPENAI_BASE_URL,
+        *,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout: float = 120.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        tool_choice: str | dict[str, Any] | None = None,
+        extra_body: dict[str, Any] | None = None,
+        require_key: bool | None = None,
+        max_connections: int | None = None,
+    ) -> None:
+        """``require_key=None`` requires the key only for the OpenAI API itself (local servers often
+        run without one); ``extra_body`` adds fields to every request (e.g. vLLM's ``top_k``)."""
+        if not model:
+            raise ConfigError(f"--policy {self.name} needs --model (the served model name)")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ConfigError(f"--policy {self.name} needs at least one --base-url")
+        self.model = model
+        self._replicas = [_Replica(_normalize_base_url(u)) for u in urls]
+        self.api_key_env = api_key_env or None
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self.tool_choice = tool_choice
+        self.extra_body = dict(extra_body or {})
+        self.max_connections = max_connections
+        if require_key is None:
+            require_key = any(httpx.URL(r.base_url).host == "api.openai.com" for r in self._replicas)
+        if require_key and not self._api_key():
+            raise ConfigError(
+                f"--policy {self.name} needs an API key in the environment variable "
+                f"{self.api_key_env or 'OPENAI_API_KEY'} (set it, or name another with --api-key-env)"
+            )
+        self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._rotation = 0
+
+    # -- construction from the run config ---------------------------------------------------------
+
+    @classmethod
+    def from_run_config(cls, run: Any) -> OpenAIPolicy:
+        """Build from ``agent run``'s RunConfig (model, base_url, api_key_env, timeouts, options)."""
+        options = dict(getattr(run, "policy_options", None) or {})
+        unknown = set(options) - cls.OPTION_KEYS
+        if unknown:
+            raise ConfigError(
+                f"--policy-option {', '.join(sorted(unknown))} not known to --policy {cls.name}; "
+                f"it takes: {', '.join(sorted(cls.OPTION_KEYS))}"
+            )
+        urls = list(getattr(run, "base_url", None) or [])
+        api_key_env = getattr(run, "api_key_env", None) or cls.default_api_key_env
+        common = {
+            "api_key_env": api_key_env,
+            "timeout": float(getattr(run, "request_timeout", 120.0)),
+            "max_retries": int(getattr(run, "max_retries", 3)),
+            **options,
+        }
+        return cls._from_urls(getattr(run, "model", None) or "", urls, common)
+
+    @classmethod
+    def _from_urls(cls, model: str, urls: list[str], kwargs: dict[str, Any]) -> OpenAIPolicy:
+        if len(urls) > 1:
+            raise ConfigError(
+                "--policy openai takes one --base-url (use --policy vllm to spread over replicas)"
+            )
+        return cls(model, urls[0] if urls else OPENAI_BASE_URL, **kwargs)
+
+    # -- description (no credentials) --------------------------------------------------------------
+
+    @property
+    def base_urls(self) -> list[str]:
+        return [public_url(r.base_url) for r in self._replicas]
+
+    def describe(self) -> dict[str, Any]:
+        urls = self.base_urls
+        return {
+            "name": self.name,
+            "kind": "api",
+            "backend": self.backend,
+            "model": self.model,
+            "base_url": urls[0] if len(urls) == 1 else urls,
+        }
+
+    def __repr__(self) -> str:
+        urls = self.base_urls
+        where = urls[0] if len(urls) == 1 else urls
+        return f"{type(self).__name__}(model={self.model!r}, base_url={where!r})"
+
+    def replica_stats(self) -> dict[str, int]:
+        """Requests sent to each replica so far (for logs and tests of the load spreading)."""
+        return {public_url(r.base_url): r.requests for r in self._replicas}
+
+    # -- HTTP ------------------------------------------------------------------------------------------
+
+    def _api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with the API key (which servers sometimes echo in errors) masked."""
+        key = self._api_key()
+        if key and len(key) >= 4:
+            text = text.replace(key, "***")
+        return text
+
+    def _headers(self) -> dict[str, str]:
+        key = self._api_key()
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _http(self) -> httpx.AsyncClient:
+        # One client per event loop: pooled connections belong to the loop that opened them, and
+        # callers (the RL trainer) may run several asyncio.run() in turn with one policy.
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop or self._client.is_closed:
+            limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=64)
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits)
+            self._client_loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (the runner calls this at the end of a run)."""
+        client, self._client = self._client, None
+        if client is not None and not client.is_closed:
+            # RuntimeError: its event loop is gone, so there is nothing left to close.
+            with contextlib.suppress(RuntimeError):
+                await client.aclose()
+
+    def _pick(self, avoid: set[int]) -> int:
+        """The replica for the next attempt: least outstanding requests, preferring ones not failing."""
+        now = asyncio.get_running_loop().time()
+        candidates = [i for i, r in enumerate(self._replicas) if i not in avoid and r.down_until <= now]
+        if not candidates:
+            candidates = [i for i in range(len(self._replicas)) if i not in avoid] or list(
+                range(len(self._replicas))
+            )
+        # Rotate the starting point so ties do not always land on the first replica.
+        self._rotation = (self._rotation + 1) % len(self._replicas)
+        n = len(self._replicas)
+        return min(candidates, key=lambda i: (self._replicas[i].outstanding, (i - self._rotation) % n))
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), MAX_RETRY_AFTER_S)
+        # Exponential backoff with full jitter: concurrent episodes do not retry in lock-step.
+        return random.uniform(0.5, 1.0) * min(self.max_backoff_s, self.backoff_s * 2**attempt)
+
+    async def _post_once(self, index: int, body: dict[str, Any]) -> dict[str, Any]:
+        replica = self._replicas[index]
+        url = f"{replica.base_url}/chat/completions"
+        replica.outstanding += 1
+        replica.requests += 1
+        try:
+            response = await self._http().post(url, json=body, headers=self._headers())
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise _Retryable(
+                f"cannot connect to {public_url(url)}: {type(exc).__name__}", connect=True
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise _Retryable(
+                f"no answer from {public_url(url)} within {self.timeout:g}s ({type(exc).__name__})"
+            ) from None
+        except httpx.TransportError as exc:
+            raise _Retryable(f"connection to {public_url(url)} failed: {type(exc).__name__}") from None
+        finally:
+            replica.outstanding -= 1
+        if response.status_code == 200:
+            try:
+                data = response.json()
+            except ValueError:
+                raise _Retryable(f"{public_url(url)} answered 200 with a body that is not JSON") from None
+            if not isinstance(data, dict):
+                raise _Retryable(f"{public_url(url)} answered 200 with unexpected JSON")
+            return data
+        detail = self._error_detail(response)
+        status = response.status_code
+        where = public_url(url)
+        if status in RETRY_STATUSES:
+            raise _Retryable(f"{status} from {where}: {detail}", retry_after=_retry_after(response))
+        if status == 401 or status == 403:
+            key_state = (
+                f"the key in ${self.api_key_env} was rejected"
+                if self._api_key()
+                else f"${self.api_key_env or 'OPENAI_API_KEY'} is not set"
+            )
+            raise BackendError(f"{status} unauthorized at {where} ({key_state}): {detail}", status=status)
+        if status == 404:
+            served = await self._served_models(index)
+            hint = (
+                f"models served there: {', '.join(served)}"
+                if served
+                else "the server lists no models (is --base-url right? it usually ends in /v1)"
+            )
+            raise BackendError(f"404 from {where} for model {self.model!r}: {detail}; {hint}", status=404)
+        raise BackendError(f"{status} from {where}: {detail}", status=status)
+
+    def _error_detail(self, response: httpx.Response) -> str:
+        try:
+            data = response.json()
+            err = data.get("error", data) if isinstance(data, dict) else data
+            text = err.get("message", json.dumps(err)) if isinstance(err, dict) else str(err)
+        except ValueError:
+            text = response.text
+        text = " ".join(str(text).split())
+        return self._scrub(text[:300] + ("…" if len(text) > 300 else "")) or response.reason_phrase
+
+    async def _served_models(self, index: int) -> list[str]:
+        """The model ids ``GET /models`` lists (for a clear 'model not found' error)."""
+        url = f"{self._replicas[index].base_url}/models"
+        try:
+            response = await self._http().get(url, headers=self._headers())
+            data = response.json()
+            return [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)][:20]
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return []
+
+    async def _post(self, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """POST with retries and replica fail-over → (response JSON, replica base URL)."""
+        avoid: set[int] = set()
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            index = self._pick(avoid)
+            try:
+                return await self._post_once(index, body), self._replicas[index].base_url
+            except _Retryable as exc:
+                last = str(exc)
+                replica = self._replicas[index]
+                if exc.connect:
+                    # Skip this replica for a while; others take its requests meanwhile.
+                    replica.down_until = asyncio.get_running_loop().time() + max(1.0, self.backoff_s * 4)
+                if len(self._replicas) > 1:
+                    avoid.add(index)
+                    if len(avoid) >= len(self._replicas):
+                        avoid = set()
+                if attempt == self.max_retries:
+                    break
+                healthy_other = exc.connect and any(
+                    i not in avoid and r.down_until <= asyncio.get_running_loop().time()
+                    for i, r in enumerate(self._replicas)
+                )
+                if not healthy_other:  # fail-over to a live replica is immediate; otherwise back off
+                    await asyncio.sleep(self._backoff(attempt, exc.retry_after))
+        raise BackendError(f"model call failed after {self.max_retries + 1} attempt(s): {last}")
+
+    # -- the Policy protocol ----------------------------------------------------------------------
+
+    def request_body(
+        self,
+        messages: Sequence[BaseMessage],
+        sampling: SamplingParams,
+        tools: Sequence[BaseTool] | None = None,
+    ) -> dict[str, Any]:
+        """The JSON body of the chat-completions request for one model call."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": to_openai_messages(messages),
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            self.max_tokens_field: sampling.max_new_tokens,
+        }
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if sampling.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = 0
+            body.update(self._token_id_fields())
+        if tools:
+            body["tools"] = openai_tools(list(tools))
+            if self.tool_choice is not None:
+                body["tool_choice"] = self.tool_choice
+        body.update(self.extra_body)
+        return body
+
+    def _token_id_fields(self) -> dict[str, Any]:
+        """Extra request fields asking for sampled token ids (the OpenAI API has none)."""
+        return {}
+
+    async def generate(
+        self,
+        messages: Sequence[BaseMessage],
+        sampling: SamplingParams,
+        *,
+        observation: Observation | None = None,
+        tools: Sequence[BaseTool] | None = None,
+    ) -> Reply:
+        data, base_url = await self._post(self.request_body(messages, sampling, tools))
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise BackendError(f"{public_url(base_url)} answered without choices")
+        choice = choices[0]
+        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        content = message.get("content")
+        if isinstance(content, list):  # some servers answer with content parts
+            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        token_ids, logprobs = parse_logprobs(choice) if sampling.logprobs else (None, None)
+        return Reply(
+            text=content if isinstance(content, str) else "",
+            token_ids=token_ids,
+            logprobs=logprobs,
+            finish_reason=choice.get("finish_reason"),
+            model=str(data.get("model") or self.model),
+            usage=_usage(data.get("usage")),
+            tool_calls=parse_tool_calls(message.get("tool_calls")),
+            extra={"base_url": public_url(base_url)},
+        )
+
+
+class VLLMPolicy(OpenAIPolicy):
+    """A model served by one or more vLLM OpenAI-compatible servers (``agent serve`` or ``vllm serve``).
+
+    Requests go to the replica with the fewest in flight; a replica that refuses connections is
+    skipped for a moment and the request retried on another. The API key is optional (vLLM's
+    ``--api-key``, read here from ``$VLLM_API_KEY`` by default). With ``--logprobs`` the server is
+    asked for the sampled token ids too, so RL can use the exact tokens.
+    """
+
+    name = "vllm"
+    backend: ClassVar[str] = "vllm"
+    default_api_key_env: ClassVar[str | None] = "VLLM_API_KEY"
+    max_tokens_field: ClassVar[str] = "max_tokens"
+
+    def __init__(
+        self,
+        model: str,
+        base_urls: str | Sequence[str] = (VLLM_BASE_URL,),
+        *,
+        api_key_env: str | None = "VLLM_API_KEY",
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("require_key", False)
+        super().__init__(model, base_urls, api_key_env=api_key_env, **kwargs)
+
+    @classmethod
+    def _from_urls(cls, model: str, urls: list[str], kwargs: dict[str, Any]) -> OpenAIPolicy:
+        return cls(model, urls or [VLLM_BASE_URL], **kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out["base_url"] = self.base_urls  # always a list: the replica set
+        return out
+
+    def _token_id_fields(self) -> dict[str, Any]:
+        # vLLM extensions: ``token_ids`` on the choice (newer servers) and logprob tokens written as
+        # "token_id:N" (older ones); unknown fields are ignored by servers that lack them.
+        return {"return_token_ids": True, "return_tokens_as_token_ids": True}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None

@@ -1,0 +1,185 @@
+"""The ``hf`` policy on tiny offline models: real transformers generation inside real episodes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from langchain_core.messages import HumanMessage  # noqa: E402
+
+from sftrl.agents.hf_policy import HFPolicy, HFPolicyError, parse_tool_calls  # noqa: E402
+from sftrl.agents.policy import SamplingParams  # noqa: E402
+from sftrl.agents.runner import run_async, split_config  # noqa: E402
+from sftrl.agents.trajectory import read_episodes  # noqa: E402
+from sftrl.cli import main  # noqa: E402
+from sftrl.training.rl import Learner, RLConfig  # noqa: E402
+from sftrl.training.transitions import load_episodes  # noqa: E402
+
+
+def _run(out: Path, policy: Any, **options: Any) -> dict[str, Any]:
+    values = {"env": "gp", "episodes": 2, "out": out, "sampling": {"max_new_tokens": 24, "logprobs": True}}
+    run, env_cfg = split_config({**values, **options})
+    return asyncio.run(run_async(run, env_cfg, policy=policy))
+
+
+@pytest.fixture(scope="module")
+def text_policy(tiny_text_model: Path) -> HFPolicy:
+    return HFPolicy(tiny_text_model)
+
+
+def test_tiny_models_load_with_their_chat_templates_and_processor(
+    tiny_text_model: Path, tiny_vision_model: Path
+) -> None:
+    from transformers import AutoProcessor, AutoTokenizer
+
+    from sftrl.agents.tiny import register_processors
+
+    tok = AutoTokenizer.from_pretrained(tiny_text_model)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text.endswith("<|im_start|>assistant\n")
+    register_processors()
+    proc = AutoProcessor.from_pretrained(tiny_vision_model)
+    assert type(proc).__name__ == "ImageOnlyQwen2VLProcessor"  # not the bare tokenizer
+    assert proc.tokenizer.convert_tokens_to_ids("<|image_pad|>") != proc.tokenizer.unk_token_id
+
+
+def test_gp_language_episode_logs_tokens_and_logprobs_the_learner_reproduces(
+    tmp_path: Path, text_policy: HFPolicy
+) -> None:
+    summary = _run(tmp_path / "run", text_policy)
+    assert summary["episodes"] == 2 and summary["errors"] == 0
+    records = read_episodes(tmp_path / "run")
+    turn = records[0].turns[0]
+    assert turn.reply.token_ids and len(turn.reply.token_ids) == len(turn.reply.logprobs or [])
+    assert all(lp <= 0.0 for lp in turn.reply.logprobs or [])
+    assert records[0].policy["model"] == str(text_policy.model_name)
+    # The trainer's recomputed log-probs of the logged replies match the rollout's.
+    batch = load_episodes([tmp_path / "run"])
+    learner = Learner(text_policy.model, text_policy.encode_transition, RLConfig(algo="grpo"))
+    assert learner.check_consistency(batch.transitions) < 1e-3
+
+
+def test_same_seed_same_replies_whatever_the_batching(tmp_path: Path, text_policy: HFPolicy) -> None:
+    seq = _run(
+        tmp_path / "seq", text_policy, episodes=4, concurrency=1, sampling={"max_new_tokens": 16, "seed": 7}
+    )
+    text_policy.batches.clear()
+    par = _run(
+        tmp_path / "par", text_policy, episodes=4, concurrency=4, sampling={"max_new_tokens": 16, "seed": 7}
+    )
+    assert max(text_policy.batches) > 1  # requests of concurrent episodes were batched together
+    assert seq["episodes"] == par["episodes"] == 4
+    a = [[t.reply.token_ids for t in r.turns] for r in read_episodes(tmp_path / "seq")]
+    b = [[t.reply.token_ids for t in r.turns] for r in read_episodes(tmp_path / "par")]
+    assert a == b
+
+
+def test_gp_vision_episode_feeds_the_card_image_to_the_model(tmp_path: Path, tiny_vision_model: Path) -> None:
+    policy = HFPolicy(tiny_vision_model)
+    summary = _run(tmp_path / "vl", policy, modality="vision", resolution=224, episodes=1)
+    assert summary["errors"] == 0
+    record = read_episodes(tmp_path / "vl")[0]
+    assert any(b.get("type") == "image" for b in record.turns[0].prompt[0]["content"])
+    batch = load_episodes([tmp_path / "vl"])
+    enc = policy.encode_transition(batch.transitions[0])
+    assert "pixel_values" in enc and "image_grid_thw" in enc
+    image_pad = policy.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert enc["input_ids"].count(image_pad) > 0
+    learner = Learner(policy.model, policy.encode_transition, RLConfig(algo="grpo"))
+    # Cached M-RoPE decoding vs one full forward differ by float rounding only (well under tolerance).
+    assert learner.check_consistency(batch.transitions) < 0.01
+
+
+def test_tool_mode_episode_runs_on_the_hf_backend(tmp_path: Path, text_policy: HFPolicy) -> None:
+    summary = _run(tmp_path / "tools", text_policy, protocol="tools", episodes=1)
+    assert summary["errors"] == 0 and summary["attempts"] >= 1
+    prompt = text_policy.encode_chat([{"role": "user", "content": "x"}], [], tools=[_submit_schema()])
+    rendered = text_policy.tokenizer.decode(prompt["input_ids"])
+    assert "<tools>" in rendered and '"submit"' in rendered  # the template shows the model its tools
+
+
+def _submit_schema() -> dict[str, Any]:
+    return {"type": "function", "function": {"name": "submit", "parameters": {"type": "object"}}}
+
+
+def test_parse_tool_calls_keeps_malformed_calls_for_the_verifier() -> None:
+    calls = parse_tool_calls('<tool_call>\n{"name": "submit", "arguments": {"formula": "1+2"}}\n</tool_call>')
+    assert calls == [{"name": "submit", "args": {"formula": "1+2"}, "id": "call_0"}]
+    bad = parse_tool_calls("<tool_call>{not json</tool_call>")
+    assert bad is not None and bad[0]["args"] == "{not json"
+    assert parse_tool_calls("no call here") is None
+
+
+def test_prompt_longer_than_the_context_is_scored_not_a_crash(text_policy: HFPolicy) -> None:
+    saved = text_policy.max_positions
+    text_policy.max_positions = 8
+    try:
+        reply = asyncio.run(
+            text_policy.generate([HumanMessage(content="a long prompt " * 20)], SamplingParams())
+        )
+    finally:
+        text_policy.max_positions = saved
+    assert reply.text == "" and reply.finish_reason == "length"
+
+
+def test_bad_model_path_and_options_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(HFPolicyError, match="cannot load model config"):
+        HFPolicy(tmp_path / "missing")
+
+
+def test_cli_tiny_model_and_run_with_the_hf_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["tiny-model", "--kind", "text", "--out", str(tmp_path / "m")]) == 0
+    assert main(["tiny-model", "--kind", "text", "--out", str(tmp_path / "m")]) == 2  # not empty
+    capsys.readouterr()
+    rc = main(
+        [
+            "run",
+            "--env",
+            "gp",
+            "--policy",
+            "hf",
+            "--model",
+            str(tmp_path / "m"),
+            "--episodes",
+            "1",
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(tmp_path / "r"),
+            "--json",
+            "--policy-option",
+            "max_batch_size=2",
+        ]
+    )
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["policy"] == "hf" and summary["episodes"] == 1
+    assert (
+        main(["run", "--env", "gp", "--policy", "hf", "--episodes", "1", "--out", str(tmp_path / "x")]) == 2
+    )
+    assert "needs --model" in capsys.readouterr().err
+    rc = main(
+        [
+            "run",
+            "--policy",
+            "hf",
+            "--model",
+            str(tmp_path / "m"),
+            "--policy-option",
+            "bogus=1",
+            "--out",
+            str(tmp_path / "y"),
+        ]
+    )
+    assert rc != 0
