@@ -42,11 +42,19 @@ PolicyFactory = Callable[[], Policy]
 
 
 async def measure(
-    factory: PolicyFactory, *, concurrency: int, episodes: int, env_values: dict[str, Any], out: Path
+    factory: PolicyFactory,
+    *,
+    concurrency: int,
+    episodes: int,
+    env_values: dict[str, Any],
+    out: Path,
+    run_values: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """One ``agent run``-equivalent: wall time, episodes/s and per-call timings from the log."""
     policy = factory()
-    run, env_cfg = split_config({"env": "gp", "episodes": episodes, "concurrency": concurrency, "out": out})
+    run, env_cfg = split_config(
+        {"env": "gp", "episodes": episodes, "concurrency": concurrency, "out": out, **(run_values or {})}
+    )
     env_cfg.update(env_values)
     t0 = time.perf_counter()
     try:
@@ -81,6 +89,7 @@ def sweep(
     model_latency_ms: float,
     title: str,
     env_values: dict[str, Any] | None = None,
+    run_values: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
     """Run ``episodes`` GP-L episodes at each concurrency with a fresh policy and print the table."""
     rows: list[dict[str, float]] = []
@@ -93,12 +102,20 @@ def sweep(
                 episodes=episodes,
                 env_values=env_values or {},
                 out=Path(tmp) / "warmup",
+                run_values=run_values,
             )
         )
         for k in concurrencies:
             out = Path(tmp) / f"k{k}"
             row = asyncio.run(
-                measure(factory, concurrency=k, episodes=episodes, env_values=env_values or {}, out=out)
+                measure(
+                    factory,
+                    concurrency=k,
+                    episodes=episodes,
+                    env_values=env_values or {},
+                    out=out,
+                    run_values=run_values,
+                )
             )
             row["k"] = k
             rows.append(row)
@@ -166,7 +183,18 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--latency-ms", type=float, default=50.0, help="stub server sleep per call")
     ap.add_argument("--replicas", type=int, default=1, help="stub server processes (vllm policy if > 1)")
+    ap.add_argument(
+        "--hf",
+        nargs="?",
+        const="tiny",
+        metavar="MODEL_DIR",
+        help="benchmark the in-process hf backend instead (default: a freshly built tiny text model)",
+    )
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="hf: reply length budget")
     args = ap.parse_args()
+    if args.hf:
+        _hf_sweep(args)
+        return
     with contextlib.ExitStack() as stack:
         urls = [stack.enter_context(stub_process(args.latency_ms)) for _ in range(args.replicas)]
 
@@ -181,6 +209,29 @@ def main() -> None:
             episodes=args.episodes,
             model_latency_ms=args.latency_ms,
             title=f"GP-L, OpenAI protocol: {args.replicas} stub server(s), {args.latency_ms:g} ms per call",
+        )
+
+
+def _hf_sweep(args: argparse.Namespace) -> None:
+    """Dynamic batching: K episodes in flight share one ``generate`` call per round."""
+    from sftrl.agents.hf_policy import HFPolicy
+    from sftrl.agents.tiny import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_tiny_model("text", Path(tmp) / "tiny") if args.hf == "tiny" else Path(args.hf)
+
+        def factory() -> Policy:
+            return HFPolicy(model, max_batch_size=max(args.concurrency))
+
+        # The sampled replies are the model's own: fixed seeds make every K see the same replies.
+        sampling = {"max_new_tokens": args.max_new_tokens, "seed": 0}
+        sweep(
+            factory,
+            concurrencies=args.concurrency,
+            episodes=args.episodes,
+            model_latency_ms=args.latency_ms,
+            title=f"GP-L, hf backend (in process, dynamic batching): {model}",
+            run_values={"sampling": sampling},
         )
 
 

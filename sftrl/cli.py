@@ -71,7 +71,33 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run episodes of an env with a policy and log them")
     run.add_argument("--config", type=Path, help="YAML file whose keys mirror these flags")
     run.add_argument("--env", default=argparse.SUPPRESS, help="env name: gp (default)")
-    run.add_argument("--policy", default=argparse.SUPPRESS, help="expert (default) | random")
+    run.add_argument(
+        "--policy",
+        default=argparse.SUPPRESS,
+        help="expert (default) | random | hf | openai | vllm | vllm-offline",
+    )
+    run.add_argument(
+        "--model", default=argparse.SUPPRESS, help="model dir / hub id (hf, vllm-offline) or served name"
+    )
+    run.add_argument(
+        "--base-url",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="OpenAI-compatible endpoint; repeat for several vLLM replicas",
+    )
+    run.add_argument(
+        "--api-key-env", default=argparse.SUPPRESS, metavar="VAR", help="env variable holding the API key"
+    )
+    run.add_argument("--request-timeout", type=float, default=argparse.SUPPRESS, help="seconds (120)")
+    run.add_argument("--max-retries", type=int, default=argparse.SUPPRESS, help="on transient errors (3)")
+    run.add_argument(
+        "--policy-option",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="KEY=VALUE",
+        help="backend option, e.g. dtype=float32, max_batch_size=8 (repeatable; values parsed as YAML)",
+    )
     run.add_argument("--episodes", type=int, default=argparse.SUPPRESS, help="number of episodes (10)")
     run.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="run seed; fixes every episode (0)")
     run.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="run directory (runs/latest)")
@@ -83,15 +109,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--temperature", type=float, default=argparse.SUPPRESS)
     run.add_argument("--top-p", type=float, default=argparse.SUPPRESS)
     run.add_argument("--max-new-tokens", type=int, default=argparse.SUPPRESS)
+    run.add_argument("--sampling-seed", type=int, default=argparse.SUPPRESS, help="seed model sampling")
+    run.add_argument(
+        "--logprobs", action="store_true", default=argparse.SUPPRESS, help="log token log-probs (for RL)"
+    )
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--tui", action="store_true", help="watch the run live in a terminal UI (sftrl.tui)")
     _env_flags(run)
+
+    replay = sub.add_parser("replay", help="browse a logged run in a terminal UI (episodes, turns, maps)")
+    replay.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by `agent run`")
 
     ev = sub.add_parser("eval", help="metrics of a logged run; with two runs, their paired difference")
     ev.add_argument("runs", nargs="+", type=Path, metavar="DIR", help="one or two run directories")
     ev.add_argument("--config", type=Path, help="YAML file whose keys mirror these flags")
     ev.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     ev.add_argument("--bootstrap", type=int, default=argparse.SUPPRESS, help="bootstrap resamples (2000)")
+
+    srv = sub.add_parser("serve", help="start a vLLM OpenAI-compatible server; prints its base URL")
+    srv.add_argument("--model", required=True, help="model directory or hub id")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 for other machines)")
+    srv.add_argument("--max-model-len", type=int, default=None)
+    srv.add_argument("--dtype", default=None, help="auto | bfloat16 | float16 | float32")
+    srv.add_argument("--tensor-parallel-size", type=int, default=None)
+    srv.add_argument("--limit-mm-per-prompt", default=None, metavar="image=N", help="e.g. image=4")
+    srv.add_argument("--tool-call-parser", default=None, help="enables tool calling, e.g. hermes")
+    srv.add_argument("--served-model-name", default=None, help="name clients pass as --model")
+    srv.add_argument("--vllm-command", default=None, help='server command (default "vllm serve")')
+    srv.add_argument("--ready-timeout", type=float, default=1800.0, help="seconds to wait for /health")
+    srv.add_argument("--grace-period", type=float, default=30.0, help="seconds between stop and kill")
+    srv.add_argument("extra", nargs=argparse.REMAINDER, help="-- extra arguments passed to vLLM")
 
     routes = sub.add_parser("routes", help="V-IRL route sets: list a split, collect new routes")
     rsub = routes.add_subparsers(dest="routes_command", required=True, parser_class=_Parser)
@@ -101,6 +150,30 @@ def build_parser() -> argparse.ArgumentParser:
     rl_list.add_argument("--num-routes", type=int, default=100)
     rl_list.add_argument("--route-seed", type=int, default=0)
     rl_list.add_argument("--json", action="store_true")
+    rl_col = rsub.add_parser(
+        "collect", help="write routes in the official SFTvsRL format (route_infos.json + manifest)"
+    )
+    rl_col.add_argument("--city", required=True, help="city bundle: nyc, helsinki, baltimore, singapore")
+    rl_col.add_argument("--n", type=int, required=True, help="number of routes")
+    rl_col.add_argument("--out", type=Path, required=True, help="output directory")
+    rl_col.add_argument("--route-seed", type=int, default=0, help="seed: same seed, same files (0)")
+    rl_col.add_argument("--max-route-m", type=float, default=150.0, help="longest route in metres (150)")
+    rl_col.add_argument(
+        "--max-start-m", type=float, default=150.0, help="start within this of the goal (150)"
+    )
+    rl_col.add_argument("--split", default=None, help="take a split's fixed set: id | rule-ood | nyc-unseen")
+    rl_col.add_argument("--views", type=Path, default=None, metavar="DIR", help="also render panoramas here")
+    rl_col.add_argument("--views-at", choices=["path", "milestones"], default="path")
+    rl_col.add_argument("--pano-width", type=int, default=1024, help="panorama width in pixels (1024)")
+    rl_col.add_argument("--view-provider", choices=["synthetic"], default="synthetic")
+    rl_col.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    rl_col.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    tiny = sub.add_parser("tiny-model", help="build a tiny random-weight model offline (tests, demos)")
+    tiny.add_argument("--kind", choices=("text", "vision"), default="text")
+    tiny.add_argument("--out", type=Path, required=True, help="directory to write the model to")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
 
     train = sub.add_parser("train", help="post-train a model: sft | rl")
     tsub = train.add_subparsers(dest="train_command", required=True, parser_class=_Parser)
@@ -135,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     trl.add_argument("--resume", action="store_true", default=argparse.SUPPRESS)
     trl.add_argument("--json", action="store_true", help="print the last update's metrics as JSON")
     _env_flags(trl)
+    _add_sft_parsers(sub, tsub)
+
+    from sftrl.repro.command import add_arguments as _repro_arguments
+
+    _repro_arguments(
+        sub.add_parser("repro", help="reproduce SFT-memorizes/RL-generalizes at small scale (CPU)")
+    )
     return parser
 
 
@@ -144,17 +224,35 @@ def _version() -> str:
     return f"sftrl {__version__}"
 
 
-_SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens")
+_SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "logprobs")
+
+
+def _policy_options(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--policy-option expects KEY=VALUE, got {pair!r}")
+        options[key.strip().replace("-", "_")] = yaml.safe_load(raw) if raw.strip() else ""
+    return options
 
 
 def _run_values(ns: argparse.Namespace) -> dict[str, Any]:
-    flags = {k: v for k, v in vars(ns).items() if k not in {"command", "config", "json", "quiet"}}
+    flags = {k: v for k, v in vars(ns).items() if k not in {"command", "config", "json", "quiet", "tui"}}
     file_values = load_yaml(ns.config) if ns.config else {}
+    if "policy_option" in flags:
+        options = dict(file_values.get("policy_options") or {})
+        options.update(_policy_options(flags.pop("policy_option")))
+        flags["policy_options"] = options
     values = merge(file_values, flags)
     sampling = dict(values.pop("sampling", None) or {})
     for key in _SAMPLING_KEYS:
         if key in values:
             sampling[key] = values.pop(key)
+    if "sampling_seed" in values:
+        sampling["seed"] = values.pop("sampling_seed")
     if sampling:
         values["sampling"] = sampling
     return values
@@ -164,6 +262,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from sftrl.agents.runner import run_async, split_config
 
     run, env_cfg = split_config(_run_values(ns))
+    if getattr(ns, "tui", False):
+        return _run_with_tui(run, env_cfg)
     file_flags = load_yaml(ns.config) if ns.config else {}
     as_json = ns.json or bool(file_flags.get("json"))
     quiet = ns.quiet or as_json or not sys.stderr.isatty()
@@ -197,6 +297,38 @@ def cmd_run(ns: argparse.Namespace) -> int:
     else:
         _print_summary(summary)
     return 0
+
+
+def _need_terminal(what: str) -> None:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise CLIError(f"{what} needs an interactive terminal (stdin and stdout must be a TTY)")
+
+
+def _run_with_tui(run: Any, env_cfg: dict[str, Any]) -> int:
+    _need_terminal("agent run --tui")
+    from sftrl.tui.app import EXIT_CANCELLED, run_tui
+
+    status, live = run_tui(run, env_cfg)
+    # The terminal is ours again: repeat the outcome where it stays visible.
+    if live.summary is not None:
+        _print_summary(live.summary)
+    elif live.error is not None:
+        print(f"agent: error: {live.error}", file=sys.stderr)
+    elif status == EXIT_CANCELLED:
+        print("agent: run cancelled (logged episodes are kept; continue with --resume)", file=sys.stderr)
+    return status
+
+
+def cmd_replay(ns: argparse.Namespace) -> int:
+    if not ns.run_dir.is_dir():
+        raise CLIError(f"{ns.run_dir} is not a run directory")
+    from sftrl.agents.trajectory import read_episodes
+
+    read_episodes(ns.run_dir)  # a missing or corrupt log fails here, in one line, before the UI starts
+    _need_terminal("agent replay")
+    from sftrl.tui.app import replay_tui
+
+    return replay_tui(ns.run_dir)
 
 
 def _print_summary(summary: dict[str, Any], title: str = "run summary") -> None:
@@ -261,6 +393,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
 
 def cmd_routes(ns: argparse.Namespace) -> int:
+    if ns.routes_command == "collect":
+        return _cmd_routes_collect(ns)
     from sftrl.environments.virl.env import VIRLConfig
     from sftrl.environments.virl.routes import route_fingerprint, route_summary, split_routes
 
@@ -290,6 +424,60 @@ def cmd_routes(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_routes_collect(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from sftrl.environments.virl.collect import collect_routes
+    from sftrl.street_view.city import UnknownCityError
+
+    if ns.n < 1:
+        raise CLIError("--n must be at least 1")
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        disable=ns.quiet or ns.json,
+    )
+    tasks: dict[str, Any] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(f"{stage} · {ns.city}", total=total)
+        progress.update(tasks[stage], completed=done, total=total)
+
+    try:
+        with progress:
+            result = collect_routes(
+                ns.city,
+                ns.n,
+                ns.out,
+                route_seed=ns.route_seed,
+                max_route_m=ns.max_route_m,
+                max_start_m=ns.max_start_m,
+                split=ns.split,
+                views_dir=ns.views,
+                views_at=ns.views_at,
+                pano_width=ns.pano_width,
+                progress=on_progress,
+            )
+    except (UnknownCityError, ValueError) as exc:
+        raise CLIError(str(exc)) from exc
+    if ns.json:
+        print(json.dumps(result.manifest, ensure_ascii=False))
+        return 0
+    note = f" ({len(result.routes)} of {ns.n} requested)" if len(result.routes) < ns.n else ""
+    out = Console()
+    out.print(f"wrote {len(result.routes)} routes{note} to {result.routes_file}")
+    out.print(f"manifest (fingerprints, sources, licences): {result.manifest_file}")
+    if result.manifest["views"]:
+        v = result.manifest["views"]
+        out.print(f"wrote {v['panoramas']} panoramas to {v['dir']} (use --panorama-dir {v['dir']})")
+    return 0
+
+
 _RL_KEYS = {"lr", "ppo_epochs", "minibatch_size", "kl_coef", "algo", "seed"}
 _RL_RUN_KEYS = {
     "env",
@@ -308,6 +496,8 @@ _RL_RUN_KEYS = {
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
+    if ns.train_command == "sft":
+        return _cmd_train_sft(ns)
     if ns.train_command != "rl":  # pragma: no cover - argparse restricts the choices
         raise CLIError(f"unknown train command {ns.train_command!r}")
     from pydantic import ValidationError
@@ -351,7 +541,135 @@ def cmd_train(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "routes": cmd_routes, "train": cmd_train}
+def cmd_serve(ns: argparse.Namespace) -> int:
+    from sftrl.agents.serve import ServeError, serve_from_args
+
+    try:
+        return serve_from_args(ns)
+    except ServeError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def cmd_repro(ns: argparse.Namespace) -> int:
+    from sftrl.repro.command import run_command
+
+    try:
+        return run_command(ns)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def cmd_tiny_model(ns: argparse.Namespace) -> int:
+    from sftrl.agents.tiny import TinyModelError, build_tiny_model
+
+    try:
+        out = build_tiny_model(ns.kind, ns.out, seed=ns.seed, overwrite=ns.overwrite)
+    except TinyModelError as exc:
+        raise CLIError(str(exc)) from exc
+    print(f"tiny {ns.kind} model written to {out} (use: agent run --policy hf --model {out})")
+    return 0
+
+
+def _add_sft_parsers(sub: Any, tsub: Any) -> None:
+    """``agent data sft|pairs`` (logged runs -> TRL datasets) and ``agent train sft`` (TRL SFTTrainer)."""
+    data = sub.add_parser("data", help="build training datasets from logged runs: sft | pairs")
+    dsub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    for name, helptext in (
+        ("sft", "SFT dataset (TRL conversational format) from logged runs"),
+        ("pairs", "DPO preference pairs (failed attempt vs the corrected one) from logged runs"),
+    ):
+        d = dsub.add_parser(name, help=helptext)
+        d.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run dirs (agent run --out)")
+        d.add_argument("--out", type=Path, required=True, metavar="DATA_DIR", help="dataset dir to write")
+        if name == "sft":
+            d.add_argument(
+                "--chains",
+                choices=("success", "full", "corrected"),
+                default="success",
+                help="success: solved steps, task prompt -> accepted reply (default); full: with failed "
+                "attempts and feedback as context; corrected: only replies correct after feedback",
+            )
+        d.add_argument("--val-fraction", type=float, default=0.05, help="share of seeds held out (0.05)")
+        d.add_argument("--seed", type=int, default=0, help="salt of the seed -> split assignment (0)")
+        d.add_argument("--no-dedup", action="store_true", help="keep rows with identical content")
+        d.add_argument("--max-episodes", type=int, default=None, help="read at most N episodes in all")
+        d.add_argument("--overwrite", action="store_true", help="replace an existing DATA_DIR")
+        d.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+    t = tsub.add_parser("sft", help="supervised fine-tuning with TRL's SFTTrainer on an `agent data sft` dir")
+    t.add_argument("--config", type=Path, help="YAML file whose keys mirror these flags")
+    t.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="dataset dir (agent data sft --out)")
+    t.add_argument("--model", default=argparse.SUPPRESS, help="model directory or hub id")
+    t.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="checkpoint / final model directory")
+    t.add_argument("--max-steps", type=int, default=argparse.SUPPRESS, help="optimizer steps (or --epochs)")
+    t.add_argument("--epochs", type=float, default=argparse.SUPPRESS, help="(1)")
+    t.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="learning rate (1e-5)")
+    t.add_argument("--batch-size", type=int, default=argparse.SUPPRESS, help="per-device batch size (4)")
+    t.add_argument("--grad-accum", type=int, default=argparse.SUPPRESS, help="gradient accumulation (1)")
+    t.add_argument("--max-length", type=int, default=argparse.SUPPRESS, help="truncate text rows (none)")
+    t.add_argument("--lora", action="store_true", default=argparse.SUPPRESS, help="LoRA adapters (peft)")
+    t.add_argument("--lora-r", type=int, default=argparse.SUPPRESS, help="LoRA rank (16)")
+    t.add_argument(
+        "--report-to",
+        choices=("none", "tensorboard", "wandb", "trackio"),
+        default=argparse.SUPPRESS,
+        help="metrics tracker (none)",
+    )
+    t.add_argument("--save-steps", type=int, default=argparse.SUPPRESS, help="checkpoint every N steps (500)")
+    t.add_argument("--eval-steps", type=int, default=argparse.SUPPRESS, help="validate every N steps")
+    t.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=argparse.SUPPRESS,
+        help="(default: on for models >= 100M parameters)",
+    )
+    t.add_argument("--seed", type=int, default=argparse.SUPPRESS)
+    t.add_argument("--resume", action="store_true", default=argparse.SUPPRESS, help="continue from OUT")
+    t.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
+
+
+def cmd_data(ns: argparse.Namespace) -> int:
+    options = {
+        "val_fraction": ns.val_fraction,
+        "seed": ns.seed,
+        "dedup": not ns.no_dedup,
+        "max_episodes": ns.max_episodes,
+        "overwrite": ns.overwrite,
+        "json_output": ns.json,
+    }
+    if ns.data_command == "sft":
+        from sftrl.training.sft_data import data_sft_main
+
+        return data_sft_main(ns.runs, ns.out, ns.chains, **options)
+    from sftrl.training.pairs import data_pairs_main
+
+    return data_pairs_main(ns.runs, ns.out, **options)
+
+
+def _cmd_train_sft(ns: argparse.Namespace) -> int:
+    from sftrl.training.sft import train_sft_main
+
+    flags = {k: v for k, v in vars(ns).items() if k not in {"command", "train_command", "config", "json"}}
+    values = merge(load_yaml(ns.config) if ns.config else {}, flags)
+    missing = [f"--{k}" for k in ("data", "model", "out") if k not in values]
+    if missing:
+        raise CLIError(f"train sft needs {' '.join(missing)}")
+    as_json = ns.json or bool(values.pop("json", False))
+    data, model, out = values.pop("data"), values.pop("model"), values.pop("out")
+    return train_sft_main(data, model, out, json_output=as_json, **values)
+
+
+COMMANDS = {
+    "data": cmd_data,
+    "tiny-model": cmd_tiny_model,
+    "run": cmd_run,
+    "replay": cmd_replay,
+    "eval": cmd_eval,
+    "routes": cmd_routes,
+    "train": cmd_train,
+    "serve": cmd_serve,
+    "repro": cmd_repro,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -102,6 +102,12 @@ def test_gp_vision_episode_feeds_the_card_image_to_the_model(tmp_path: Path, tin
 def test_tool_mode_episode_runs_on_the_hf_backend(tmp_path: Path, text_policy: HFPolicy) -> None:
     summary = _run(tmp_path / "tools", text_policy, protocol="tools", episodes=1)
     assert summary["errors"] == 0 and summary["attempts"] >= 1
+    record = read_episodes(tmp_path / "tools")[0]
+    assert record.tools and record.tools[0]["function"]["name"] == "submit"
+    # The trainer re-renders the logged tools into the prompt: same tokens, same log-probs.
+    batch = load_episodes([tmp_path / "tools"])
+    learner = Learner(text_policy.model, text_policy.encode_transition, RLConfig(algo="grpo"))
+    assert learner.check_consistency(batch.transitions) < 1e-3
     prompt = text_policy.encode_chat([{"role": "user", "content": "x"}], [], tools=[_submit_schema()])
     rendered = text_policy.tokenizer.decode(prompt["input_ids"])
     assert "<tools>" in rendered and '"submit"' in rendered  # the template shows the model its tools

@@ -11,7 +11,13 @@ from langchain_core.messages import AIMessage, BaseMessage
 from sftrl.agents.events import EpisodeStarted, Listener, TurnFinished, publish
 from sftrl.agents.messages import message_to_record, observation_to_message, truncate_history
 from sftrl.agents.policy import Policy, SamplingParams
-from sftrl.agents.tools import assistant_message, langchain_tools, reply_action_text, tool_result
+from sftrl.agents.tools import (
+    assistant_message,
+    langchain_tools,
+    openai_tools,
+    reply_action_text,
+    tool_result,
+)
 from sftrl.agents.trajectory import EpisodeRecord, ImageStore, ReplyRecord, TurnRecord
 from sftrl.environments.base import SftrlEnv, Verdict
 
@@ -76,6 +82,8 @@ async def run_episode(
     # observation) come back as their tool results within one continuing conversation.
     tool_mode = env.config_dict.get("protocol") == "tools"
     tools = langchain_tools(env.tool_specs()) if tool_mode else None
+    if tools:
+        record.tools = openai_tools(tools)  # what the model was shown, so trainers can re-render it
     pending_call: str | None = None
     for call_index in range(MAX_CALLS_PER_EPISODE):
         user = observation_to_message(observation)

@@ -73,6 +73,8 @@ class EpisodeRecord(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     info: dict[str, Any] = Field(default_factory=dict)
     """Structured info of the initial observation (e.g. the hand dealt)."""
+    tools: list[dict[str, Any]] | None = None
+    """Tool-calling mode: the tools offered to the policy (OpenAI function schemas)."""
     started_at: float = 0.0
     duration_s: float = 0.0
     policy_s: float = 0.0

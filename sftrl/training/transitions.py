@@ -95,6 +95,7 @@ def episode_transitions(
                 group_key=group_key(record),
                 index=i,
                 text=turn.reply.text,
+                extra={"tools": record.tools} if record.tools else {},
             )
         )
     return out

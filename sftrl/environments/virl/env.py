@@ -245,7 +245,30 @@ class VIRLEnv(SftrlEnv):
         self._heading = first.heading
         self._leg = 0
         obs = self._task_observation()
+        # The route's geometry once per episode (the TUI draws its map from the log): not per step.
+        obs = obs.model_copy(update={"info": {**obs.info, "route_map": self._route_map()}})
         return obs, dict(obs.info)
+
+    def _route_map(self) -> dict[str, Any]:
+        """Compact route geometry: street path, rail points, milestones, landmarks, instructions."""
+        assert self._rail is not None
+        rail, route = self._rail, self._rail.route
+
+        def ll(lat: float, lng: float) -> list[float]:
+            return [round(lat, 6), round(lng, 6)]
+
+        path = [ll(*self._city.latlng(n)) for n in rail.path] if self._city and rail.path else []
+        sentences = {s: i for i, s in enumerate(rail.instructions)}
+        return {
+            "path": path or [ll(p.lat, p.lng) for p in rail.points],
+            "rail": [ll(p.lat, p.lng) for p in rail.points],
+            "instruction_at": [sentences.get(p.instruction, -1) for p in rail.points],
+            "milestones": [ll(*g) for g in route.route_results.geocode_list],
+            "landmarks": [[lm.name, *ll(*lm.geocode)] for lm in route.route_results.landmark_list],
+            "start": ll(*route.start_place.street_geocode),
+            "dest": ll(*rail.dest),
+            "instructions": list(rail.instructions),
+        }
 
     def step(self, action: str) -> StepResult:
         if self._done or self._rail is None:
