@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--temperature", type=float, default=argparse.SUPPRESS)
     run.add_argument("--top-p", type=float, default=argparse.SUPPRESS)
     run.add_argument("--max-new-tokens", type=int, default=argparse.SUPPRESS)
+    run.add_argument(
+        "--only",
+        type=int,
+        nargs="+",
+        default=argparse.SUPPRESS,
+        metavar="I",
+        help="run only these episode indices (seeds as in the full run; see seeds.json)",
+    )
     run.add_argument("--sampling-seed", type=int, default=argparse.SUPPRESS, help="seed model sampling")
     run.add_argument(
         "--logprobs", action="store_true", default=argparse.SUPPRESS, help="log token log-probs (for RL)"
@@ -683,6 +691,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ConfigError, LogError, UnknownEnvError) as exc:
         print(f"agent: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not getattr(exc, "fatal", False):
+            raise
+        # A backend that cannot work at all (bad key, unknown model): one line, logged episodes kept.
+        print(f"agent: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("agent: interrupted (logged episodes are kept; continue with --resume)", file=sys.stderr)
         return 130

@@ -313,3 +313,41 @@ async def test_agent_run_with_policy_vllm_via_the_runner(stub: StubServer, tmp_p
     )
     summary = await run_async(run, env_cfg)
     assert summary["errors"] == 0 and len(stub.completions()) >= 2
+
+
+def test_a_rejected_key_stops_the_run_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 401 would fail every episode alike: the CLI stops at once (exit 1) instead of logging N errors."""
+    from sftrl.cli import main
+
+    monkeypatch.setenv("SFTRL_TEST_KEY", SECRET)
+    with StubServer(api_key="the-right-key") as server:
+        rc = main(
+            [
+                "run",
+                "--env",
+                "gp",
+                "--policy",
+                "openai",
+                "--model",
+                MODEL,
+                "--base-url",
+                server.url,
+                "--api-key-env",
+                "SFTRL_TEST_KEY",
+                "--episodes",
+                "5",
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+            ]
+        )
+        calls = len(server.requests)
+    err = capsys.readouterr().err
+    assert rc == 1 and "401" in err and "SFTRL_TEST_KEY" in err and SECRET not in err
+    assert calls == 1  # stopped at the first rejected call
+    assert (
+        not (tmp_path / "run" / "episodes.jsonl").exists()
+        or not (tmp_path / "run" / "episodes.jsonl").read_text().strip()
+    )

@@ -240,3 +240,21 @@ def test_console_script_is_installed():
     assert exe.exists(), "pip install -e . should install the `agent` console script"
     out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("sftrl ")
+
+
+def test_seed_manifest_lets_any_episode_be_rerun_exactly(capsys, tmp_path):
+    full, one = tmp_path / "full", tmp_path / "one"
+    assert main(["run", "--policy", "random", "--episodes", "6", "--out", str(full), "--quiet"]) == 0
+    manifest = json.loads((full / "seeds.json").read_text())
+    assert [e["index"] for e in manifest["episodes"]] == list(range(6))
+    assert (
+        main(["run", "--policy", "random", "--episodes", "6", "--only", "4", "--out", str(one), "--quiet"])
+        == 0
+    )
+    (again,) = read_episodes(one)
+    original = {r.episode_index: r for r in read_episodes(full)}[4]
+    assert again.seed == original.seed == manifest["episodes"][4]["seed"]
+    assert again.run_id == original.run_id  # paired with the full run
+    assert [t.reply.text for t in again.turns] == [t.reply.text for t in original.turns]
+    assert main(["run", "--episodes", "6", "--only", "9", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "--only" in capsys.readouterr().err

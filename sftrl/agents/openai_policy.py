@@ -46,6 +46,8 @@ class BackendError(RuntimeError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        # Bad key, no permission, unknown model: every later call would fail the same way.
+        self.fatal = status in (401, 403, 404)
 
 
 class _Retryable(Exception):

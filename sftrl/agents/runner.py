@@ -69,6 +69,8 @@ class RunConfig(BaseModel):
     max_retries: int = Field(default=3, ge=0)
     policy_options: dict[str, Any] = Field(default_factory=dict)
     """Backend-specific options (e.g. ``dtype``, ``device``, ``max_batch_size``, engine kwargs)."""
+    only: list[int] | None = None
+    """Run just these episode indices (same seeds as in the full run): re-run any episode exactly."""
 
 
 # Options that may differ between a run and its resumption without changing what is computed.
@@ -81,6 +83,7 @@ _RESUMABLE_KEYS = {
     "api_key_env",
     "request_timeout",
     "max_retries",
+    "only",
 }
 
 
@@ -191,6 +194,22 @@ def _check_resume(out: Path, config: dict[str, Any], resume: bool) -> list[Episo
     return read_episodes(out) if has_log else []
 
 
+SEEDS_FILE = "seeds.json"
+
+
+def _write_seed_manifest(out: Path, run: RunConfig, run_id: str) -> None:
+    """``seeds.json``: every planned episode's index and seed (``--only I`` re-runs episode I exactly)."""
+    manifest = {
+        "run_id": run_id,
+        "run_seed": run.seed,
+        "group_size": run.group_size,
+        "episodes": [
+            {"index": i, "seed": episode_seed(run.seed, i // run.group_size)} for i in range(run.episodes)
+        ],
+    }
+    (out / SEEDS_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+
+
 async def run_async(
     run: RunConfig,
     env_cfg: dict[str, Any],
@@ -217,7 +236,11 @@ async def run_async(
         raise ConfigError(f"cannot write to {out}: {exc.strerror or exc}") from exc
     run_id = run_id_for(config)
     done = {r.episode_index for r in existing}
-    todo = [i for i in range(run.episodes) if i not in done]
+    wanted = range(run.episodes) if run.only is None else sorted(set(run.only))
+    if run.only is not None and any(i < 0 or i >= run.episodes for i in wanted):
+        raise ConfigError(f"--only: episode indices must lie in 0..{run.episodes - 1}")
+    todo = [i for i in wanted if i not in done]
+    _write_seed_manifest(out, run, run_id_for(config))
     records: list[EpisodeRecord] = [r for r in existing if r.episode_index < run.episodes]
     cls = env_class(run.env)
     own_policy = policy is None
@@ -253,7 +276,9 @@ async def run_async(
                         images=writer.images,
                         listeners=listeners,
                     )
-                except Exception:
+                except Exception as exc:
+                    if getattr(exc, "fatal", False):
+                        raise  # a missing/rejected key or unknown model: every episode would fail
                     # One broken episode must not end the run: log it and replace the env.
                     env = None
                     record = EpisodeRecord(

@@ -207,7 +207,8 @@ class GoogleStreetViewProvider:
             raise ProviderError(
                 f"Google Street View needs an API key: set the environment variable {self.api_key_env} "
                 "(a key with the Street View Static API enabled), or work without one: "
-                "--street-view synthetic, or replay a filled cache with --street-view cache --offline"
+                "--street-view synthetic, or replay a filled cache with --street-view cache --offline",
+                fatal=True,
             )
         return key
 
@@ -394,7 +395,8 @@ class GoogleStreetViewProvider:
             raise ProviderError(
                 f"Street View request denied (REQUEST_DENIED): the API key was rejected — check that it is "
                 f"valid, has the Street View Static API enabled and billing attached, and that the "
-                f"signature secret matches. {detail}".strip()
+                f"signature secret matches. {detail}".strip(),
+                fatal=True,
             )
         if status == "OVER_QUERY_LIMIT":
             raise ProviderError(

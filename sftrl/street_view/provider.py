@@ -38,7 +38,15 @@ class ViewRequest(BaseModel):
 
 
 class ProviderError(RuntimeError):
-    """A view could not be produced (missing key, quota, cache miss in offline mode…): says why."""
+    """A view could not be produced (missing key, quota, cache miss in offline mode…): says why.
+
+    ``fatal`` errors (no key, key rejected) would fail every episode the same way: runs stop on them
+    instead of logging one error episode after another.
+    """
+
+    def __init__(self, message: str, *, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.fatal = fatal
 
 
 @runtime_checkable

@@ -1,0 +1,98 @@
+"""Validated options of the offline training commands (``agent data sft|pairs``, ``agent train sft``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Chains = Literal["success", "full", "corrected"]
+ReportTo = Literal["none", "tensorboard", "wandb", "trackio"]
+
+
+class DatasetBuildConfig(BaseModel):
+    """Options shared by every logged-episodes -> dataset builder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_dirs: list[Path] = Field(min_length=1)
+    out: Path
+    val_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """Share of episode seeds held out (a seed's rows are all in one split)."""
+    seed: int = Field(default=0, ge=0)
+    """Salt of the seed -> split assignment."""
+    dedup: bool = True
+    max_episodes: int | None = Field(default=None, ge=1)
+    """Read at most this many (non-error) episodes, over the run dirs in the order given."""
+    overwrite: bool = False
+
+
+class SFTDataConfig(DatasetBuildConfig):
+    """``agent data sft``: which model calls become SFT rows (see docs/training.md)."""
+
+    chains: Chains = "success"
+
+
+class PairsConfig(DatasetBuildConfig):
+    """``agent data pairs``: (failed reply, corrected reply) preference pairs for DPO."""
+
+
+class SFTTrainConfig(BaseModel):
+    """``agent train sft``: TRL ``SFTTrainer`` on a dataset written by ``agent data sft``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path
+    model: str
+    """A local model directory (or a hub id when the hub is reachable)."""
+    out: Path
+    max_steps: int | None = Field(default=None, ge=1)
+    """Optimizer steps; overrides ``epochs`` when set."""
+    epochs: float = Field(default=1.0, gt=0)
+    lr: float = Field(default=1e-5, gt=0)
+    batch_size: int = Field(default=4, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    max_length: int | None = Field(default=None, ge=16)
+    """Truncate text rows to this many tokens (None: no truncation; never applied to image rows)."""
+    lora: bool = False
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int | None = Field(default=None, ge=1)
+    """Defaults to ``2 * lora_r``."""
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    save_steps: int = Field(default=500, ge=1)
+    save_total_limit: int | None = Field(default=2, ge=1)
+    logging_steps: int = Field(default=1, ge=1)
+    eval_steps: int | None = Field(default=None, ge=1)
+    """Evaluate on the validation split every N steps (it is always evaluated once at the end)."""
+    evaluate: bool = True
+    gradient_checkpointing: bool | None = None
+    """Activation checkpointing; None: on for models of >= 100M parameters, off for small ones."""
+    report_to: ReportTo = "none"
+    resume: bool = False
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a model directory")
+        return value
+
+
+# Options that may change between a run and its --resume without changing what is trained.
+RESUMABLE_KEYS = frozenset(
+    {
+        "max_steps",
+        "epochs",
+        "resume",
+        "report_to",
+        "save_steps",
+        "save_total_limit",
+        "logging_steps",
+        "eval_steps",
+        "evaluate",
+    }
+)

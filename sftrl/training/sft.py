@@ -1,0 +1,478 @@
+"""``agent train sft``: supervised fine-tuning with TRL's ``SFTTrainer`` on an ``agent data sft`` dataset.
+
+The loss covers only what the model should learn to say: ``messages`` rows train with
+``assistant_only_loss`` (TRL swaps in a training chat template with ``{% generation %}`` markers for
+known families such as Qwen2.5 / Qwen2.5-VL), ``prompt``/``completion`` rows with
+``completion_only_loss`` (failed attempts and feedback in the prompt are context, never targets).
+Checkpoints land in ``OUT/checkpoint-N`` (``--resume`` continues from the latest); the final model and
+its processor/tokenizer are saved to ``OUT`` itself (LoRA adapters are merged, and also kept in
+``OUT/adapter``), so ``from_pretrained(OUT)`` loads the trained model. ``OUT/loss_curve.json`` /
+``.png`` hold the loss curve, ``OUT/metrics.jsonl`` every logged entry and ``OUT/sft_metrics.json``
+the final metrics.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sftrl.training.config import RESUMABLE_KEYS, SFTTrainConfig
+
+RUN_FILE = "sft_run.json"
+METRICS_FILE = "sft_metrics.json"
+CURVE_JSON = "loss_curve.json"
+LOG_FILE = "metrics.jsonl"  # every trainer log entry, one JSON line each (as `train rl` writes)
+CURVE_PNG = "loss_curve.png"
+ADAPTER_DIR = "adapter"
+# Models at least this large get activation checkpointing by default (memory); tiny ones never need it.
+CHECKPOINTING_MIN_PARAMS = 100_000_000
+
+_REPORT_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "trackio": ("trackio",),
+}
+
+
+class SFTError(ValueError):
+    """A training request that cannot run (bad data dir, model, options…): one line for the CLI."""
+
+
+@dataclass
+class DataInfo:
+    """What training needs to know about a dataset directory."""
+
+    train: Any
+    validation: Any | None
+    format: str
+    """``messages`` (language modeling) or ``prompt_completion``."""
+    vision: bool
+
+
+def inspect_data(data_dir: Path | str) -> DataInfo:
+    """Load an ``agent data sft`` directory and check it is an SFT dataset TRL can train on."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise SFTError(
+            f"no dataset at {data_dir} (build one with `agent data sft RUN_DIR... --out {data_dir}`)"
+        )
+    try:
+        loaded = load_from_disk(str(data_dir))
+    except (FileNotFoundError, ValueError) as exc:
+        raise SFTError(f"{data_dir} is not a saved dataset ({str(exc).splitlines()[0]})") from exc
+    if isinstance(loaded, Dataset):
+        train, validation = loaded, None
+    elif isinstance(loaded, DatasetDict):
+        if "train" not in loaded:
+            raise SFTError(f"{data_dir} has no train split (splits: {', '.join(loaded) or 'none'})")
+        train, validation = loaded["train"], loaded.get("validation")
+    else:  # pragma: no cover - load_from_disk returns one of the two
+        raise SFTError(f"{data_dir}: unexpected dataset type {type(loaded).__name__}")
+    cols = set(train.column_names)
+    if {"chosen", "rejected"} <= cols:
+        raise SFTError(
+            f"{data_dir} is a preference dataset (`agent data pairs`); SFT needs `agent data sft` output"
+        )
+    if "messages" in cols:
+        fmt = "messages"
+    elif {"prompt", "completion"} <= cols:
+        fmt = "prompt_completion"
+    else:
+        raise SFTError(
+            f"{data_dir}: no `messages` or `prompt`/`completion` columns (columns: {', '.join(sorted(cols))})"
+        )
+    if len(train) == 0:
+        raise SFTError(f"{data_dir}: the train split is empty")
+    return DataInfo(
+        train, validation if validation is not None and len(validation) else None, fmt, "images" in cols
+    )
+
+
+def _check_report_to(report_to: str) -> None:
+    if report_to == "none":
+        return
+    packages = _REPORT_PACKAGES[report_to]
+    if not any(importlib.util.find_spec(p) is not None for p in packages):
+        raise SFTError(
+            f"--report-to {report_to} needs the `{packages[0]}` package (pip install {packages[0]})"
+        )
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _prepare_out(cfg: SFTTrainConfig) -> Path | None:
+    """Check ``out`` against ``--resume``; returns the checkpoint to resume from (or None)."""
+    out = cfg.out
+    ckpts = _checkpoints(out) if out.exists() else []
+    saved_path = out / RUN_FILE
+    if not cfg.resume:
+        if ckpts or saved_path.exists():
+            raise SFTError(
+                f"{out} already holds an SFT run; pass --resume to continue it or choose another --out"
+            )
+        return None
+    if saved_path.exists():
+        saved = json.loads(saved_path.read_text())
+        now = json.loads(cfg.model_dump_json())
+        diffs = sorted(
+            k for k in set(saved) | set(now) if k not in RESUMABLE_KEYS and saved.get(k) != now.get(k)
+        )
+        if diffs:
+            raise SFTError(
+                f"--resume: {out} was trained with different options ({', '.join(diffs)}); "
+                "resume with the same options or choose another --out"
+            )
+    return ckpts[-1] if ckpts else None
+
+
+def load_model(model_name: str, vision_data: bool = False) -> tuple[Any, Any]:
+    """(model, processing class) from a local directory (or hub id); VLMs get their processor."""
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+
+    from sftrl.agents.tiny import register_processors
+
+    try:
+        config = AutoConfig.from_pretrained(model_name)
+    except (OSError, ValueError) as exc:
+        raise SFTError(f"cannot load model {model_name}: {str(exc).splitlines()[0]}") from exc
+    is_vlm = getattr(config, "vision_config", None) is not None
+    if vision_data and not is_vlm:
+        raise SFTError(f"the dataset has images but {model_name} is not a vision-language model")
+    # bf16 where the hardware has it; float32 on CPU (bf16 matmuls are slow or unsupported there).
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        if is_vlm:
+            register_processors()  # sftrl's tiny VLM ships an image-only processor class
+            processing_class = AutoProcessor.from_pretrained(model_name)
+            model = AutoModelForImageTextToText.from_pretrained(model_name, dtype=dtype)
+        else:
+            processing_class = AutoTokenizer.from_pretrained(model_name)
+            model = AutoModelForCausalLM.from_pretrained(model_name, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise SFTError(f"cannot load model {model_name}: {str(exc).splitlines()[0]}") from exc
+    return model, processing_class
+
+
+def _fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Keep only the options this TRL/transformers version knows (names move across releases)."""
+    known = getattr(cls, "__dataclass_fields__", {})
+    return {k: v for k, v in values.items() if k in known}
+
+
+def sft_config(
+    cfg: SFTTrainConfig, info: DataInfo, *, checkpointing: bool = False, quiet: bool = True
+) -> Any:
+    """The ``SFTConfig`` of a run: loss masking by row format, CPU-friendly defaults, checkpoints."""
+    import torch
+    from trl import SFTConfig
+
+    messages = info.format == "messages"
+    cuda = torch.cuda.is_available()
+    values: dict[str, Any] = {
+        "output_dir": str(cfg.out),
+        "max_steps": cfg.max_steps if cfg.max_steps is not None else -1,
+        "num_train_epochs": cfg.epochs,
+        "learning_rate": cfg.lr,
+        "per_device_train_batch_size": cfg.batch_size,
+        "per_device_eval_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "weight_decay": cfg.weight_decay,
+        "warmup_steps": cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        "logging_steps": cfg.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": cfg.save_steps,
+        "save_total_limit": cfg.save_total_limit,
+        "eval_strategy": "steps" if info.validation is not None and cfg.eval_steps else "no",
+        "eval_steps": cfg.eval_steps,
+        "report_to": [] if cfg.report_to == "none" else [cfg.report_to],
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "bf16": cuda and torch.cuda.is_bf16_supported(),
+        "fp16": False,
+        "use_cpu": not cuda,
+        # TRL turns checkpointing on by default; it only costs time on a small model.
+        "activation_checkpointing": checkpointing,
+        "gradient_checkpointing": checkpointing,
+        "dataloader_pin_memory": cuda,
+        "disable_tqdm": quiet,
+        # Image rows are never truncated: a cut could drop image tokens and desync pixel_values. Text rows
+        # neither by default: the target reply is at the end, so truncation would cut what is trained.
+        "max_length": None if info.vision else cfg.max_length,
+        # messages rows: the assistant replies only; prompt/completion rows: the completion only.
+        "assistant_only_loss": messages,
+        "completion_only_loss": not messages,
+    }
+    return SFTConfig(**_fields(SFTConfig, values))
+
+
+def _lora_config(cfg: SFTTrainConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha or 2 * cfg.lora_r,
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_trainer(
+    cfg: SFTTrainConfig,
+    info: DataInfo,
+    model: Any,
+    processing_class: Any,
+    *,
+    callbacks: list[Any] | None = None,
+    quiet: bool = True,
+) -> Any:
+    """The configured ``SFTTrainer`` (loss masking by row format, LoRA when asked)."""
+    from trl import SFTTrainer
+
+    checkpointing = cfg.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = sum(p.numel() for p in model.parameters()) >= CHECKPOINTING_MIN_PARAMS
+    args = sft_config(cfg, info, checkpointing=checkpointing, quiet=quiet)
+    try:
+        return SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=info.train,
+            eval_dataset=info.validation,
+            processing_class=processing_class,
+            peft_config=_lora_config(cfg) if cfg.lora else None,
+            callbacks=callbacks,
+        )
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise SFTError(f"cannot set up training: {str(exc).splitlines()[0]}") from exc
+
+
+def _progress_callback(progress: Callable[[str], None], step_times: list[float]) -> Any:
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._t0 = 0.0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            step_times.append(time.perf_counter() - self._t0)
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+        ) -> None:
+            parts = [f"step {state.global_step}/{state.max_steps}"]
+            for key in ("loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy"):
+                if isinstance((logs or {}).get(key), int | float):
+                    parts.append(f"{key} {logs[key]:.4g}")  # type: ignore[index]
+            if len(parts) > 1:
+                progress("  ".join(parts))
+
+    return _Progress()
+
+
+def loss_curve(log_history: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Train and eval loss points from ``trainer.state.log_history``."""
+    train, evals = [], []
+    for entry in log_history:
+        if "loss" in entry:
+            point = {"step": entry.get("step"), "loss": entry["loss"], "epoch": entry.get("epoch")}
+            point.update(
+                {k: entry[k] for k in ("learning_rate", "grad_norm", "mean_token_accuracy") if k in entry}
+            )
+            train.append(point)
+        if "eval_loss" in entry:
+            evals.append({"step": entry.get("step"), "loss": entry["eval_loss"], "epoch": entry.get("epoch")})
+    return {"train": train, "eval": evals}
+
+
+def plot_loss_curve(curve: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
+    """A small PNG line chart of the train (and validation) loss against the optimizer step (Pillow only)."""
+    from PIL import Image, ImageDraw
+
+    width, height, left, right, top, bottom = 640, 400, 64, 16, 32, 40
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    series = [
+        (name, color, curve[name]) for name, color in (("train", (31, 119, 180)), ("eval", (214, 39, 40)))
+    ]
+    points = [(p["step"], p["loss"]) for _, _, pts in series for p in pts if math.isfinite(p["loss"])]
+    draw.text((left, 8), title, fill="black")
+    if points:
+        x0, x1 = min(x for x, _ in points), max(x for x, _ in points)
+        y0, y1 = min(y for _, y in points), max(y for _, y in points)
+        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-6)
+
+        def xy(x: float, y: float) -> tuple[float, float]:
+            fx, fy = (x - x0) / (x1 - x0), (y - y0) / (y1 - y0)
+            return left + fx * (width - left - right), height - bottom - fy * (height - top - bottom)
+
+        draw.rectangle((left, top, width - right, height - bottom), outline=(160, 160, 160))
+        for frac in (0.0, 0.5, 1.0):
+            y = y0 + frac * (y1 - y0)
+            draw.text((4, xy(x0, y)[1] - 6), f"{y:.3g}", fill="black")
+            x = x0 + frac * (x1 - x0)
+            draw.text((xy(x, y0)[0] - 8, height - bottom + 6), f"{x:.0f}", fill="black")
+        draw.text((width // 2 - 40, height - 18), "optimizer step", fill="black")
+        for i, (name, color, pts) in enumerate(series):
+            coords = [xy(p["step"], p["loss"]) for p in pts if math.isfinite(p["loss"])]
+            if len(coords) > 1:
+                draw.line(coords, fill=color, width=2)
+            for cx, cy in coords if name == "eval" or len(coords) == 1 else []:
+                draw.ellipse((cx - 3, cy - 3, cx + 3, cy + 3), fill=color)
+            if coords:
+                draw.text((width - right - 90, top + 6 + 14 * i), f"{name} loss", fill=color)
+    img.save(path, format="PNG")
+
+
+def _save_final(trainer: Any, processing_class: Any, out: Path, lora: bool) -> None:
+    model = trainer.model
+    if lora:
+        adapter = out / ADAPTER_DIR
+        shutil.rmtree(adapter, ignore_errors=True)
+        model.save_pretrained(str(adapter))
+        model = model.merge_and_unload()
+    model.save_pretrained(str(out))
+    processing_class.save_pretrained(str(out))
+
+
+def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train as ``cfg`` says; returns the metrics also written to ``OUT/sft_metrics.json``."""
+    info = inspect_data(cfg.data)
+    _check_report_to(cfg.report_to)
+    resume_from = _prepare_out(cfg)
+    model, processing_class = load_model(cfg.model, info.vision)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / RUN_FILE).write_text(cfg.model_dump_json(indent=1) + "\n")
+    step_times: list[float] = []
+    callback = _progress_callback(progress or (lambda _m: None), step_times)
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # no per-map bars in a training log; progress() reports one line per log step
+    trainer = build_trainer(cfg, info, model, processing_class, callbacks=[callback])
+    if progress is not None:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # our callback prints one line per log instead of a dict
+        if resume_from is not None:
+            progress(f"resuming from {resume_from}")
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    metrics: dict[str, Any] = {
+        "global_step": trainer.state.global_step,
+        "train_loss": float(result.training_loss),
+        "train_runtime_s": round(time.perf_counter() - t0, 3),
+    }
+    if info.validation is not None and cfg.evaluate:
+        metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
+    curve = loss_curve(trainer.state.log_history)
+    if curve["train"]:
+        metrics["initial_loss"] = float(curve["train"][0]["loss"])
+        metrics["final_loss"] = float(curve["train"][-1]["loss"])
+    if step_times:
+        metrics["step_time_s"] = round(sorted(step_times)[len(step_times) // 2], 4)  # median
+        metrics["steps_this_run"] = len(step_times)
+    _save_final(trainer, processing_class, cfg.out, cfg.lora)
+    (cfg.out / CURVE_JSON).write_text(json.dumps(curve, indent=1) + "\n")
+    (cfg.out / LOG_FILE).write_text(
+        "".join(json.dumps(e, sort_keys=True) + "\n" for e in trainer.state.log_history)
+    )
+    plot_loss_curve(curve, cfg.out / CURVE_PNG, f"SFT {Path(cfg.model).name} on {cfg.data.name}")
+    metrics.update(
+        {
+            "out": str(cfg.out),
+            "model": cfg.model,
+            "data": str(cfg.data),
+            "format": info.format,
+            "modality": "vision" if info.vision else "text",
+            "lora": cfg.lora,
+            "rows_train": len(info.train),
+            "rows_validation": len(info.validation) if info.validation is not None else 0,
+            "resumed_from": str(resume_from) if resume_from else None,
+        }
+    )
+    metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+    (cfg.out / METRICS_FILE).write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    return metrics
+
+
+def train_config(**values: Any) -> SFTTrainConfig:
+    """A validated :class:`SFTTrainConfig`; ``None`` values mean "the default" (argparse passes them)."""
+    values = {k: v for k, v in values.items() if v is not None}
+    try:
+        return SFTTrainConfig.model_validate(values)
+    except ValidationError as exc:
+        raise SFTError(
+            "; ".join(
+                f"{'.'.join(str(x) for x in e['loc']).replace('_', '-') or 'value'}: {e['msg']}"
+                for e in exc.errors()
+            )
+        ) from exc
+
+
+def train_sft(
+    data_dir: Path | str,
+    model: Path | str,
+    out: Path | str,
+    *,
+    progress: Callable[[str], None] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Fine-tune ``model`` on the dataset at ``data_dir`` into ``out``; returns the final metrics.
+
+    ``options`` are :class:`SFTTrainConfig` fields (``max_steps``, ``lr``, ``batch_size``, ``lora``,
+    ``report_to``, ``resume``…). Raises :class:`SFTError` (one line) when the run cannot start.
+    """
+    cfg = train_config(data=Path(data_dir), model=str(model), out=Path(out), **options)
+    return run_sft(cfg, progress=progress)
+
+
+def train_sft_main(
+    data: Path | str, model: str, out: Path | str, *, json_output: bool = False, **options: Any
+) -> int:
+    """``agent train sft --data DATA_DIR --model PATH --out CKPT …``: 0, or 2 with a one-line error."""
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        cfg = train_config(data=Path(data), model=str(model), out=Path(out), **options)
+        metrics = run_sft(cfg, progress=progress)
+    except SFTError as exc:
+        print(f"agent: error: {exc}", file=sys.stderr)
+        return 2
+    if json_output:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        loss = metrics.get("final_loss")
+        print(
+            f"saved to {cfg.out} after {metrics['global_step']} steps"
+            + (f" (final loss {loss:.4f})" if isinstance(loss, float) else "")
+            + f"; loss curve {cfg.out / CURVE_PNG}",
+            file=sys.stderr,
+        )
+    return 0
