@@ -161,7 +161,31 @@ def build_parser() -> argparse.ArgumentParser:
     rl_col = rsub.add_parser(
         "collect", help="write routes in the official SFTvsRL format (route_infos.json + manifest)"
     )
-    rl_col.add_argument("--city", required=True, help="city bundle: nyc, helsinki, baltimore, singapore")
+    rl_col.add_argument(
+        "--city",
+        required=True,
+        help="bundle source: nyc, helsinki, baltimore, singapore; google source: any place Google geocodes",
+    )
+    rl_col.add_argument(
+        "--source",
+        choices=["bundle", "google"],
+        default="bundle",
+        help="bundle: offline from a shipped city (default); google: live Google Maps Platform APIs "
+        "(V-IRL's recipe; key from $GOOGLE_MAPS_API_KEY, billed)",
+    )
+    rl_col.add_argument("--center", default=None, metavar="LAT,LNG", help="google: search here, not the city")
+    rl_col.add_argument(
+        "--place-types",
+        default=None,
+        metavar="T1,T2",
+        help="google: destination Places types (default: V-IRL's 20, e.g. bank,cafe,pharmacy)",
+    )
+    rl_col.add_argument(
+        "--maps-base-url",
+        default=None,
+        metavar="URL",
+        help="google: API base URL (default https://maps.googleapis.com; a proxy or a local stand-in)",
+    )
     rl_col.add_argument("--n", type=int, required=True, help="number of routes")
     rl_col.add_argument("--out", type=Path, required=True, help="output directory")
     rl_col.add_argument("--route-seed", type=int, default=0, help="seed: same seed, same files (0)")
@@ -432,6 +456,33 @@ def cmd_routes(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _collect_google(ns: argparse.Namespace, on_progress: Any) -> Any:
+    """``routes collect --source google``: V-IRL's recipe with the live APIs (MapsError -> CLIError)."""
+    from sftrl.environments.virl.collect_live import PLACE_TYPES_20, collect_live_routes, parse_center
+    from sftrl.street_view.google_maps import GoogleMapsClient, MapsError
+
+    center = parse_center(ns.center) if ns.center else None
+    types = PLACE_TYPES_20
+    if ns.place_types:
+        types = tuple(t.strip() for t in ns.place_types.split(",") if t.strip())
+    client = GoogleMapsClient(base_url=ns.maps_base_url) if ns.maps_base_url else GoogleMapsClient()
+    try:
+        return collect_live_routes(
+            ns.city,
+            ns.n,
+            ns.out,
+            client=client,
+            center=center,
+            place_types=types,
+            route_seed=ns.route_seed,
+            max_route_m=ns.max_route_m,
+            max_start_m=ns.max_start_m,
+            progress=on_progress,
+        )
+    except MapsError as exc:
+        raise CLIError(str(exc)) from None
+
+
 def _cmd_routes_collect(ns: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -456,21 +507,29 @@ def _cmd_routes_collect(ns: argparse.Namespace) -> int:
             tasks[stage] = progress.add_task(f"{stage} · {ns.city}", total=total)
         progress.update(tasks[stage], completed=done, total=total)
 
+    google = ns.source == "google"
+    if google and (ns.split or ns.views):
+        raise CLIError("--split and --views work with --source bundle only")
+    if not google and (ns.center or ns.place_types or ns.maps_base_url):
+        raise CLIError("--center, --place-types and --maps-base-url need --source google")
     try:
         with progress:
-            result = collect_routes(
-                ns.city,
-                ns.n,
-                ns.out,
-                route_seed=ns.route_seed,
-                max_route_m=ns.max_route_m,
-                max_start_m=ns.max_start_m,
-                split=ns.split,
-                views_dir=ns.views,
-                views_at=ns.views_at,
-                pano_width=ns.pano_width,
-                progress=on_progress,
-            )
+            if google:
+                result: Any = _collect_google(ns, on_progress)
+            else:
+                result = collect_routes(
+                    ns.city,
+                    ns.n,
+                    ns.out,
+                    route_seed=ns.route_seed,
+                    max_route_m=ns.max_route_m,
+                    max_start_m=ns.max_start_m,
+                    split=ns.split,
+                    views_dir=ns.views,
+                    views_at=ns.views_at,
+                    pano_width=ns.pano_width,
+                    progress=on_progress,
+                )
     except (UnknownCityError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
     if ns.json:
@@ -479,6 +538,8 @@ def _cmd_routes_collect(ns: argparse.Namespace) -> int:
     note = f" ({len(result.routes)} of {ns.n} requested)" if len(result.routes) < ns.n else ""
     out = Console()
     out.print(f"wrote {len(result.routes)} routes{note} to {result.routes_file}")
+    if google:
+        out.print(f"{result.requests_sent} Google Maps Platform requests (retries included)")
     out.print(f"manifest (fingerprints, sources, licences): {result.manifest_file}")
     if result.manifest["views"]:
         v = result.manifest["views"]
