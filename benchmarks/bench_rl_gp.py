@@ -107,7 +107,11 @@ def main() -> None:
     )
     stage("eval after", s)
     curve = [json.loads(line) for line in (rl_dir / "metrics.jsonl").read_text().splitlines() if line]
-    _report(args, curve, before, after, stage_s, time.perf_counter() - t0, out)
+    from sftrl.agents.metrics import paired_difference
+    from sftrl.agents.trajectory import read_episodes
+
+    paired = paired_difference(read_episodes(out / "eval-sft"), read_episodes(out / f"eval-{args.algo}"))
+    _report(args, curve, before, after, paired, stage_s, time.perf_counter() - t0, out)
 
 
 def _report(
@@ -115,6 +119,7 @@ def _report(
     curve: list[dict],
     before: dict,
     after: dict,
+    paired: dict,
     stage_s: dict[str, float],
     total_s: float,
     out: Path,
@@ -146,6 +151,11 @@ def _report(
             f"{summ['mean_attempt_reward']:.3f}", json.dumps(summ["verdicts"], sort_keys=True),
         )  # fmt: skip
     console.print(ev)
+    lo, hi = paired["mean_reward_diff_ci95"]
+    console.print(
+        f"paired over {paired['paired_episodes']} seeds: mean episode reward "
+        f"{paired['mean_reward_diff']:+.3f} after RL (95% bootstrap CI {lo:+.3f} … {hi:+.3f})"
+    )
     console.print(
         "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in stage_s.items()) + f"; total {total_s:.0f}"
     )
@@ -169,6 +179,8 @@ def _report(
         "algo": args.algo,
         "before": {k: before[k] for k in ("mean_reward", "success_rate", "success_ci95", "verdicts")},
         "after": {k: after[k] for k in ("mean_reward", "success_rate", "success_ci95", "verdicts")},
+        "paired_reward_diff": paired["mean_reward_diff"],
+        "paired_reward_diff_ci95": paired["mean_reward_diff_ci95"],
         "curve": [{k: r[k] for k in ("update", "reward", "success_rate", "entropy", "flops")} for r in curve],
         "stage_seconds": stage_s,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

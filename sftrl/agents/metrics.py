@@ -85,12 +85,17 @@ def paired_difference(
     rng = random.Random(seed)
     n = len(diffs)
     boots = []
+    rboots = []
     for _ in range(n_boot):
         idx = [rng.randrange(n) for _ in range(n)]
         boots.append(sum(diffs[i] for i in idx) / n)
+        rboots.append(sum(rdiffs[i] for i in idx) / n)
     boots.sort()
+    rboots.sort()
     lo = boots[int(0.025 * (n_boot - 1))]
     hi = boots[int(math.ceil(0.975 * (n_boot - 1)))]
+    rlo = rboots[int(0.025 * (n_boot - 1))]
+    rhi = rboots[int(math.ceil(0.975 * (n_boot - 1)))]
     return {
         "paired_episodes": n,
         "success_rate_a": sum(by_seed_a[s].success for s in common) / n,
@@ -98,6 +103,7 @@ def paired_difference(
         "success_diff": sum(diffs) / n,
         "success_diff_ci95": [lo, hi],
         "mean_reward_diff": sum(rdiffs) / n,
+        "mean_reward_diff_ci95": [rlo, rhi],
         "b_only_successes": sum(d > 0 for d in diffs),
         "a_only_successes": sum(d < 0 for d in diffs),
     }
