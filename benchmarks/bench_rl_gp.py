@@ -1,6 +1,6 @@
 """Does RL raise GP-L reward on a tiny CPU model from an SFT warm start?  Prints the curve, saves a PNG.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_gp.py [--algo grpo|ppo] [--updates 20]
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_gp.py [--algo ppo|grpo] [--updates 30]
 [--out benchmarks/results/rl_gp]``. Every stage is the user's own command (``agent …`` in process):
 
 1. ``agent tiny-model`` — a tiny random-weight text model (offline);
@@ -49,8 +49,8 @@ def _evaluate(model: Path, out: Path, episodes: int, max_new_tokens: int, verify
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--algo", choices=("grpo", "ppo"), default="grpo")
-    ap.add_argument("--updates", type=int, default=20)
+    ap.add_argument("--algo", choices=("grpo", "ppo"), default="ppo")
+    ap.add_argument("--updates", type=int, default=30)
     ap.add_argument("--episodes-per-update", type=int, default=16)
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-4)
