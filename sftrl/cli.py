@@ -238,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     trl.add_argument("--save-every", type=int, default=argparse.SUPPRESS, help="checkpoint every N updates")
     trl.add_argument("--seed", type=int, default=argparse.SUPPRESS)
     trl.add_argument("--resume", action="store_true", default=argparse.SUPPRESS)
+    trl.add_argument(
+        "--trainer",
+        choices=("sftrl", "trl"),
+        default=argparse.SUPPRESS,
+        help="sftrl: our learner (PPO/GRPO, default); trl: TRL's GRPOTrainer (GRPO, text models)",
+    )
     trl.add_argument("--json", action="store_true", help="print the last update's metrics as JSON")
     _env_flags(trl)
     _add_sft_parsers(sub, tsub)
@@ -578,10 +584,15 @@ def cmd_train(ns: argparse.Namespace) -> int:
     values = merge(load_yaml(ns.config) if ns.config else {}, flags)
     if "max_steps" in values:
         values["updates"] = values.pop("max_steps")
+    trainer = values.pop("trainer", "sftrl")
+    if trainer not in ("sftrl", "trl"):
+        raise CLIError(f"unknown trainer {trainer!r}; choose sftrl or trl")
     rl = dict(values.pop("rl", None) or {})  # the YAML's `rl:` section (every RLConfig field)
     rl.update({k: values.pop(k) for k in list(values) if k in _RL_KEYS - {"seed"}})
     if "seed" in values:
         rl["seed"] = values["seed"]
+    if trainer == "trl":
+        rl.setdefault("algo", "grpo")  # TRL's trainer is GRPO; an explicit --algo ppo is refused below
     run_values = {k: values.pop(k) for k in list(values) if k in _RL_RUN_KEYS | {"updates"}}
     # Whatever is left are env options: validate them with the env's own model.
     _, env_cfg = split_config({"env": run_values.get("env", "gp"), **values})
@@ -600,7 +611,17 @@ def cmd_train(ns: argparse.Namespace) -> int:
     from sftrl.training.transitions import TransitionError
 
     try:
-        metrics = train_rl(cfg, progress=lambda msg: err.print(msg))
+        if trainer == "trl":
+            from sftrl.training.trl_grpo import TRLGRPOError, train_rl_trl
+
+            if cfg.rl.algo != "grpo":
+                raise CLIError("--trainer trl runs GRPO only (TRL has no PPO trainer); pass --algo grpo")
+            try:
+                metrics = train_rl_trl(cfg, progress=lambda msg: err.print(msg))
+            except TRLGRPOError as exc:
+                raise CLIError(str(exc)) from exc
+        else:
+            metrics = train_rl(cfg, progress=lambda msg: err.print(msg))
     except TransitionError as exc:
         raise CLIError(str(exc)) from exc
     if ns.json:

@@ -125,11 +125,15 @@ class LiveRun:
             self.done.set()
 
     async def _rollout(self) -> dict[str, Any]:
-        from sftrl.agents.runner import make_policy, run_async
+        from sftrl.agents.runner import close_policy, make_policy, run_async
 
         inner = self._policy if self._policy is not None else make_policy(self.run)
         policy = _PausablePolicy(inner, self.gate)
-        return await run_async(self.run, self.env_cfg, listeners=[self.queue], policy=policy)  # type: ignore[arg-type]
+        try:
+            return await run_async(self.run, self.env_cfg, listeners=[self.queue], policy=policy)  # type: ignore[arg-type]
+        finally:
+            if self._policy is None:  # built here: release its HTTP clients / engine
+                await close_policy(inner)
 
     def cancel(self, timeout: float = 30.0) -> None:
         """Cancel the rollout and wait for it: the log is closed with every finished episode in it."""
