@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -351,3 +352,37 @@ def test_a_rejected_key_stops_the_run_with_one_line(
         not (tmp_path / "run" / "episodes.jsonl").exists()
         or not (tmp_path / "run" / "episodes.jsonl").read_text().strip()
     )
+
+
+async def test_virl_vision_tool_episode_sends_each_new_street_view(stub: StubServer, tmp_path: Path) -> None:
+    """V-IRL-VL in tool mode: the model calls forward(); every tool result brings the next 2x2 grid."""
+
+    def navigator(body: dict[str, Any]) -> dict[str, Any]:
+        # First call: the instruction's opening turn ("turn … to face {dir}"); afterwards walk on.
+        if not any(m["role"] == "assistant" for m in body["messages"]):
+            text = " ".join(p.get("text", "") for p in body["messages"][-1]["content"] if isinstance(p, dict))
+            face = re.search(r"to face (\w+)", text)
+            assert face, text
+            args = json.dumps({"direction": face.group(1)})
+            return {"content": "", "tool_calls": [{"name": "turn_direction", "arguments": args}]}
+        return {"content": "", "tool_calls": [{"name": "forward", "arguments": "{}"}]}
+
+    stub.config.reply = navigator
+    summary = await _run(
+        tmp_path, _policy(stub), episodes=1, env="virl", modality="vision", protocol="tools", resolution=64
+    )
+    assert summary["errors"] == 0
+    record = read_episodes(tmp_path / "run")[0]
+    assert record.turns[0].reply.tool_calls[0]["name"] == "turn_direction" and record.turns[0].reward > 0
+    assert {t["function"]["name"] for t in stub.completions()[0]["tools"]} == {
+        "forward",
+        "turn_direction",
+        "stop",
+    }
+    later = stub.completions()[1]["messages"]
+    tool_turns = [i for i, m in enumerate(later) if m["role"] == "tool"]
+    assert tool_turns, "the env's answer must come back as the tool's result"
+    # OpenAI tool messages are text-only: the new street view follows as a user turn with the image.
+    after = later[tool_turns[-1] + 1]
+    assert after["role"] == "user"
+    assert any(p.get("type") == "image_url" for p in after["content"])
