@@ -141,7 +141,7 @@ def sweep(
             f"{row['env_ms_per_call']:.2f}",
             f"{row['policy_ms_per_call']:.1f}",
         )
-    Console().print(table)
+    Console(width=160).print(table)
     return rows
 
 
