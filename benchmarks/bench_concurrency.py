@@ -145,6 +145,26 @@ def sweep(
     return rows
 
 
+def overhead_floor(episodes: int, model_latency_ms: float) -> float:
+    """Agent loop + env + logging per model call with a zero-latency policy (the expert), in ms."""
+    from sftrl.agents.baselines import RandomPolicy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        values = {"env": "gp", "episodes": episodes, "out": Path(tmp) / "warm"}
+        run, env_cfg = split_config(values)
+        asyncio.run(run_async(run, env_cfg, policy=RandomPolicy()))  # warm the solver caches
+        run, env_cfg = split_config({**values, "out": Path(tmp) / "timed"})
+        t0 = time.perf_counter()
+        summary = asyncio.run(run_async(run, env_cfg, policy=RandomPolicy()))
+        per_call = 1000 * (time.perf_counter() - t0) / summary["attempts"]
+    Console().print(
+        f"agent + env + log cost per model call, zero-latency random policy ({summary['attempts']} "
+        f"calls): {per_call:.3f} ms = {100 * per_call / model_latency_ms:.2f}% of a "
+        f"{model_latency_ms:g} ms model call"
+    )
+    return per_call
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -192,6 +212,7 @@ def main() -> None:
     )
     ap.add_argument("--max-new-tokens", type=int, default=32, help="hf: reply length budget")
     args = ap.parse_args()
+    overhead_floor(max(args.episodes, 200), args.latency_ms)
     if args.hf:
         _hf_sweep(args)
         return
