@@ -244,6 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="sftrl: our learner (PPO/GRPO, default); trl: TRL's GRPOTrainer (GRPO, text models)",
     )
+    trl.add_argument(
+        "--rollout-policy",
+        choices=("hf", "vllm", "vllm-offline"),
+        default=argparse.SUPPRESS,
+        help="who samples rollouts: hf (the trained model, default) | vllm (servers, --base-url; weights "
+        "reloaded after each update, needs VLLM_SERVER_DEV_MODE=1) | vllm-offline (in-process engine)",
+    )
+    trl.add_argument(
+        "--base-url",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="vLLM server replica for --rollout-policy vllm (repeat for several)",
+    )
+    trl.add_argument("--served-model", default=argparse.SUPPRESS, help="name the vLLM servers serve")
     trl.add_argument("--json", action="store_true", help="print the last update's metrics as JSON")
     _env_flags(trl)
     _add_sft_parsers(sub, tsub)
@@ -567,6 +582,10 @@ _RL_RUN_KEYS = {
     "seed",
     "resume",
     "episodes",
+    "rollout_policy",
+    "base_url",
+    "served_model",
+    "rollout_options",
 }
 
 
@@ -608,7 +627,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
     from rich.console import Console
 
     err = Console(stderr=True)
+    from sftrl.training.rl import LogprobMismatchError
     from sftrl.training.transitions import TransitionError
+    from sftrl.training.weight_sync import WeightSyncError
 
     try:
         if trainer == "trl":
@@ -616,6 +637,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
             if cfg.rl.algo != "grpo":
                 raise CLIError("--trainer trl runs GRPO only (TRL has no PPO trainer); pass --algo grpo")
+            if cfg.rollout_policy != "hf":
+                raise CLIError("--rollout-policy vllm/vllm-offline is for --trainer sftrl")
             try:
                 metrics = train_rl_trl(cfg, progress=lambda msg: err.print(msg))
             except TRLGRPOError as exc:
@@ -623,6 +646,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
         else:
             metrics = train_rl(cfg, progress=lambda msg: err.print(msg))
     except TransitionError as exc:
+        raise CLIError(str(exc)) from exc
+    except (WeightSyncError, LogprobMismatchError) as exc:
         raise CLIError(str(exc)) from exc
     if ns.json:
         print(json.dumps(metrics, sort_keys=True))

@@ -2,7 +2,9 @@
 
 Online, each update collects episodes with the model being trained (through the ordinary runner, so
 every rollout is a normal run directory under ``OUT/rollouts``), then feeds them to the
-:class:`~sftrl.training.rl.Learner` exactly as logged episodes are fed offline. Checkpoints hold the
+:class:`~sftrl.training.rl.Learner` exactly as logged episodes are fed offline. Rollouts are sampled
+in-process (``hf``) or by vLLM (``vllm`` servers, ``vllm-offline`` engine), which is sent the updated
+weights after every update (:mod:`sftrl.training.weight_sync`). Checkpoints hold the
 model, its processor, the value head and optimizer state; ``--resume`` continues from the latest.
 """
 
@@ -14,7 +16,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,6 +47,14 @@ class RLRunConfig(BaseModel):
     seed: int = 0
     resume: bool = False
     episodes: list[Path] = Field(default_factory=list, description="logged run dirs to learn from (offline)")
+    rollout_policy: Literal["hf", "vllm", "vllm-offline"] = Field(
+        default="hf", description="who samples the rollouts: the trained model in-process, or vLLM"
+    )
+    base_url: list[str] = Field(default_factory=list, description="vLLM servers (--rollout-policy vllm)")
+    served_model: str | None = Field(default=None, description="model name the vLLM servers serve")
+    rollout_options: dict[str, Any] = Field(
+        default_factory=dict, description="vllm-offline: vllm.LLM arguments (dtype, max_model_len, ...)"
+    )
     rl: RLConfig = Field(default_factory=RLConfig)
 
 
@@ -70,6 +80,60 @@ def _save(policy: Any, learner: Learner, path: Path, meta: dict[str, Any]) -> No
     tmp.rename(path)  # a checkpoint is either complete or absent
 
 
+# Sampling knobs a vLLM server may take from the model's generation_config.json when a request leaves
+# them out: pinned to "off", because the learner scores the plain log_softmax(logits / temperature).
+_PLAIN_SAMPLING = {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
+def _served_model(cfg: RLRunConfig) -> str:
+    """``cfg.served_model``, else the one model the first server lists (``GET /v1/models``)."""
+    if cfg.served_model:
+        return cfg.served_model
+    import httpx
+
+    from sftrl.agents.openai_policy import _normalize_base_url, public_url
+
+    url = _normalize_base_url(cfg.base_url[0]) + "/models"
+    try:
+        ids = [str(m["id"]) for m in httpx.get(url, timeout=30.0).json().get("data", [])]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TransitionError(f"cannot list the models of {public_url(url)}: {type(exc).__name__}") from None
+    if len(ids) != 1:
+        raise TransitionError(
+            f"{public_url(url)} serves {ids or 'no model'}: name the one to train with --served-model"
+        )
+    return ids[0]
+
+
+def rollout_backend(cfg: RLRunConfig, policy: Any, model_path: str, main: bool) -> tuple[Any, Any]:
+    """(the policy that samples rollouts, the :class:`~sftrl.training.weight_sync.WeightSync` or None).
+
+    ``hf``: the trained model itself, nothing to sync. ``vllm``: the server replicas, reloaded from
+    ``OUT/live-weights`` by the main process. ``vllm-offline``: an engine in each process, fed the
+    state dict directly.
+    """
+    from sftrl.training.weight_sync import LIVE_WEIGHTS_DIR, VLLMEngineWeightSync, VLLMServerWeightSync
+
+    if cfg.rollout_policy == "hf":
+        if cfg.base_url:
+            raise TransitionError("--base-url is for --rollout-policy vllm")
+        return policy, None
+    if cfg.rollout_policy == "vllm":
+        if not cfg.base_url:
+            raise TransitionError("--rollout-policy vllm needs --base-url (one per server replica)")
+        from sftrl.agents.openai_policy import VLLMPolicy
+
+        rollout = VLLMPolicy(_served_model(cfg), cfg.base_url, extra_body=dict(_PLAIN_SAMPLING))
+        sync = VLLMServerWeightSync(
+            cfg.base_url, cfg.out / LIVE_WEIGHTS_DIR, processor=getattr(policy, "processor", None)
+        )
+        return rollout, (sync if main else None)
+    from sftrl.agents.vllm_offline import VLLMOfflinePolicy
+
+    engine = VLLMOfflinePolicy(model_path, **cfg.rollout_options)
+    return engine, VLLMEngineWeightSync(engine, cfg.out / LIVE_WEIGHTS_DIR)
+
+
 def _collect(
     cfg: RLRunConfig, policy: Any, update: int, progress: Callable[[str], None] | None, rank: int = 0
 ) -> tuple[Path, dict[str, Any]]:
@@ -80,7 +144,6 @@ def _collect(
     values: dict[str, Any] = {
         **cfg.env_options,
         "env": cfg.env,
-        "policy": "hf",
         "episodes": cfg.episodes_per_update,
         "seed": cfg.seed * 1_000_003 + update * 1009 + rank,
         "out": out,
@@ -92,7 +155,7 @@ def _collect(
     run = RunConfig.model_validate(
         {
             **run.model_dump(),
-            "policy": "hf",
+            "policy": cfg.rollout_policy,
             "sampling": SamplingParams(
                 temperature=cfg.temperature,
                 max_new_tokens=cfg.max_new_tokens,
@@ -129,7 +192,8 @@ def train_rl(
     """Run ``cfg.updates`` RL updates and save the final model to ``cfg.out``; returns the last metrics.
 
     ``policy`` is an :class:`~sftrl.agents.hf_policy.HFPolicy` (built from ``cfg.model`` if None): its
-    model is the one trained, so rollouts after each update use the new weights.
+    model is the one trained. With ``rollout_policy`` ``hf`` it also samples the rollouts; with ``vllm`` /
+    ``vllm-offline`` the weights are pushed to vLLM after each update, before the next collection.
     """
     import torch
     from accelerate import Accelerator
@@ -172,16 +236,29 @@ def train_rl(
     total_flops = 0.0
     metrics: dict[str, Any] = {}
     offline_batch = load_episodes(cfg.episodes, model=None) if cfg.episodes else None
+    rollout_policy, sync = policy, None
+    if offline_batch is None:
+        rollout_policy, sync = rollout_backend(cfg, policy, model_path, main)
+        if sync is not None:
+            sync.check()  # before any rollout: a server without dev mode fails now, not after update 1
+            if ckpt is not None:
+                sync.push(policy.model, start)  # the engines still serve the weights they started with
+        accelerator.wait_for_everyone()
     torch.manual_seed(cfg.seed)
     for update in range(start, cfg.updates):
         t0 = time.perf_counter()
         if offline_batch is not None:
             batch, rollout_dir = offline_batch, None
         else:
-            rollout_dir, _ = _collect(cfg, policy, update, progress if main else None, rank)
+            rollout_dir, _ = _collect(cfg, rollout_policy, update, progress if main else None, rank)
             batch = load_episodes([rollout_dir])
         gap = learner.check_consistency(batch.transitions)
         stats = learner.update(batch)
+        sync_s = 0.0
+        if sync is not None:
+            t_sync = time.perf_counter()
+            sync.push(policy.model, update + 1)  # the next collection samples from the updated model
+            sync_s = time.perf_counter() - t_sync
         tokens = stats["tokens"]
         # Rollout (forward) + PPO epochs x (forward + backward ~ 3x forward) over the reply tokens.
         total_flops += flops_tok * tokens * (1 + 3 * cfg.rl.ppo_epochs)
@@ -190,6 +267,7 @@ def train_rl(
             **_batch_metrics(batch),
             **stats,
             "logprob_gap": gap,
+            "weight_sync_s": sync_s,
             "flops": total_flops,
             "seconds": time.perf_counter() - t0,
             "rollouts": str(rollout_dir) if rollout_dir else None,
