@@ -25,7 +25,7 @@ from sftrl.street_view.google import GoogleStreetViewProvider, redact, sign_url_
 from sftrl.street_view.provider import ProviderError, ViewRequest, make_provider
 
 FIXTURES = Path(__file__).parent / "fixtures" / "google"
-KEY = "AIzaSyTEST-very-secret-key_0123456789"
+KEY = "AIza.TEST-very-secret-key_0123456789"
 SECRET = base64.urlsafe_b64encode(b"a 20-byte hmac key!!").decode()  # urlsafe base64, as Google issues
 PANO = json.loads((FIXTURES / "metadata_ok.json").read_text())["pano_id"]
 NO_IMAGERY_LAT = 0.0  # the fake answers ZERO_RESULTS here (mid-ocean)

@@ -36,7 +36,7 @@ from sftrl.environments.virl.official import load_routes
 from sftrl.street_view.google_maps import GoogleMapsClient, MapsError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "google_maps"
-KEY = "AIzaSyTEST-maps-secret-key_0123456789"
+KEY = "AIza.TEST-maps-secret-key_0123456789"
 SECRET = base64.urlsafe_b64encode(b"a 20-byte hmac key!!").decode()
 PLACES: list[dict[str, Any]] = json.loads((FIXTURES / "places.json").read_text())
 DIRECTIONS_INDEX: dict[str, str] = json.loads((FIXTURES / "directions" / "index.json").read_text())
@@ -332,7 +332,7 @@ def test_missing_and_malformed_keys_are_clear_errors(maps: FakeMaps) -> None:
 
 
 def test_request_denied_is_fatal_and_never_shows_the_key(maps: FakeMaps, tmp_path: Path) -> None:
-    maps.key = "AIzaSyTHE-KEY-GOOGLE-EXPECTS"
+    maps.key = "AIza.THE-KEY-GOOGLE-EXPECTS"
     with pytest.raises(MapsError) as exc:
         collect_live_routes("Testville", 2, tmp_path, client=client(maps))
     assert exc.value.status == "REQUEST_DENIED" and exc.value.fatal
