@@ -145,34 +145,12 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-@pytest.fixture(scope="module")
-def vllm_server(tiny_text: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One vLLM OpenAI server on the tiny text model for the whole module → its base URL."""
-    port = _free_port()
-    work = tmp_path_factory.mktemp("vllm-server")
-    log = work / "server.log"
-    cmd = [
-        str(VLLM_PYTHON),
-        "-m",
-        SERVER_MODULE,
-        "--model",
-        str(tiny_text),
-        "--served-model-name",
-        SERVED_NAME,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--enforce-eager",
-        "--dtype",
-        "float32",
-        "--max-model-len",
-        "4096",
-    ]
+def serve(cmd: list[str], env: dict[str, str], log: Path, port: int) -> Iterator[str]:
+    """Start a vLLM OpenAI server, yield its base URL once it answers, stop its process group after."""
     with log.open("wb") as out:
         # Own session: the server's engine and worker children are stopped with it (its group).
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=vllm_env(work), cwd=REPO, start_new_session=True
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
         )
     base = f"http://127.0.0.1:{port}/v1"
     try:
@@ -198,6 +176,33 @@ def vllm_server(tiny_text: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny_text: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One vLLM OpenAI server on the tiny text model for the whole module → its base URL."""
+    port = _free_port()
+    work = tmp_path_factory.mktemp("vllm-server")
+    log = work / "server.log"
+    cmd = [
+        str(VLLM_PYTHON),
+        "-m",
+        SERVER_MODULE,
+        "--model",
+        str(tiny_text),
+        "--served-model-name",
+        SERVED_NAME,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enforce-eager",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "4096",
+    ]
+    yield from serve(cmd, vllm_env(work), log, port)
 
 
 def _assert_scored_tokens(records: list[EpisodeRecord]) -> None:

@@ -13,24 +13,19 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
-import os
-import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from test_vllm_real import (
     REPO,
     SERVER_MODULE,
-    SERVER_START_TIMEOUT_S,
     VLLM_PYTHON,
     _free_port,
-    _tail,
     require_vllm,
+    serve,
     vllm_env,
 )
 
@@ -84,34 +79,7 @@ def dev_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         WORKER_EXTENSION,
     ]
     env = {**vllm_env(work), "VLLM_SERVER_DEV_MODE": "1"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
-        )
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{_tail(log)}")
-            try:
-                if httpx.get(f"{base}/models", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM server not ready after {SERVER_START_TIMEOUT_S:g}s:\n{_tail(log)}")
-            time.sleep(0.5)
-        yield base
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    yield from serve(cmd, env, log, port)
 
 
 def _greedy(policy: object) -> tuple[list[int], list[float]]:
