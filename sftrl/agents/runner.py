@@ -252,6 +252,7 @@ async def run_async(
     for i in todo:
         queue.put_nowait(i)
 
+    opened: list[SftrlEnv] = []  # every env built here, closed when the run ends (they hold providers)
     with TrajectoryWriter(out) as writer:
 
         async def worker() -> None:
@@ -265,6 +266,7 @@ async def run_async(
                 try:
                     if env is None:
                         env = cls(**env_cfg)
+                        opened.append(env)
                     record = await run_episode(
                         env,
                         policy,
@@ -280,6 +282,8 @@ async def run_async(
                     if getattr(exc, "fatal", False):
                         raise  # a missing/rejected key or unknown model: every episode would fail
                     # One broken episode must not end the run: log it and replace the env.
+                    if env is not None:
+                        env.close()
                     env = None
                     record = EpisodeRecord(
                         run_id=run_id,
@@ -303,6 +307,8 @@ async def run_async(
             publish(listeners, RunFailed(f"{type(exc).__name__}: {exc}"))
             raise
         finally:
+            for built in opened:
+                built.close()
             if own_policy:
                 await close_policy(policy)
     records.sort(key=lambda r: r.episode_index)

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
+import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -72,6 +73,7 @@ class ObservationSpace(gym.Space[Observation]):
 
 
 StepResult = tuple[Observation, float, bool, bool, dict[str, Any]]
+RENDER_MODES = ("rgb_array", "ansi")
 
 
 class SftrlEnv(gym.Env[Observation, str], ABC):
@@ -86,12 +88,18 @@ class SftrlEnv(gym.Env[Observation, str], ABC):
     env_id: ClassVar[str]
     config_model: ClassVar[type[BaseModel]]
     """Pydantic model of the env's keyword arguments (named like the CLI flags)."""
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    # Text envs have no frame rate; gymnasium's checker wants one whenever render modes exist.
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": list(RENDER_MODES), "render_fps": 1}
 
-    def __init__(self) -> None:
+    def __init__(self, render_mode: str | None = None) -> None:
         super().__init__()
+        if render_mode is not None and render_mode not in RENDER_MODES:
+            modes = ", ".join(RENDER_MODES)
+            raise ValueError(f"render_mode must be one of {modes} or None, got {render_mode!r}")
+        self.render_mode = render_mode
         self.observation_space = ObservationSpace()
         self.action_space = gym.spaces.Text(max_length=65_536)
+        self._last_observation: Observation | None = None
 
     @property
     @abstractmethod
@@ -110,6 +118,32 @@ class SftrlEnv(gym.Env[Observation, str], ABC):
     @abstractmethod
     def random_reply(cls, observation: Observation, rng: random.Random) -> str:
         """A well-formed reply with a random action for ``observation`` (the ``random`` policy)."""
+
+    def render(self) -> Any:
+        """``rgb_array``: the state as an image (uint8 H×W×3); ``ansi``: the last observation's text.
+
+        In language modality the image is what the vision modality would show, so a human can watch
+        either. Returns None when the env was made without a render mode.
+        """
+        if self.render_mode is None:
+            return None
+        if self._last_observation is None:
+            raise gym.error.ResetNeeded("call reset() before render()")
+        if self.render_mode == "ansi":
+            return self._last_observation.text
+        return np.asarray(self.render_image().convert("RGB"), dtype=np.uint8)
+
+    def render_image(self) -> Image.Image:
+        """The current state as an image (the observation image, or the one vision mode would show)."""
+        assert self._last_observation is not None
+        if self._last_observation.images:
+            return self._last_observation.images[0]
+        raise NotImplementedError(f"{type(self).__name__} has no image of its state")
+
+    def _observed(self, observation: Observation) -> Observation:
+        """Remember ``observation`` as the one ``render()`` shows; returns it unchanged."""
+        self._last_observation = observation
+        return observation
 
     def tool_specs(self) -> list[ToolSpec]:
         """The env's actions as tools (tool-calling mode); empty if the env has no tool mode."""

@@ -53,7 +53,10 @@ def make_env(name: str, **kwargs: Any) -> SftrlEnv:
 
 
 def register_all() -> None:
-    """Register every sftrl env with gymnasium (idempotent), so ``gym.make("sftrl/...")`` works."""
+    """Register every sftrl env with gymnasium (idempotent), so ``gym.make("sftrl/...")`` works.
+
+    Entry points are strings: an env's module (and whatever it imports) loads only when it is made.
+    """
     for env_id, entry_point in ENTRY_POINTS.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=entry_point, disable_env_checker=True)
+            gym.register(id=env_id, entry_point=entry_point)

@@ -172,11 +172,17 @@ class CachedProvider:
         return conn
 
     def close(self) -> None:
-        """Close this thread's index connection (others close when their threads end)."""
+        """Close this thread's index connection (others close when their threads end).
+
+        An inner provider built here by name is ours and is closed too; one passed in stays the caller's.
+        """
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+        inner_close = getattr(self.inner, "close", None) if self._inner_spec is not None else None
+        if inner_close is not None:
+            inner_close()
 
     def __len__(self) -> int:
         return int(self._connect().execute("SELECT COUNT(*) FROM views").fetchone()[0])

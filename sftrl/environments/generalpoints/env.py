@@ -78,8 +78,8 @@ class GeneralPointsEnv(SftrlEnv):
     env_id: ClassVar[str] = "sftrl/GeneralPoints-v0"
     config_model: ClassVar[type[BaseModel]] = GeneralPointsConfig
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__()
+    def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+        super().__init__(render_mode)
         self.config = GeneralPointsConfig.model_validate(kwargs)
         self._state: GPState | None = None
         self._cards: list[Card] = []
@@ -180,7 +180,7 @@ class GeneralPointsEnv(SftrlEnv):
             info=self._info(),
             oracle=self._oracle(),
         )
-        return self._task, self._info()
+        return self._observed(self._task), self._info()
 
     def _info(self) -> dict[str, Any]:
         assert self._state is not None
@@ -224,7 +224,17 @@ class GeneralPointsEnv(SftrlEnv):
             info=self._info(),
             oracle=self._oracle(),
         )
-        return obs, verdict.reward, terminated, False, info
+        return self._observed(obs), verdict.reward, terminated, False, info
+
+    def render_image(self) -> Any:
+        """The dealt hand as the vision modality shows it (rendered on demand in language modality)."""
+        if self._task is None:
+            raise gym.error.ResetNeeded("call reset() before render()")
+        if self._task.images:
+            return self._task.images[0]
+        from sftrl.environments.generalpoints.render import render_hand
+
+        return render_hand(self._cards, self.config.resolution)
 
     def episode_metrics(self) -> dict[str, Any]:
         metrics: dict[str, Any] = {"attempts": self._attempts}

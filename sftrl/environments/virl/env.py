@@ -155,8 +155,10 @@ class VIRLEnv(SftrlEnv):
     env_id: ClassVar[str] = "sftrl/VIRL-v0"
     config_model: ClassVar[type[BaseModel]] = VIRLConfig
 
-    def __init__(self, provider: StreetViewProvider | None = None, **kwargs: Any) -> None:
-        super().__init__()
+    def __init__(
+        self, provider: StreetViewProvider | None = None, render_mode: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(render_mode)
         self.config = VIRLConfig.model_validate(kwargs)
         self._provider = provider
         self._providers: dict[str, StreetViewProvider] = {}
@@ -247,7 +249,7 @@ class VIRLEnv(SftrlEnv):
         obs = self._task_observation()
         # The route's geometry once per episode (the TUI draws its map from the log): not per step.
         obs = obs.model_copy(update={"info": {**obs.info, "route_map": self._route_map()}})
-        return obs, dict(obs.info)
+        return self._observed(obs), dict(obs.info)
 
     def _route_map(self) -> dict[str, Any]:
         """Compact route geometry: street path, rail points, milestones, landmarks, instructions."""
@@ -319,7 +321,7 @@ class VIRLEnv(SftrlEnv):
         self._done = terminated
         info = dict(obs.info)
         info.update({"verdict": verdict, "success": self._success})
-        return obs, verdict.reward, terminated, False, info
+        return self._observed(obs), verdict.reward, terminated, False, info
 
     def _feedback(self, text: str) -> Observation:
         return Observation(
@@ -421,6 +423,23 @@ class VIRLEnv(SftrlEnv):
                     cfg.street_view, **self._provider_kwargs(cfg.street_view, city)
                 )
         return self._providers[key]
+
+    def render_image(self) -> Any:
+        """The street-view grid at the agent's position (rendered on demand in language modality)."""
+        if self._rail is None or self._last_observation is None:
+            raise gym.error.ResetNeeded("call reset() before render()")
+        if self._last_observation.images:
+            return self._last_observation.images[0]
+        lat, lng, node, heading, *_ = self._current()
+        return self._grid(lat, lng, node, heading)
+
+    def close(self) -> None:
+        """Close the street-view providers this env opened (a provider passed in stays the caller's)."""
+        providers, self._providers = self._providers, {}
+        for provider in providers.values():
+            close = getattr(provider, "close", None)
+            if close is not None:
+                close()
 
     def _info(self) -> dict[str, Any]:
         assert self._rail is not None
@@ -589,7 +608,7 @@ class VIRLEnv(SftrlEnv):
             obs = self._task_observation()
         info = dict(obs.info)
         info.update({"verdict": verdict, "success": self._success})
-        return obs, verdict.reward, terminated, truncated, info
+        return self._observed(obs), verdict.reward, terminated, truncated, info
 
     def _advance_leg(self) -> None:
         assert self._rail is not None and self._city is not None
