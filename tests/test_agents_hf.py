@@ -138,8 +138,11 @@ def test_prompt_longer_than_the_context_is_scored_not_a_crash(text_policy: HFPol
 
 
 def test_bad_model_path_and_options_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(HFPolicyError, match="cannot load model config"):
+    with pytest.raises(HFPolicyError, match="no such model directory"):
         HFPolicy(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HFPolicyError, match="cannot load model"):
+        HFPolicy(tmp_path / "empty")
 
 
 def test_cli_tiny_model_and_run_with_the_hf_policy(

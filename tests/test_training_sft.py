@@ -150,7 +150,7 @@ def test_bad_inputs_give_one_line_errors(text_model, gp_data, fo_run, root, tmp_
     build_preference_pairs([fo_run], pairs, val_fraction=0.0)
     with pytest.raises(SFTError, match="preference dataset"):
         train_sft(pairs, text_model, tmp_path / "o")
-    with pytest.raises(SFTError, match="cannot load model"):
+    with pytest.raises(SFTError, match="no such model directory"):
         train_sft(gp_data, tmp_path / "no-model", tmp_path / "o")
     assert train_sft_main(gp_data, str(text_model), tmp_path / "o", report_to="bogus") == 2
     assert "report-to" in capsys.readouterr().err

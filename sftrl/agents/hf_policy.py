@@ -25,6 +25,7 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.tools import BaseTool
 
 from sftrl.agents.messages import decode_image, message_text, record_to_message
+from sftrl.agents.model_source import ModelSourceError, load_error, model_load_kwargs
 from sftrl.agents.policy import Reply, SamplingParams
 from sftrl.agents.tools import openai_tools
 from sftrl.environments.base import Observation
@@ -173,6 +174,11 @@ class HFPolicy:
     ) -> None:
         import random
 
+        try:  # before the heavy imports: a mistyped path fails at once
+            source = model_load_kwargs(str(model))
+        except ModelSourceError as exc:
+            raise HFPolicyError(str(exc)) from None
+
         import torch
         from transformers import AutoConfig
         from transformers.utils import logging as hf_logging
@@ -189,11 +195,11 @@ class HFPolicy:
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self._rng = random.Random(seed)
-        kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+        kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code, **source}
         try:
             config = AutoConfig.from_pretrained(self.model_name, **kwargs)
         except (OSError, ValueError) as exc:
-            raise HFPolicyError(f"cannot load model config from {self.model_name!r}: {exc}") from exc
+            raise HFPolicyError(load_error(self.model_name, exc, source)) from exc
         self.vision = getattr(config, "vision_config", None) is not None
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
         if self.vision:

@@ -142,6 +142,13 @@ def _prepare_out(cfg: SFTTrainConfig) -> Path | None:
 
 def load_model(model_name: str, vision_data: bool = False) -> tuple[Any, Any]:
     """(model, processing class) from a local directory (or hub id); VLMs get their processor."""
+    from sftrl.agents.model_source import ModelSourceError, load_error, model_load_kwargs
+
+    try:  # before the heavy imports: a mistyped path fails at once
+        source = model_load_kwargs(model_name)
+    except ModelSourceError as exc:
+        raise SFTError(str(exc)) from None
+
     import torch
     from transformers import (
         AutoConfig,
@@ -154,9 +161,9 @@ def load_model(model_name: str, vision_data: bool = False) -> tuple[Any, Any]:
     from sftrl.agents.tiny import register_processors
 
     try:
-        config = AutoConfig.from_pretrained(model_name)
+        config = AutoConfig.from_pretrained(model_name, **source)
     except (OSError, ValueError) as exc:
-        raise SFTError(f"cannot load model {model_name}: {str(exc).splitlines()[0]}") from exc
+        raise SFTError(load_error(model_name, exc, source)) from exc
     is_vlm = getattr(config, "vision_config", None) is not None
     if vision_data and not is_vlm:
         raise SFTError(f"the dataset has images but {model_name} is not a vision-language model")
@@ -165,13 +172,13 @@ def load_model(model_name: str, vision_data: bool = False) -> tuple[Any, Any]:
     try:
         if is_vlm:
             register_processors()  # sftrl's tiny VLM ships an image-only processor class
-            processing_class = AutoProcessor.from_pretrained(model_name)
-            model = AutoModelForImageTextToText.from_pretrained(model_name, dtype=dtype)
+            processing_class = AutoProcessor.from_pretrained(model_name, **source)
+            model = AutoModelForImageTextToText.from_pretrained(model_name, dtype=dtype, **source)
         else:
-            processing_class = AutoTokenizer.from_pretrained(model_name)
-            model = AutoModelForCausalLM.from_pretrained(model_name, dtype=dtype)
+            processing_class = AutoTokenizer.from_pretrained(model_name, **source)
+            model = AutoModelForCausalLM.from_pretrained(model_name, dtype=dtype, **source)
     except (OSError, ValueError) as exc:
-        raise SFTError(f"cannot load model {model_name}: {str(exc).splitlines()[0]}") from exc
+        raise SFTError(load_error(model_name, exc, source)) from exc
     return model, processing_class
 
 
