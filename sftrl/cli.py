@@ -102,6 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="run seed; fixes every episode (0)")
     run.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="run directory (runs/latest)")
     run.add_argument("--resume", action="store_true", default=argparse.SUPPRESS, help="continue a run")
+    run.add_argument(
+        "--retry-errors",
+        action=argparse.BooleanOptionalAction,
+        default=argparse.SUPPRESS,
+        help="--resume runs again the episodes that ended in an error (default: on)",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="--resume even when the run's config.yaml is missing or empty",
+    )
+    run.add_argument(
+        "--log-max-string-bytes",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="cut longer replies/prompts in the log, with a marker (1048576)",
+    )
     run.add_argument("--concurrency", type=int, default=argparse.SUPPRESS, help="episodes in flight (1)")
     run.add_argument(
         "--keep-last-turns", type=int, default=argparse.SUPPRESS, help="history: keep the last N retries"
@@ -394,12 +413,15 @@ def _print_summary(summary: dict[str, Any], title: str = "run summary") -> None:
         "policy",
         "episodes",
         "errors",
+        "not_logged",
         "success_rate",
         "success_ci95",
         "mean_reward",
         "mean_turns",
         "recognition_accuracy",
         "verdicts",
+        "nonfinite_logprobs",
+        "log_notes",
         "out",
     ):
         if key in summary:
@@ -414,16 +436,20 @@ def _print_summary(summary: dict[str, Any], title: str = "run summary") -> None:
 
 def cmd_eval(ns: argparse.Namespace) -> int:
     from sftrl.agents.metrics import paired_difference, summarize
-    from sftrl.agents.trajectory import read_episodes
+    from sftrl.agents.runner import load_run
 
     file_values = load_yaml(ns.config) if ns.config else {}
     as_json = bool(getattr(ns, "json", file_values.get("json", False)))
     n_boot = int(getattr(ns, "bootstrap", file_values.get("bootstrap", 2000)))
     if len(ns.runs) > 2:
         raise CLIError("eval takes one run directory, or two to compare")
-    runs = [read_episodes(p) for p in ns.runs]
+    loaded = [load_run(p) for p in ns.runs]
+    runs = [records for records, _ in loaded]
     result: dict[str, Any] = {
-        "runs": [dict(summarize(r), path=str(p)) for r, p in zip(runs, ns.runs, strict=True)]
+        "runs": [
+            dict(summarize(r, planned=rep["planned"]), path=str(p), ignored_records=_ignored(rep))
+            for (r, rep), p in zip(loaded, ns.runs, strict=True)
+        ]
     }
     if len(runs) == 2:
         try:
@@ -435,6 +461,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         return 0
     for summary in result["runs"]:
         _print_summary(summary, title=summary["path"])
+        print(_coverage_line(summary), file=sys.stderr)
     if "paired" in result:
         p = result["paired"]
         lo, hi = p["success_diff_ci95"]
@@ -443,6 +470,28 @@ def cmd_eval(ns: argparse.Namespace) -> int:
             f"{p['success_rate_b']:.3f}, diff {p['success_diff']:+.3f} (95% CI {lo:+.3f} … {hi:+.3f})"
         )
     return 0
+
+
+def _ignored(report: dict[str, Any]) -> dict[str, int]:
+    return {k: report[k] for k in ("duplicates", "out_of_range") if report[k]}
+
+
+def _coverage_line(summary: dict[str, Any]) -> str:
+    """Which episodes the success rate covers, and why the others are left out."""
+    planned = summary.get("planned")
+    line = f"success rate over {summary['episodes']}"
+    line += f" of {planned} planned episodes" if planned else " episodes (config.yaml missing: plan unknown)"
+    why = []
+    if summary["errors"]:
+        why.append(f"{summary['errors']} ended in an error (agent run --resume retries them)")
+    if summary.get("not_logged"):
+        why.append(f"{summary['not_logged']} not logged (agent run --resume runs them)")
+    ignored = summary.get("ignored_records", {})
+    if ignored.get("duplicates"):
+        why.append(f"{ignored['duplicates']} duplicate records ignored (one per episode index counts)")
+    if ignored.get("out_of_range"):
+        why.append(f"{ignored['out_of_range']} records with an index outside the plan ignored")
+    return line + ("; " + "; ".join(why) if why else "")
 
 
 def cmd_routes(ns: argparse.Namespace) -> int:

@@ -227,12 +227,13 @@ class _Handler(BaseHTTPRequestHandler):
         choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
         toks = _tokens(content or "")
         if body.get("logprobs"):
+            scripted = spec.get("logprobs")  # a reply dict may script them (NaN/-inf, as broken servers)
             as_ids = bool(body.get("return_tokens_as_token_ids"))
             choice["logprobs"] = {
                 "content": [
                     {
                         "token": f"token_id:{_token_id(t)}" if as_ids else t,
-                        "logprob": -0.01 * (i + 1),
+                        "logprob": scripted[i % len(scripted)] if scripted else -0.01 * (i + 1),
                         "top_logprobs": [],
                     }
                     for i, t in enumerate(toks)

@@ -7,10 +7,11 @@ import time
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage
+from pydantic_core import PydanticSerializationError
 
 from sftrl.agents.events import EpisodeStarted, Listener, TurnFinished, publish
 from sftrl.agents.messages import message_to_record, observation_to_message, truncate_history
-from sftrl.agents.policy import Policy, SamplingParams
+from sftrl.agents.policy import Policy, Reply, SamplingParams
 from sftrl.agents.tools import (
     assistant_message,
     langchain_tools,
@@ -18,7 +19,7 @@ from sftrl.agents.tools import (
     reply_action_text,
     tool_result,
 )
-from sftrl.agents.trajectory import EpisodeRecord, ImageStore, ReplyRecord, TurnRecord
+from sftrl.agents.trajectory import EpisodeRecord, ImageStore, ReplyRecord, TurnRecord, clean_value
 from sftrl.environments.base import SftrlEnv, Verdict
 
 # Hard cap on model calls per episode, whatever the env says: protects a run from an env bug.
@@ -35,6 +36,18 @@ def _call_sampling(sampling: SamplingParams, episode_index: int, call_index: int
         return sampling
     digest = hashlib.sha256(f"{sampling.seed}:{episode_index}:{call_index}".encode()).digest()
     return sampling.model_copy(update={"seed": int.from_bytes(digest[:4], "big") & 0x7FFFFFFF})
+
+
+def _encodable(reply: Reply, notes: dict[str, int]) -> Reply:
+    """The reply with lone surrogates (text no UTF-8 encoder takes) replaced by U+FFFD.
+
+    Its text goes back to the server in the next prompt and into the log; both need valid UTF-8.
+    """
+    try:
+        reply.model_dump_json()  # the fast check: fails only on strings that cannot be encoded
+        return reply
+    except PydanticSerializationError:
+        return Reply.model_validate(clean_value(reply.model_dump(), notes))
 
 
 async def run_episode(
@@ -102,6 +115,7 @@ async def run_episode(
             reply = await policy.generate(prompt, call_sampling, observation=observation)
         latency = time.perf_counter() - t0
         policy_s += latency
+        reply = _encodable(reply, record.log_notes)
         assistant = assistant_message(reply) if tool_mode else AIMessage(content=reply.text)
         conversation.append(assistant)
         pending_call = assistant.tool_calls[0]["id"] if tool_mode and assistant.tool_calls else None

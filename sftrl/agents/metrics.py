@@ -24,8 +24,37 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def summarize(records: Sequence[EpisodeRecord]) -> dict[str, Any]:
-    """The summary printed by ``agent run`` / ``agent eval`` (stable keys; see docs)."""
+def select_episodes(
+    records: Sequence[EpisodeRecord], planned: int | None = None
+) -> tuple[list[EpisodeRecord], dict[str, int]]:
+    """One record per episode index, in index order, and what was set aside.
+
+    A log can hold several records of one episode (a ``--resume`` that retried a failed episode, or an
+    old log written before runs took a lock): the last record without an error wins, else the last
+    one. With ``planned`` (the run's episode count), indices outside ``0..planned-1`` are dropped.
+    Returns ``(records, {"duplicates": n, "out_of_range": n})``.
+    """
+    best: dict[int, EpisodeRecord] = {}
+    duplicates = out_of_range = 0
+    for r in records:
+        if r.episode_index < 0 or (planned is not None and r.episode_index >= planned):
+            out_of_range += 1
+            continue
+        old = best.get(r.episode_index)
+        if old is not None:
+            duplicates += 1
+            if r.error is not None and old.error is None:
+                continue
+        best[r.episode_index] = r
+    return [best[i] for i in sorted(best)], {"duplicates": duplicates, "out_of_range": out_of_range}
+
+
+def summarize(records: Sequence[EpisodeRecord], planned: int | None = None) -> dict[str, Any]:
+    """The summary printed by ``agent run`` / ``agent eval`` (stable keys; see docs).
+
+    ``records`` should hold one record per episode (:func:`select_episodes`). With ``planned``,
+    ``not_logged`` counts the planned episodes that have no record at all.
+    """
     ok = [r for r in records if r.error is None]
     n = len(ok)
     successes = sum(r.success for r in ok)
@@ -59,6 +88,20 @@ def summarize(records: Sequence[EpisodeRecord]) -> dict[str, Any]:
     }
     if cards_seen:
         summary["recognition_accuracy"] = cards_right / cards_seen
+    if planned is not None:
+        summary["planned"] = planned
+        summary["not_logged"] = max(0, planned - len(records))
+    # Values the server sent that are not numbers (NaN/±inf log-probs): logged, and counted here.
+    nonfinite = sum(
+        1 for r in records for t in r.turns for lp in t.reply.logprobs or () if not math.isfinite(lp)
+    )
+    if nonfinite:
+        summary["nonfinite_logprobs"] = nonfinite
+    notes: Counter[str] = Counter()
+    for r in records:
+        notes.update(r.log_notes)
+    if notes:
+        summary["log_notes"] = dict(sorted(notes.items()))
     if ok:
         summary["env_id"] = ok[0].env_id
         summary["policy"] = ok[0].policy.get("name")

@@ -24,9 +24,16 @@ from sftrl.agents.events import (
     publish,
 )
 from sftrl.agents.loop import run_episode
-from sftrl.agents.metrics import summarize
+from sftrl.agents.metrics import select_episodes, summarize
 from sftrl.agents.policy import Policy, SamplingParams
-from sftrl.agents.trajectory import EPISODES_FILE, EpisodeRecord, TrajectoryWriter, read_episodes
+from sftrl.agents.trajectory import (
+    DEFAULT_MAX_STRING_BYTES,
+    EPISODES_FILE,
+    EpisodeRecord,
+    TrajectoryWriter,
+    lock_run_dir,
+    read_episodes,
+)
 from sftrl.config import ConfigError, dump_yaml, load_yaml
 from sftrl.environments.base import SftrlEnv
 from sftrl.environments.registry import env_class, resolve_env_id
@@ -71,6 +78,12 @@ class RunConfig(BaseModel):
     """Backend-specific options (e.g. ``dtype``, ``device``, ``max_batch_size``, engine kwargs)."""
     only: list[int] | None = None
     """Run just these episode indices (same seeds as in the full run): re-run any episode exactly."""
+    retry_errors: bool = True
+    """``--resume`` runs again the episodes whose record is an error (server down, crash)."""
+    force: bool = False
+    """``--resume`` a directory whose ``config.yaml`` is missing or empty (options cannot be checked)."""
+    log_max_string_bytes: int = Field(default=DEFAULT_MAX_STRING_BYTES, ge=256)
+    """Longest string (reply, prompt, traceback) kept in the log, in UTF-8 bytes; longer ones are cut."""
 
 
 # Options that may differ between a run and its resumption without changing what is computed.
@@ -84,6 +97,9 @@ _RESUMABLE_KEYS = {
     "request_timeout",
     "max_retries",
     "only",
+    "retry_errors",
+    "force",
+    "log_max_string_bytes",
 }
 
 
@@ -171,7 +187,9 @@ def run_id_for(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _check_resume(out: Path, config: dict[str, Any], resume: bool) -> list[EpisodeRecord]:
+def _check_resume(
+    out: Path, config: dict[str, Any], resume: bool, force: bool = False
+) -> list[EpisodeRecord]:
     log = out / EPISODES_FILE
     has_log = log.exists() and log.stat().st_size > 0
     if not resume:
@@ -181,8 +199,14 @@ def _check_resume(out: Path, config: dict[str, Any], resume: bool) -> list[Episo
             )
         return []
     saved_path = out / CONFIG_FILE
-    if saved_path.exists():
-        saved = load_yaml(saved_path)
+    saved = load_yaml(saved_path) if saved_path.exists() else {}
+    if has_log and not saved and not force:
+        what = "is empty" if saved_path.exists() else "is missing"
+        raise ConfigError(
+            f"--resume: {saved_path} {what}, so the logged episodes' options cannot be checked; "
+            "pass --force to resume with the options given now"
+        )
+    if saved and not force:
         diffs = sorted(
             k for k in set(saved) | set(config) if k not in _RESUMABLE_KEYS and saved.get(k) != config.get(k)
         )
@@ -222,41 +246,78 @@ async def run_async(
 
     ``policy`` overrides the one ``run.policy`` names (the RL trainer passes the model it is training).
     """
-    listeners = list(listeners or [])
-    config = effective_config(run, env_cfg)
     out = run.out
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create output directory {out}: {exc.strerror or exc}") from exc
-    existing = _check_resume(out, config, run.resume)
+    with lock_run_dir(out):  # one writer per run directory: a second `agent run` is refused
+        return await _run_locked(run, env_cfg, list(listeners or []), on_progress, policy)
+
+
+def _probe_env(cls: type[SftrlEnv], env_cfg: dict[str, Any]) -> SftrlEnv:
+    """An env whose inputs (routes file, street-view data) were opened: a broken one refuses the run."""
+    env: SftrlEnv | None = None
+    try:
+        env = cls(**env_cfg)
+        env.check_inputs()
+    except Exception as exc:
+        if env is not None:
+            env.close()
+        if getattr(exc, "fatal", False):
+            raise
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"env {cls.env_id} cannot start: {msg}") from exc
+    return env
+
+
+async def _run_locked(
+    run: RunConfig,
+    env_cfg: dict[str, Any],
+    listeners: list[Listener],
+    on_progress: Callable[[int, int, EpisodeRecord | None], None] | None,
+    policy: Policy | None,
+) -> dict[str, Any]:
+    config = effective_config(run, env_cfg)
+    out = run.out
+    existing = _check_resume(out, config, run.resume, run.force)
     try:
         dump_yaml(config, out / CONFIG_FILE)
     except OSError as exc:
         raise ConfigError(f"cannot write to {out}: {exc.strerror or exc}") from exc
     run_id = run_id_for(config)
-    done = {r.episode_index for r in existing}
+    records, _ = select_episodes(existing, run.episodes)
+    # Episodes that ended in an error (a server down, a crash) are run again unless told not to.
+    done = {r.episode_index for r in records if r.error is None or not run.retry_errors}
     wanted = range(run.episodes) if run.only is None else sorted(set(run.only))
     if run.only is not None and any(i < 0 or i >= run.episodes for i in wanted):
         raise ConfigError(f"--only: episode indices must lie in 0..{run.episodes - 1}")
     todo = [i for i in wanted if i not in done]
     _write_seed_manifest(out, run, run_id_for(config))
-    records: list[EpisodeRecord] = [r for r in existing if r.episode_index < run.episodes]
     cls = env_class(run.env)
+    spare_envs = [_probe_env(cls, env_cfg)] if todo else []
     own_policy = policy is None
-    policy = policy if policy is not None else make_policy(run)
-    publish(listeners, RunStarted(run_id, cls.env_id, run.episodes, len(records), config))
+    try:
+        policy = policy if policy is not None else make_policy(run)
+    except BaseException:
+        for env in spare_envs:
+            env.close()
+        raise
+    finished = len(done)
+    publish(listeners, RunStarted(run_id, cls.env_id, run.episodes, finished, config))
     if on_progress:
-        on_progress(len(records), run.episodes, None)
+        on_progress(finished, run.episodes, None)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in todo:
         queue.put_nowait(i)
 
-    opened: list[SftrlEnv] = []  # every env built here, closed when the run ends (they hold providers)
-    with TrajectoryWriter(out) as writer:
+    # every env built here (the probe included), closed when the run ends (they hold providers)
+    opened: list[SftrlEnv] = list(spare_envs)
+    with TrajectoryWriter(out, max_string_bytes=run.log_max_string_bytes) as writer:
 
         async def worker() -> None:
-            env: SftrlEnv | None = None
+            nonlocal finished
+            env: SftrlEnv | None = spare_envs.pop() if spare_envs else None
             while True:
                 try:
                     index = queue.get_nowait()
@@ -297,9 +358,10 @@ async def run_async(
                     )
                 writer.write(record)
                 records.append(record)
+                finished += 1
                 publish(listeners, EpisodeFinished(record))
                 if on_progress:
-                    on_progress(len(records), run.episodes, record)
+                    on_progress(finished, run.episodes, record)
 
         try:
             await asyncio.gather(*(worker() for _ in range(min(run.concurrency, max(1, len(todo))))))
@@ -311,9 +373,26 @@ async def run_async(
                 built.close()
             if own_policy:
                 await close_policy(policy)
-    records.sort(key=lambda r: r.episode_index)
-    summary = summarize(records)
+    records, _ = select_episodes(records, run.episodes)
+    summary = summarize(records, planned=run.episodes)
     summary["out"] = str(out)
     summary["run_id"] = run_id
     publish(listeners, RunFinished(summary))
     return summary
+
+
+def load_run(run_dir: Path) -> tuple[list[EpisodeRecord], dict[str, Any]]:
+    """A run's episodes for evaluation: one record per planned episode, and what was set aside.
+
+    The planned episode count comes from the run's ``config.yaml`` (when present); the report holds
+    ``planned``, ``duplicates`` and ``out_of_range`` (records ignored).
+    """
+    records = read_episodes(run_dir)
+    planned: int | None = None
+    config_path = Path(run_dir) / CONFIG_FILE
+    if Path(run_dir).is_dir() and config_path.exists():
+        episodes = load_yaml(config_path).get("episodes")
+        if isinstance(episodes, int) and not isinstance(episodes, bool) and episodes >= 1:
+            planned = episodes
+    selected, report = select_episodes(records, planned)
+    return selected, {"planned": planned, **report}

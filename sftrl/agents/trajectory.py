@@ -5,10 +5,18 @@ A run directory holds ``episodes.jsonl`` (one line per finished episode), ``imag
 written with one ``write`` after its images are on disk (``fsync`` is grouped: see
 :class:`TrajectoryWriter`), so a killed run leaves a valid file: at worst a partial last line, which
 readers skip and :func:`repair_log` trims before resuming.
+
+Whatever a model sends must be loggable, and every line written must read back: non-finite floats
+are stored as the JSON strings ``"NaN"``/``"Infinity"``/``"-Infinity"`` (which the schema reads back
+as floats), lone UTF-16 surrogates become U+FFFD, and strings longer than the writer's byte limit are
+cut with a marker; :attr:`EpisodeRecord.log_notes` counts what was changed. One writer per run
+directory: :func:`lock_run_dir` refuses a second process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -17,17 +25,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from sftrl.environments.base import Verdict
 
 SCHEMA_VERSION = 1
 EPISODES_FILE = "episodes.jsonl"
 IMAGES_DIR = "images"
+LOCK_FILE = ".lock"
+# Longest string (reply text, prompt, traceback) a log line keeps, in UTF-8 bytes; longer ones are cut.
+DEFAULT_MAX_STRING_BYTES = 1 << 20
+TRUNCATION_MARKER = " …[sftrl: {dropped} more bytes not logged]"
+# NaN/±inf as JSON strings: standard JSON that the float fields validate back into the same values.
+_LOG_MODEL_CONFIG = ConfigDict(ser_json_inf_nan="strings")
 
 
 class ReplyRecord(BaseModel):
     """A policy reply as logged: text, tokens and log-probs when known, and how it was sampled."""
+
+    model_config = _LOG_MODEL_CONFIG
 
     text: str
     tool_calls: list[dict[str, Any]] | None = None
@@ -42,6 +59,8 @@ class ReplyRecord(BaseModel):
 
 class TurnRecord(BaseModel):
     """One model call: the prompt it saw, its reply, and what the verifier made of it."""
+
+    model_config = _LOG_MODEL_CONFIG
 
     index: int
     """Position of this call in the episode (0-based)."""
@@ -61,6 +80,8 @@ class TurnRecord(BaseModel):
 
 class EpisodeRecord(BaseModel):
     """One finished episode: one JSONL line of ``episodes.jsonl``."""
+
+    model_config = _LOG_MODEL_CONFIG
 
     schema_version: int = SCHEMA_VERSION
     run_id: str
@@ -83,10 +104,99 @@ class EpisodeRecord(BaseModel):
     env_s: float = 0.0
     error: str | None = None
     """A traceback when the episode crashed (the run goes on)."""
+    log_notes: dict[str, int] = Field(default_factory=dict)
+    """What the writer changed to make the record loggable: ``replaced_surrogates`` (lone surrogates
+    turned into U+FFFD) and ``truncated_strings`` (strings cut at the byte limit), each a count."""
 
 
 class LogError(ValueError):
     """A trajectory log that cannot be read (not a partial last line: real corruption)."""
+
+
+class RunLockedError(LogError):
+    """Another process is writing to the run directory."""
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: Path | str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking ``flock`` on ``run_dir/.lock`` (a second writer is refused).
+
+    The kernel drops the lock when the process dies, so a killed run never leaves a stale lock.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            raise RunLockedError(
+                f"{run_dir} is being written by another process (pid {holder}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def clean_value(value: Any, notes: dict[str, int], max_bytes: int | None = None) -> Any:
+    """``value`` with lone surrogates replaced and, given ``max_bytes``, long strings cut (see notes)."""
+    return _clean(value, max_bytes if max_bytes is not None else 1 << 62, notes)
+
+
+def _clean_str(s: str, max_bytes: int, notes: dict[str, int]) -> str:
+    try:
+        raw = s.encode("utf-8")
+    except UnicodeEncodeError:
+        # Surrogate pairs that arrived as two code points become one character; lone ones U+FFFD.
+        fixed = s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        notes["replaced_surrogates"] = (
+            notes.get("replaced_surrogates", 0) + fixed.count("\ufffd") - s.count("\ufffd")
+        )
+        s = fixed
+        raw = s.encode("utf-8")
+    if len(raw) > max_bytes:
+        kept = raw[:max_bytes].decode("utf-8", "ignore")
+        s = kept + TRUNCATION_MARKER.format(dropped=len(raw) - len(kept.encode("utf-8")))
+        notes["truncated_strings"] = notes.get("truncated_strings", 0) + 1
+    return s
+
+
+def _clean(value: Any, max_bytes: int, notes: dict[str, int]) -> Any:
+    if isinstance(value, str):
+        return _clean_str(value, max_bytes, notes)
+    if isinstance(value, dict):
+        return {_clean(k, max_bytes, notes): _clean(v, max_bytes, notes) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v, max_bytes, notes) for v in value]
+    return value
+
+
+def encode_record(record: EpisodeRecord, max_string_bytes: int = DEFAULT_MAX_STRING_BYTES) -> bytes:
+    """One ``episodes.jsonl`` line (with its newline) that :func:`iter_episodes` reads back.
+
+    The common case is one pydantic dump. A line that cannot be encoded (lone surrogates) or may hold
+    a string over the limit is rebuilt from cleaned values; ``record`` itself is never changed.
+    """
+    try:
+        line = record.model_dump_json().encode("utf-8")
+    except PydanticSerializationError:
+        line = None
+    # No string is longer than the line it is part of: a short line needs no cleaning.
+    if line is not None and len(line) <= max_string_bytes:
+        return line + b"\n"
+    notes = dict(record.log_notes)
+    try:
+        data = _clean(record.model_dump(), max_string_bytes, notes)
+        data["log_notes"] = notes
+        return EpisodeRecord.model_validate(data).model_dump_json().encode("utf-8") + b"\n"
+    except (RecursionError, ValueError, PydanticSerializationError) as exc:
+        # Nesting too deep to walk (a pathological tool-call argument): keep the episode's outcome.
+        kept = record.model_copy(update={"turns": [], "log_notes": notes})
+        kept.error = f"{kept.error or ''}\nsftrl: turns not logged ({type(exc).__name__}: {exc!s:.200})"
+        return kept.model_dump_json().encode("utf-8") + b"\n"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -162,8 +272,14 @@ class TrajectoryWriter:
     A power cut can lose at most that interval's episodes; ``--resume`` re-runs them.
     """
 
-    def __init__(self, run_dir: Path | str, fsync_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        run_dir: Path | str,
+        fsync_interval_s: float = 1.0,
+        max_string_bytes: int = DEFAULT_MAX_STRING_BYTES,
+    ) -> None:
         self.fsync_interval_s = fsync_interval_s
+        self.max_string_bytes = max_string_bytes
         self._last_sync = time.monotonic()
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -173,8 +289,7 @@ class TrajectoryWriter:
         self._fh = open(self.path, "ab")  # noqa: SIM115 - kept open for the writer's lifetime
 
     def write(self, record: EpisodeRecord) -> None:
-        line = record.model_dump_json().encode("utf-8") + b"\n"
-        self._fh.write(line)
+        self._fh.write(encode_record(record, self.max_string_bytes))
         self._fh.flush()
         now = time.monotonic()
         if now - self._last_sync >= self.fsync_interval_s:
@@ -210,12 +325,21 @@ def iter_episodes(run_dir: Path | str) -> Iterator[EpisodeRecord]:
             continue
         try:
             obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise LogError(f"{path}:{lineno}: corrupt line ({exc.msg})") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise LogError(f"{path}:{lineno}: corrupt line ({getattr(exc, 'msg', exc)!s:.100})") from exc
+        if not isinstance(obj, dict):
+            raise LogError(f"{path}:{lineno}: not an episode record (a JSON {type(obj).__name__})")
         version = obj.get("schema_version")
         if version != SCHEMA_VERSION:
             raise LogError(f"{path}:{lineno}: schema_version {version!r}, this sftrl reads {SCHEMA_VERSION}")
-        yield EpisodeRecord.model_validate(obj)
+        try:
+            record = EpisodeRecord.model_validate(obj)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"]) or "record"
+            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            raise LogError(f"{path}:{lineno}: not an episode record: {where}: {err['msg']}{more}") from None
+        yield record
     del tail  # an unterminated last line is an episode whose write was interrupted: not logged
 
 

@@ -24,7 +24,8 @@ ObservationKind = Literal["task", "feedback"]
 class Verdict(BaseModel):
     """What a verifier concluded about one model reply. Pure data: no I/O, no model code produced it."""
 
-    model_config = ConfigDict(frozen=True)
+    # NaN/±inf (a verifier fed odd numbers) must still give a log line that reads back.
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="strings")
 
     reward: float
     category: str
@@ -152,3 +153,10 @@ class SftrlEnv(gym.Env[Observation, str], ABC):
     def episode_metrics(self) -> dict[str, Any]:
         """Env-specific metrics of the current episode, stored in its log record."""
         return {}
+
+    def check_inputs(self) -> None:
+        """Open every file and data source the config names (raises, in one line, when one is unusable).
+
+        Runs call this once before the first episode, so a corrupt input refuses the run instead of
+        failing every episode.
+        """

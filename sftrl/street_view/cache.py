@@ -152,16 +152,23 @@ class CachedProvider:
         # Autocommit mode (isolation_level=None): every statement is its own short transaction, so no
         # reader ever holds a lock while it decodes a PNG.
         conn = sqlite3.connect(self.index_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes, fast
-        conn.executescript(_SCHEMA)
-        conn.execute(
-            "INSERT OR IGNORE INTO meta(name, value) VALUES ('schema', ?)",
-            (str(SCHEMA_VERSION),),
-        )
-        (version,) = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+        try:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes, fast
+            conn.executescript(_SCHEMA)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta(name, value) VALUES ('schema', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            (version,) = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise ProviderError(
+                f"street-view cache index {self.index_path} is unreadable ({exc}): "
+                "delete it (the images are re-fetched) or use another --cache-dir"
+            ) from None
         if int(version) != SCHEMA_VERSION:
             conn.close()
             raise ProviderError(

@@ -202,6 +202,14 @@ class VIRLEnv(SftrlEnv):
                 )
         return self._routes
 
+    def check_inputs(self) -> None:
+        routes = self.routes  # the routes file (--routes), or the split's route set
+        if not routes:
+            raise ValueError("the route set is empty")
+        if self.config.modality == "vision" and self._provider is None:
+            for city in {r.city or (self.config.city or "nyc").split("+")[0] for r in routes}:
+                self._default_provider(city)  # builds the street-view source: opens its files now
+
     def _city_for(self, route: RouteInfo) -> CityMap | None:
         name = route.city or (self.config.city or "nyc").split("+")[0]
         try:

@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from sftrl.environments.virl.rail import Rail, build_rail
 from sftrl.environments.virl.routes import RouteInfo
 from sftrl.street_view.city import load_city
@@ -46,10 +48,25 @@ def parse_routes(data: Any, stem: str = "official") -> list[RouteInfo]:
 
 
 def load_routes(path: str | Path) -> list[RouteInfo]:
-    """Read an official route file (see the module docstring for the layouts)."""
+    """Read an official route file (see the module docstring for the layouts).
+
+    Every failure is a ValueError whose one-line message names the file.
+    """
     p = Path(path)
-    with p.open(encoding="utf-8") as f:
-        return parse_routes(json.load(f), stem=p.stem)
+    try:
+        data = json.loads(p.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read routes file {p}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"routes file {p} is not JSON: {exc!s:.120}") from None
+    try:
+        return parse_routes(data, stem=p.stem)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "route"
+        raise ValueError(f"routes file {p}: {where}: {err['msg']}") from None
+    except ValueError as exc:
+        raise ValueError(f"routes file {p}: {exc}") from None
 
 
 def official_rail(route: RouteInfo, city: str | None = "nyc", **kwargs: Any) -> Rail:
