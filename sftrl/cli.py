@@ -100,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--episodes", type=int, default=argparse.SUPPRESS, help="number of episodes (10)")
     run.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="run seed; fixes every episode (0)")
-    run.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="run directory (runs/latest)")
+    run.add_argument(
+        "--out",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="run directory (default: a new runs/<date>-<time>-<env>-<policy>; runs/latest: the newest)",
+    )
     run.add_argument("--resume", action="store_true", default=argparse.SUPPRESS, help="continue a run")
     run.add_argument(
         "--retry-errors",
@@ -146,10 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     _env_flags(run)
 
     replay = sub.add_parser("replay", help="browse a logged run in a terminal UI (episodes, turns, maps)")
-    replay.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by `agent run`")
+    replay.add_argument(
+        "run_dir",
+        type=Path,
+        nargs="?",
+        metavar="RUN_DIR",
+        help="a directory written by `agent run` (default: the newest, runs/latest)",
+    )
 
     ev = sub.add_parser("eval", help="metrics of a logged run; with two runs, their paired difference")
-    ev.add_argument("runs", nargs="+", type=Path, metavar="DIR", help="one or two run directories")
+    ev.add_argument(
+        "runs", nargs="*", type=Path, metavar="DIR", help="one or two run directories (default: runs/latest)"
+    )
     ev.add_argument("--config", type=Path, help="YAML file whose keys mirror these flags")
     ev.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     ev.add_argument("--bootstrap", type=int, default=argparse.SUPPRESS, help="bootstrap resamples (2000)")
@@ -331,11 +344,11 @@ def _run_values(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    from sftrl.agents.runner import run_async, split_config
+    from sftrl.agents.runner import run_async, split_config, with_run_dir
 
     run, env_cfg = split_config(_run_values(ns))
     if getattr(ns, "tui", False):
-        return _run_with_tui(run, env_cfg)
+        return _run_with_tui(with_run_dir(run), env_cfg)
     file_flags = load_yaml(ns.config) if ns.config else {}
     as_json = ns.json or bool(file_flags.get("json"))
     quiet = ns.quiet or as_json or not sys.stderr.isatty()
@@ -368,7 +381,22 @@ def cmd_run(ns: argparse.Namespace) -> int:
         print(json.dumps(summary, sort_keys=True))
     else:
         _print_summary(summary)
+        _print_next_steps(summary, run)
     return 0
+
+
+def _print_next_steps(summary: dict[str, Any], run: Any) -> None:
+    """Where the run is and what to do with it next (the commands apply to this run as it is)."""
+    out = summary.get("out") or str(run.out)
+    lines = [f"run directory: {out}", f"  agent replay {out}        # browse it in the terminal UI"]
+    lines.append(f"  agent eval {out}          # metrics with 95% intervals, recomputed from the log")
+    if summary.get("success_rate", 0) > 0:
+        lines.append(f"  agent data sft {out} --out data/sft   # solved episodes -> an SFT dataset")
+    if run.policy == "hf" and run.sampling.logprobs and run.model:
+        lines.append(
+            f"  agent train rl --episodes {out} --model {run.model} --out ckpt/rl   # RL on these episodes"
+        )
+    print("\n".join(lines))
 
 
 def _need_terminal(what: str) -> None:
@@ -384,6 +412,7 @@ def _run_with_tui(run: Any, env_cfg: dict[str, Any]) -> int:
     # The terminal is ours again: repeat the outcome where it stays visible.
     if live.summary is not None:
         _print_summary(live.summary)
+        _print_next_steps(live.summary, run)
     elif live.error is not None:
         print(f"agent: error: {live.error}", file=sys.stderr)
     elif status == EXIT_CANCELLED:
@@ -391,16 +420,28 @@ def _run_with_tui(run: Any, env_cfg: dict[str, Any]) -> int:
     return status
 
 
+def _run_dir(path: Path | None, check: bool = True) -> Path:
+    """A run directory argument; None: the newest run (runs/latest)."""
+    from sftrl.agents.run_dirs import RunDirError, resolve_run_dir
+
+    try:
+        run_dir = resolve_run_dir(path)
+    except RunDirError as exc:
+        raise CLIError(str(exc)) from exc
+    if check and not run_dir.is_dir():
+        raise CLIError(f"{path} is not a run directory")
+    return run_dir
+
+
 def cmd_replay(ns: argparse.Namespace) -> int:
-    if not ns.run_dir.is_dir():
-        raise CLIError(f"{ns.run_dir} is not a run directory")
+    run_dir = _run_dir(ns.run_dir)
     from sftrl.agents.trajectory import read_episodes
 
-    read_episodes(ns.run_dir)  # a missing or corrupt log fails here, in one line, before the UI starts
+    read_episodes(run_dir)  # a missing or corrupt log fails here, in one line, before the UI starts
     _need_terminal("agent replay")
     from sftrl.tui.app import replay_tui
 
-    return replay_tui(ns.run_dir)
+    return replay_tui(run_dir)
 
 
 def _print_summary(summary: dict[str, Any], title: str = "run summary") -> None:
@@ -443,6 +484,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     n_boot = int(getattr(ns, "bootstrap", file_values.get("bootstrap", 2000)))
     if len(ns.runs) > 2:
         raise CLIError("eval takes one run directory, or two to compare")
+    ns.runs = [_run_dir(p, check=False) for p in ns.runs] if ns.runs else [_run_dir(None)]
     loaded = [load_run(p) for p in ns.runs]
     runs = [records for records, _ in loaded]
     result: dict[str, Any] = {

@@ -26,9 +26,11 @@ from sftrl.agents.events import (
 from sftrl.agents.loop import run_episode
 from sftrl.agents.metrics import select_episodes, summarize
 from sftrl.agents.policy import Policy, SamplingParams
+from sftrl.agents.run_dirs import RunDirError, discard_if_empty, new_run_dir, point_latest, resolve_run_dir
 from sftrl.agents.trajectory import (
     DEFAULT_MAX_STRING_BYTES,
     EPISODES_FILE,
+    LOCK_FILE,
     EpisodeRecord,
     TrajectoryWriter,
     lock_run_dir,
@@ -36,7 +38,7 @@ from sftrl.agents.trajectory import (
 )
 from sftrl.config import ConfigError, dump_yaml, load_yaml
 from sftrl.environments.base import SftrlEnv
-from sftrl.environments.registry import env_class, resolve_env_id
+from sftrl.environments.registry import ENV_ALIASES, env_class, resolve_env_id
 
 CONFIG_FILE = "config.yaml"
 # policy name -> "module:Class" with a ``from_run_config(run)`` classmethod; model backends are imported
@@ -59,7 +61,8 @@ class RunConfig(BaseModel):
     policy: str = "expert"
     episodes: int = Field(default=10, ge=1)
     seed: int = Field(default=0, ge=0)
-    out: Path = Path("runs/latest")
+    out: Path | None = None
+    """Run directory; None: a new ``runs/<date>-<time>-<env>-<policy>`` (with ``--resume``: runs/latest)."""
     resume: bool = False
     concurrency: int = Field(default=1, ge=1, le=4096)
     keep_last_turns: int | None = Field(default=None, ge=0)
@@ -234,6 +237,21 @@ def _write_seed_manifest(out: Path, run: RunConfig, run_id: str) -> None:
     (out / SEEDS_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
 
 
+def with_run_dir(run: RunConfig) -> RunConfig:
+    """``run`` with ``out`` set: a new run directory when none was given (``--resume``: the latest run)."""
+    if run.out is not None:
+        return run
+    try:
+        if run.resume:
+            out = resolve_run_dir(None)
+        else:
+            short = next((a for a, i in ENV_ALIASES.items() if i == resolve_env_id(run.env)), run.env)
+            out = new_run_dir(short, run.policy)
+    except (RunDirError, OSError) as exc:
+        raise ConfigError(str(exc)) from exc
+    return run.model_copy(update={"out": out})
+
+
 async def run_async(
     run: RunConfig,
     env_cfg: dict[str, Any],
@@ -245,14 +263,31 @@ async def run_async(
     """Run (or resume) the episodes of ``run`` and return the summary of the whole log.
 
     ``policy`` overrides the one ``run.policy`` names (the RL trainer passes the model it is training).
+    Once the run has started, ``runs/latest`` points at its directory when that lies in ``runs/``; a
+    directory made here for a run that fails before it starts is removed again.
     """
+    made_here = run.out is None and not run.resume
+    run = with_run_dir(run)
+    assert run.out is not None
     out = run.out
+    started: list[bool] = []
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, RunStarted):
+            started.append(True)
+            point_latest(out)
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create output directory {out}: {exc.strerror or exc}") from exc
-    with lock_run_dir(out):  # one writer per run directory: a second `agent run` is refused
-        return await _run_locked(run, env_cfg, list(listeners or []), on_progress, policy)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create output directory {out}: {exc.strerror or exc}") from exc
+        with lock_run_dir(out):  # one writer per run directory: a second `agent run` is refused
+            return await _run_locked(run, env_cfg, [on_event, *(listeners or [])], on_progress, policy)
+    except BaseException:
+        if made_here and not started:
+            discard_if_empty(out, (CONFIG_FILE, SEEDS_FILE, EPISODES_FILE, LOCK_FILE))
+        raise
 
 
 def _probe_env(cls: type[SftrlEnv], env_cfg: dict[str, Any]) -> SftrlEnv:
