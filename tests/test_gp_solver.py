@@ -117,11 +117,48 @@ def test_every_solution_reparses_to_the_target_using_each_value_once(
 def test_a_cold_solve_takes_milliseconds_and_a_cached_one_microseconds() -> None:
     solver.clear_caches()
     t0 = time.perf_counter()
-    solve([1, 5, 7, 13])
+    solve([1, 5, 7, 13], 25)  # not in the table: a real search
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(100):
-        solve([13, 7, 5, 1])
+        solve([13, 7, 5, 1], 25)
     cached = (time.perf_counter() - t0) / 100
     assert cold < 0.1  # measured ~3 ms; generous for slow CI machines
     assert cached < 0.001
+
+
+def test_shipped_table_covers_every_hand_and_every_formula_is_right() -> None:
+    table = solver.solution_table()
+    assert set(table) <= set(solver.table_hands()) and len(list(solver.table_hands())) == 1820
+    assert len(table) == 1362  # absent hands are the unsolvable ones
+    for hand, sols in table.items():
+        assert sols and list(sols) == sorted(set(sols))
+        for s in sols[:: max(1, len(sols) // 3)]:  # every hand, a spread of its formulas
+            parsed = parse_formula(s)
+            assert parsed.value == 24 and Counter(parsed.numbers) == Counter(hand)
+
+
+def test_table_rebuild_is_byte_identical_to_the_shipped_file() -> None:
+    # Rebuilding from cold caches is what scripts/build_gp_solution_table.py --check does (~3 s).
+    solver.clear_caches()
+    assert solver.build_table() == solver.TABLE_FILE.read_bytes()
+
+
+def test_face_rules_map_every_rank_multiset_into_the_table() -> None:
+    from sftrl.environments.generalpoints.cards import RANKS, rank_value
+
+    for rule in ("10", "11-13"):
+        for ranks in itertools.combinations_with_replacement(RANKS, 4):
+            key = tuple(sorted(rank_value(r, rule) for r in ranks))
+            assert solver._in_table(key, 24)
+
+
+def test_a_cold_table_reset_is_a_lookup() -> None:
+    from sftrl.environments import make_env
+
+    solver.clear_caches()
+    env = make_env("gp")
+    env.reset(seed=0)  # loads the table once
+    for seed in range(1, 21):
+        env.reset(seed=10_000 + seed)
+    assert solver._search.cache_info().currsize == 0  # no hand, dealt or rejected, needed a search

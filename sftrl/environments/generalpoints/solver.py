@@ -5,13 +5,23 @@ Dynamic programming over sub-multisets of the hand: each sub-multiset maps its r
 aimed at the target, so a cold 4-card solve costs a few milliseconds and a repeated hand is a cache hit.
 Every expression tree over every ordering of the numbers is covered; each is printed with minimal
 parentheses (see :func:`sftrl.environments.generalpoints.formula.render`).
+
+The game's own question, 4 cards and target 24, never searches: every multiset of 4 values in
+1..13 (so every rank multiset under both face rules: J/Q/K as 10 or as 11-13) is answered from a
+table shipped in ``data/`` (:data:`TABLE_FILE`, built by ``scripts/build_gp_solution_table.py``
+with :func:`build_table`), so the first resets of a run cost what later ones do.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
+import json
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from fractions import Fraction
 from functools import lru_cache
+from itertools import combinations_with_replacement
+from pathlib import Path
 
 from sftrl.environments.generalpoints.formula import render
 
@@ -19,6 +29,12 @@ _Expr = tuple[str, int]  # (text, precedence of its top operator; 3 = a bare num
 _OPS = ("+", "-", "*", "/")
 MAX_VALUES = 6
 """Largest hand solved; the search grows super-exponentially beyond the game's 4 cards."""
+TABLE_TARGET = 24
+TABLE_CARDS = 4
+TABLE_MAX_VALUE = 13
+"""The shipped table covers every multiset of :data:`TABLE_CARDS` values in 1..13, target 24."""
+TABLE_FILE = Path(__file__).parent / "data" / "solutions-24.json.gz"
+TABLE_FORMAT = 1
 
 
 def _key(values: Sequence[int]) -> tuple[int, ...]:
@@ -115,7 +131,7 @@ def _partners(op: str, a: Fraction, target: Fraction, rights: Collection[Fractio
 
 
 @lru_cache(maxsize=16384)
-def _solve(values: tuple[int, ...], target: int) -> tuple[str, ...]:
+def _search(values: tuple[int, ...], target: int) -> tuple[str, ...]:
     if not values:
         return ()
     if len(values) == 1:
@@ -135,6 +151,8 @@ def _solve(values: tuple[int, ...], target: int) -> tuple[str, ...]:
 
 @lru_cache(maxsize=16384)
 def _solvable(values: tuple[int, ...], target: int) -> bool:
+    if _in_table(values, target):
+        return bool(solution_table().get(values))
     if len(values) <= 1:
         return values == (target,)
     goal = Fraction(target)
@@ -147,12 +165,65 @@ def _solvable(values: tuple[int, ...], target: int) -> bool:
     return False
 
 
+def _in_table(values: tuple[int, ...], target: int) -> bool:
+    return (
+        target == TABLE_TARGET
+        and len(values) == TABLE_CARDS
+        and values[0] >= 1
+        and values[-1] <= TABLE_MAX_VALUE
+    )
+
+
+def table_hands() -> Iterator[tuple[int, ...]]:
+    """Every sorted hand the table covers (1820 multisets of 4 values in 1..13)."""
+    return combinations_with_replacement(range(1, TABLE_MAX_VALUE + 1), TABLE_CARDS)
+
+
+def build_table() -> bytes:
+    """The table file's bytes, computed by search: gzip'd JSON, byte-for-byte reproducible."""
+    hands = {",".join(map(str, h)): list(sols) for h in table_hands() if (sols := _search(h, TABLE_TARGET))}
+    doc = {
+        "format": TABLE_FORMAT,
+        "target": TABLE_TARGET,
+        "cards": TABLE_CARDS,
+        "max_value": TABLE_MAX_VALUE,
+        "note": "sorted hand -> every formula (minimal brackets) making the target; absent = unsolvable",
+        "hands": hands,
+    }
+    text = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    buf = io.BytesIO()
+    # mtime=0 and no file name in the header: the same table gives the same bytes.
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9, mtime=0, filename="") as fh:
+        fh.write(text)
+    return buf.getvalue()
+
+
+@lru_cache(maxsize=1)
+def solution_table() -> Mapping[tuple[int, ...], tuple[str, ...]]:
+    """The shipped table, loaded once: sorted solvable hand -> its solutions (as :func:`solve` lists)."""
+    try:
+        doc = json.loads(gzip.decompress(TABLE_FILE.read_bytes()))
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(
+            f"the GeneralPoints solution table {TABLE_FILE} is unreadable ({exc}); rebuild it with "
+            "python scripts/build_gp_solution_table.py"
+        ) from None
+    expected = (TABLE_FORMAT, TABLE_TARGET, TABLE_CARDS, TABLE_MAX_VALUE)
+    if (doc.get("format"), doc.get("target"), doc.get("cards"), doc.get("max_value")) != expected:
+        raise RuntimeError(f"{TABLE_FILE} is not a format-{TABLE_FORMAT} table for target {TABLE_TARGET}")
+    return {tuple(int(v) for v in k.split(",")): tuple(sols) for k, sols in doc["hands"].items()}
+
+
 def solve(values: Sequence[int], target: int = 24) -> tuple[str, ...]:
     """All distinct formulas (sorted, no spaces) using each of ``values`` once that equal ``target``.
 
-    Exact arithmetic; cached by (sorted values, target). At most :data:`MAX_VALUES` values.
+    Exact arithmetic; cached by (sorted values, target). At most :data:`MAX_VALUES` values. Four
+    values in 1..13 with target 24 are looked up in the shipped table instead of searched.
     """
-    return _solve(_key(values), int(target))
+    key, goal = _key(values), int(target)
+    if _in_table(key, goal):
+        return solution_table().get(key, ())
+    return _search(key, goal)
 
 
 def is_solvable(values: Sequence[int], target: int = 24) -> bool:
@@ -161,6 +232,6 @@ def is_solvable(values: Sequence[int], target: int = 24) -> bool:
 
 
 def clear_caches() -> None:
-    """Drop all memoised results (for timing cold solves)."""
-    for fn in (_splits, _values, _exprs, _solve, _solvable):
+    """Drop all memoised results, the loaded table included (for timing cold solves)."""
+    for fn in (_splits, _values, _exprs, _search, _solvable, solution_table):
         fn.cache_clear()
