@@ -39,18 +39,28 @@ def openai_tools(tools: list[BaseTool]) -> list[dict[str, Any]]:
     return [convert_to_openai_tool(t) for t in tools]
 
 
+def decode_arguments(args: Any) -> dict[str, Any]:
+    """A tool call's arguments as a dict: a JSON object string is decoded (once); anything else a model
+    sends (broken JSON, a number, a list) is kept as ``{"_raw": value}`` for the verifier to reject."""
+    if args is None or args == "":
+        return {}
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except (json.JSONDecodeError, RecursionError):
+            return {"_raw": args}
+    return args if isinstance(args, dict) else {"_raw": args}
+
+
 def reply_action_text(env: SftrlEnv, reply: Reply) -> str:
     """What the verifier scores: the first tool call as reply text, or the reply's text if it made none."""
     if reply.tool_calls:
         call = reply.tool_calls[0]
-        args = call.get("args")
-        if isinstance(args, str):  # OpenAI sends arguments as a JSON string
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError:
-                return f"(tool call {call.get('name')!r} with unparseable arguments: {args[:200]!r})"
-        name = str(call.get("name", ""))
-        return call_to_reply(env.tool_specs(), name, args if isinstance(args, dict) else {})
+        args = decode_arguments(call.get("args"))
+        if "_raw" in args and len(args) == 1:
+            raw = args["_raw"]
+            return f"(tool call {call.get('name')!r} with unparseable arguments: {str(raw)[:200]!r})"
+        return call_to_reply(env.tool_specs(), str(call.get("name", "")), args)
     return reply.text
 
 
@@ -60,13 +70,8 @@ def assistant_message(reply: Reply) -> AIMessage:
         return AIMessage(content=reply.text)
     calls = []
     for i, c in enumerate(reply.tool_calls):
-        args = c.get("args")
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError:
-                args = {"_raw": args}
-        calls.append({"name": str(c.get("name", "")), "args": args or {}, "id": c.get("id") or f"call_{i}"})
+        args = decode_arguments(c.get("args"))
+        calls.append({"name": str(c.get("name", "")), "args": args, "id": str(c.get("id") or f"call_{i}")})
     return AIMessage(content=reply.text, tool_calls=calls)
 
 
