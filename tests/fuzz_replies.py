@@ -4,7 +4,7 @@ Each reply starts from a well-formed answer for the observation (the env's own `
 is then mangled: byte-level mutations, truncation, lone surrogates, control and bidi characters,
 code-injection payloads (which would create a sentinel file if anything executed them), absurd
 numbers, deep nesting, huge texts, and NaN/±inf/huge log-probs, odd token ids, finish reasons and
-tool calls. Everything is a function of the seed and the conversation, so runs are reproducible.
+tool calls. Every draw is a function of the seed and the call number, so (one episode at a time) runs repeat.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
-from sftrl.agents.messages import message_text
 from sftrl.agents.policy import Reply, SamplingParams
 from sftrl.environments.base import Observation
 from sftrl.environments.registry import env_class
@@ -124,13 +123,11 @@ class FuzzPolicy:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "fuzz", "seed": self.seed}
 
-    def _rng(self, messages: Sequence[BaseMessage]) -> random.Random:
-        digest = hashlib.sha256(str(self.seed).encode())
-        for m in messages:
-            # The sentinel's (temporary) path must not steer the draws: same seed, same replies.
-            text = message_text(m).replace(str(self.sentinel), "SENTINEL")
-            digest.update(text.encode("utf-8", "surrogatepass"))
-        return random.Random(int.from_bytes(digest.digest()[:8], "big"))
+    def _rng(self) -> random.Random:
+        # Drawn from the seed and the call number, not the conversation: feedback quotes replies, and
+        # replies quote the sentinel's temporary path, which must not steer the draws.
+        digest = hashlib.sha256(f"{self.seed}:{len(self.sent)}".encode()).digest()
+        return random.Random(int.from_bytes(digest[:8], "big"))
 
     async def generate(
         self,
@@ -141,7 +138,7 @@ class FuzzPolicy:
         tools: Sequence[Any] | None = None,
     ) -> Reply:
         assert observation is not None
-        rng = self._rng(messages)
+        rng = self._rng()
         base = env_class(observation.env_id).random_reply(observation, rng)
         text = mutate(base, rng, self.sentinel)
         n = rng.randint(0, 6)

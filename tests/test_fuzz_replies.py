@@ -35,7 +35,7 @@ def fuzz_run(out: Path, env: str, protocol: str, episodes: int, seed: int) -> tu
 
 @pytest.mark.parametrize(
     "env, protocol, episodes",
-    [("gp", "json", 140), ("gp", "tools", 110), ("virl", "json", 80), ("virl", "tools", 66)],
+    [("gp", "json", 110), ("gp", "tools", 110), ("virl", "json", 65), ("virl", "tools", 66)],
 )
 def test_fuzzed_replies_never_crash_run_code_or_corrupt_the_log(tmp_path, capsys, env, protocol, episodes):
     out = tmp_path / "run"
