@@ -18,6 +18,7 @@ import json
 import os
 import random
 import re
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -589,9 +590,20 @@ class VLLMPolicy(OpenAIPolicy):
         kwargs.setdefault("require_key", False)
         super().__init__(model, base_urls, api_key_env=api_key_env, **kwargs)
 
+    MODEL_FROM_SERVER: ClassVar[bool] = True
+    """``--model`` may be left out: the one model the first replica lists is used."""
+    PLAIN_SAMPLING_OPTIONS: ClassVar[dict[str, Any]] = {
+        # Knobs a server may take from the model's generation_config.json when a request leaves them
+        # out: pinned to "off" when the caller scores plain log_softmax(logits / T) (RL).
+        "extra_body": {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0}
+    }
+
     @classmethod
     def _from_urls(cls, model: str, urls: list[str], kwargs: dict[str, Any]) -> OpenAIPolicy:
-        return cls(model, urls or [VLLM_BASE_URL], **kwargs)
+        urls = urls or [VLLM_BASE_URL]
+        if not model:
+            model = served_model(urls[0], api_key_env=kwargs.get("api_key_env"))
+        return cls(model, urls, **kwargs)
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
@@ -602,6 +614,35 @@ class VLLMPolicy(OpenAIPolicy):
         # vLLM extensions: ``token_ids`` on the choice (newer servers) and logprob tokens written as
         # "token_id:N" (older ones); unknown fields are ignored by servers that lack them.
         return {"return_token_ids": True, "return_tokens_as_token_ids": True}
+
+
+def served_model(base_url: str, *, api_key_env: str | None = None, deadline_s: float = 30.0) -> str:
+    """The one model an OpenAI-compatible server lists (``GET /models``), within ``deadline_s`` in all."""
+    url = _normalize_base_url(base_url) + "/models"
+    key = os.environ.get(api_key_env) if api_key_env else None
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    end = time.monotonic() + deadline_s
+    body = bytearray()
+    try:
+        with (
+            httpx.Client(timeout=deadline_s) as client,
+            client.stream("GET", url, headers=headers) as response,
+        ):
+            response.raise_for_status()
+            # A server trickling bytes must not hold us past the deadline (httpx times each read).
+            for chunk in response.iter_bytes():
+                body += chunk
+                if time.monotonic() > end or len(body) > 1 << 20:
+                    raise httpx.ReadTimeout("model list too slow or too large")
+        ids = [str(m["id"]) for m in json.loads(bytes(body)).get("data", [])]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"cannot list the models of {public_url(url)}: {type(exc).__name__}") from None
+    if len(ids) != 1:
+        raise ConfigError(
+            f"{public_url(url)} serves {ids or 'no model'}: name the one to use "
+            "(--model; agent train rl: --served-model)"
+        )
+    return ids[0]
 
 
 def _retry_after(response: httpx.Response) -> float | None:

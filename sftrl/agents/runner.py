@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib
 import json
 import time
 import traceback
@@ -14,7 +13,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sftrl.agents.baselines import ExpertPolicy, RandomPolicy
 from sftrl.agents.events import (
     EpisodeFinished,
     Listener,
@@ -23,6 +21,7 @@ from sftrl.agents.events import (
     RunStarted,
     publish,
 )
+from sftrl.agents.factory import POLICIES, close_policy, make_policy
 from sftrl.agents.loop import run_episode
 from sftrl.agents.metrics import select_episodes, summarize
 from sftrl.agents.policy import Policy, SamplingParams
@@ -41,15 +40,6 @@ from sftrl.environments.base import SftrlEnv
 from sftrl.environments.registry import ENV_ALIASES, env_class, resolve_env_id
 
 CONFIG_FILE = "config.yaml"
-# policy name -> "module:Class" with a ``from_run_config(run)`` classmethod; model backends are imported
-# only when chosen, so `agent run --policy expert` never loads torch or an HTTP client.
-POLICY_CLASSES: dict[str, str] = {
-    "hf": "sftrl.agents.hf_policy:HFPolicy",
-    "openai": "sftrl.agents.openai_policy:OpenAIPolicy",
-    "vllm": "sftrl.agents.openai_policy:VLLMPolicy",
-    "vllm-offline": "sftrl.agents.vllm_offline:VLLMOfflinePolicy",
-}
-POLICIES = ("expert", "random", *POLICY_CLASSES)
 
 
 class RunConfig(BaseModel):
@@ -146,35 +136,6 @@ def episode_seed(run_seed: int, index: int) -> int:
     """The seed of episode ``index``: a fixed function of the run seed, shared by runs that pair."""
     digest = hashlib.sha256(f"sftrl:{run_seed}:{index}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def make_policy(run: RunConfig) -> Policy:
-    """The policy ``run.policy`` names, built from the run's backend options."""
-    if run.policy == "expert":
-        return ExpertPolicy()
-    if run.policy == "random":
-        return RandomPolicy(seed=run.seed)
-    if run.policy not in POLICY_CLASSES:
-        raise ConfigError(f"unknown policy {run.policy!r}; choose one of: {', '.join(POLICIES)}")
-    if run.model is None:
-        raise ConfigError(f"--policy {run.policy} needs --model (a model directory, hub id or served name)")
-    module_name, _, attr = POLICY_CLASSES[run.policy].partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        hint = " (install the GPU extra: pip install 'sftrl[vllm]')" if "vllm" in run.policy else ""
-        raise ConfigError(f"--policy {run.policy} is unavailable: {exc}{hint}") from exc
-    try:
-        return getattr(module, attr).from_run_config(run)
-    except ValueError as exc:  # bad options, missing model files: the user's to fix
-        raise ConfigError(f"--policy {run.policy}: {exc}") from exc
-
-
-async def close_policy(policy: Policy) -> None:
-    """Release a backend's resources (HTTP clients, engines) if it holds any."""
-    close = getattr(policy, "aclose", None)
-    if close is not None:
-        await close()
 
 
 def effective_config(run: RunConfig, env_cfg: dict[str, Any]) -> dict[str, Any]:

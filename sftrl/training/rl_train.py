@@ -53,7 +53,8 @@ class RLRunConfig(BaseModel):
     base_url: list[str] = Field(default_factory=list, description="vLLM servers (--rollout-policy vllm)")
     served_model: str | None = Field(default=None, description="model name the vLLM servers serve")
     rollout_options: dict[str, Any] = Field(
-        default_factory=dict, description="vllm-offline: vllm.LLM arguments (dtype, max_model_len, ...)"
+        default_factory=dict,
+        description="policy options of the rollout backend (vllm-offline: vllm.LLM arguments, e.g. dtype)",
     )
     rl: RLConfig = Field(default_factory=RLConfig)
 
@@ -80,58 +81,40 @@ def _save(policy: Any, learner: Learner, path: Path, meta: dict[str, Any]) -> No
     tmp.rename(path)  # a checkpoint is either complete or absent
 
 
-# Sampling knobs a vLLM server may take from the model's generation_config.json when a request leaves
-# them out: pinned to "off", because the learner scores the plain log_softmax(logits / temperature).
-_PLAIN_SAMPLING = {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0}
+def rollout_run_config(cfg: RLRunConfig, model_path: str) -> Any:
+    """The :class:`~sftrl.agents.runner.RunConfig` that names who samples the rollouts."""
+    from sftrl.agents.factory import policy_class
+    from sftrl.agents.runner import RunConfig
 
-
-def _served_model(cfg: RLRunConfig) -> str:
-    """``cfg.served_model``, else the one model the first server lists (``GET /v1/models``)."""
-    if cfg.served_model:
-        return cfg.served_model
-    import httpx
-
-    from sftrl.agents.openai_policy import _normalize_base_url, public_url
-
-    url = _normalize_base_url(cfg.base_url[0]) + "/models"
-    try:
-        ids = [str(m["id"]) for m in httpx.get(url, timeout=30.0).json().get("data", [])]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise TransitionError(f"cannot list the models of {public_url(url)}: {type(exc).__name__}") from None
-    if len(ids) != 1:
+    served = getattr(policy_class(cfg.rollout_policy), "MODEL_FROM_SERVER", False)
+    if served and not cfg.base_url:
+        # The trainer reloads these servers' weights: never guess them (the backend's default URL).
         raise TransitionError(
-            f"{public_url(url)} serves {ids or 'no model'}: name the one to train with --served-model"
+            f"--rollout-policy {cfg.rollout_policy} needs --base-url (one per server replica)"
         )
-    return ids[0]
+    return RunConfig(
+        policy=cfg.rollout_policy,
+        model=cfg.served_model if served else model_path,
+        base_url=cfg.base_url,
+        policy_options=cfg.rollout_options,
+    )
 
 
 def rollout_backend(cfg: RLRunConfig, policy: Any, model_path: str, main: bool) -> tuple[Any, Any]:
     """(the policy that samples rollouts, the :class:`~sftrl.training.weight_sync.WeightSync` or None).
 
-    ``hf``: the trained model itself, nothing to sync. ``vllm``: the server replicas, reloaded from
-    ``OUT/live-weights`` by the main process. ``vllm-offline``: an engine in each process, fed the
-    state dict directly.
+    The trained policy itself (``hf``): nothing to sync. Otherwise the agents' policy factory builds
+    the backend and :func:`~sftrl.training.weight_sync.weight_sync_for` picks how it gets the weights.
     """
-    from sftrl.training.weight_sync import LIVE_WEIGHTS_DIR, VLLMEngineWeightSync, VLLMServerWeightSync
+    from sftrl.agents.factory import TRAINABLE_POLICY, make_policy
+    from sftrl.training.weight_sync import LIVE_WEIGHTS_DIR, weight_sync_for
 
-    if cfg.rollout_policy == "hf":
+    if cfg.rollout_policy == TRAINABLE_POLICY:
         if cfg.base_url:
-            raise TransitionError("--base-url is for --rollout-policy vllm")
+            raise TransitionError(f"--base-url is not used by --rollout-policy {TRAINABLE_POLICY}")
         return policy, None
-    if cfg.rollout_policy == "vllm":
-        if not cfg.base_url:
-            raise TransitionError("--rollout-policy vllm needs --base-url (one per server replica)")
-        from sftrl.agents.openai_policy import VLLMPolicy
-
-        rollout = VLLMPolicy(_served_model(cfg), cfg.base_url, extra_body=dict(_PLAIN_SAMPLING))
-        sync = VLLMServerWeightSync(
-            cfg.base_url, cfg.out / LIVE_WEIGHTS_DIR, processor=getattr(policy, "processor", None)
-        )
-        return rollout, (sync if main else None)
-    from sftrl.agents.vllm_offline import VLLMOfflinePolicy
-
-    engine = VLLMOfflinePolicy(model_path, **cfg.rollout_options)
-    return engine, VLLMEngineWeightSync(engine, cfg.out / LIVE_WEIGHTS_DIR)
+    rollout = make_policy(rollout_run_config(cfg, model_path), plain_sampling=True)
+    return rollout, weight_sync_for(rollout, policy, cfg.out / LIVE_WEIGHTS_DIR, main=main)
 
 
 def _collect(
@@ -212,9 +195,9 @@ def train_rl(
         model_path = str(ckpt)
         start = json.loads((ckpt / "trainer_state.json").read_text())["update"]
     if policy is None:
-        from sftrl.agents.hf_policy import HFPolicy
+        from sftrl.agents.factory import make_trainable_policy
 
-        policy = HFPolicy(model_path)
+        policy = make_trainable_policy(model_path)
     encode = encode or policy.encode_transition
     ref_model = None
     if cfg.rl.algo == "grpo" and cfg.rl.kl_coef > 0:

@@ -447,9 +447,9 @@ def train_rl_trl(
     from trl import GRPOTrainer
 
     if policy is None:
-        from sftrl.agents.hf_policy import HFPolicy
+        from sftrl.agents.factory import make_trainable_policy
 
-        policy = HFPolicy(cfg.model, seed=cfg.seed)
+        policy = make_trainable_policy(cfg.model, seed=cfg.seed)
     if policy.vision:
         raise TRLGRPOError(
             "--trainer trl trains text models only (TRL's rollout_func cannot pass per-turn images); "

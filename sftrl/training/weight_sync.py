@@ -283,3 +283,29 @@ class VLLMEngineWeightSync:
         # On the policy's engine thread: vLLM's engine is not thread-safe (see VLLMOfflinePolicy).
         self.policy._executor.submit(reload).result()
         self.pushes.append({"step": step, "reload_s": time.perf_counter() - t0})
+
+
+def weight_sync_for(rollout: Any, trained: Any, live_dir: Path, *, main: bool = True) -> WeightSync | None:
+    """The :class:`WeightSync` that keeps ``rollout`` (a policy from the factory) serving ``trained``'s
+    model: none when it samples from that model itself; vLLM servers are reloaded by the main process
+    only (one reload per replica), an in-process engine by every process that holds one."""
+    if rollout is trained:
+        return None
+    from sftrl.agents.openai_policy import VLLMPolicy
+    from sftrl.agents.vllm_offline import VLLMOfflinePolicy  # imports vLLM only when loading
+
+    if isinstance(rollout, VLLMPolicy):
+        if not main:
+            return None
+        return VLLMServerWeightSync(
+            rollout.base_urls,
+            live_dir,
+            processor=getattr(trained, "processor", None),
+            api_key_env=rollout.api_key_env,
+        )
+    if isinstance(rollout, VLLMOfflinePolicy):
+        return VLLMEngineWeightSync(rollout, live_dir)
+    raise WeightSyncError(
+        f"rollouts by {type(rollout).__name__} cannot be sent the trained weights: "
+        "use --rollout-policy hf, vllm or vllm-offline"
+    )

@@ -125,7 +125,8 @@ class LiveRun:
             self.done.set()
 
     async def _rollout(self) -> dict[str, Any]:
-        from sftrl.agents.runner import close_policy, make_policy, run_async
+        from sftrl.agents.factory import close_policy, make_policy
+        from sftrl.agents.runner import run_async
 
         inner = self._policy if self._policy is not None else make_policy(self.run)
         policy = _PausablePolicy(inner, self.gate)
