@@ -6,13 +6,11 @@ import argparse
 import asyncio
 import json
 import sys
-import types
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sftrl.config import ConfigError, load_yaml, merge
+from sftrl.config import ConfigError, load_yaml
 
 
 class CLIError(Exception):
@@ -25,130 +23,94 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"agent: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _env_flags(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per env option, generated from every registered env's pydantic config model."""
-    from sftrl.environments.registry import ENTRY_POINTS, env_class
+def _env_flags(parser: argparse.ArgumentParser, env: str | None) -> None:
+    """One flag per env option, generated from the envs' pydantic config models.
 
-    seen: dict[str, str] = {}
-    group = parser.add_argument_group("environment options (validated by the chosen env)")
+    With ``env`` (the ``--env`` on the command line) only that env's options, with its defaults and
+    choices; without, every env's, each default and choice list labelled with the env it belongs to.
+    """
+    from sftrl.cli_flags import add_field_flag, default_text, literal_choices
+    from sftrl.environments.registry import ENTRY_POINTS, ENV_ALIASES, env_class
+
+    def alias(env_id: str) -> str:
+        return next((a for a, i in ENV_ALIASES.items() if i == env_id), env_id)
+
+    if env is not None:
+        group = parser.add_argument_group(f"{alias(env)} options ({env})")
+        for name, field in env_class(env).config_model.model_fields.items():
+            add_field_flag(group, name, field)
+        return
+    envs = ", ".join(alias(e) for e in ENTRY_POINTS)
+    group = parser.add_argument_group(
+        f"environment options ({envs}; `--env NAME --help` lists one env's options and defaults)"
+    )
+    fields: dict[str, list[tuple[str, Any]]] = {}
     for env_id in ENTRY_POINTS:
-        model = env_class(env_id).config_model
-        for name, field in model.model_fields.items():
-            if name in seen:
-                continue
-            seen[name] = env_id
-            flag = "--" + name.replace("_", "-")
-            annotation = field.annotation
-            args = typing.get_args(annotation)
-            is_bool = annotation is bool or (
-                isinstance(annotation, types.UnionType) and bool in args and len(args) == 2
+        for name, field in env_class(env_id).config_model.model_fields.items():
+            fields.setdefault(name, []).append((alias(env_id), field))
+    for name, owners in fields.items():
+        field = owners[0][1]
+        texts = {" ".join((f.description or "").split()) for _, f in owners} - {""}
+        description = texts.pop() if len(texts) == 1 else ""  # env-specific wording: see --env X --help
+        choices: list[Any] = []
+        for _, f in owners:
+            choices += [c for c in literal_choices(f.annotation) if c not in choices]
+        parts = [description] if description else []
+        if any(literal_choices(f.annotation) != choices for _, f in owners):
+            parts.append(
+                "; ".join(f"{a}: {', '.join(map(str, literal_choices(f.annotation)))}" for a, f in owners)
             )
-            choices = _literal_choices(annotation)
-            helptext = field.description or ""
-            if choices:
-                helptext = f"{helptext} one of: {', '.join(choices)}".strip()
-            if field.default is not None:
-                helptext += f" (default {field.default})"
-            if is_bool:
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
-            else:
-                group.add_argument(flag, default=argparse.SUPPRESS, metavar=name.upper(), help=helptext)
+        defaults = [(a, default_text(f)) for a, f in owners]
+        if len(owners) > 1 and len({d for _, d in defaults}) == 1 and defaults[0][1]:
+            parts.append(f"(default: {defaults[0][1]})")
+        elif any(d for _, d in defaults):
+            parts.append(f"(default: {', '.join(f'{a} {d}' for a, d in defaults if d)})")
+        if len(owners) < len(ENTRY_POINTS):
+            parts.append(f"[{', '.join(a for a, _ in owners)} only]")
+        add_field_flag(
+            group, name, field, choices=choices or None, helptext=" ".join(parts).replace("%", "%%")
+        )
 
 
-def _literal_choices(annotation: Any) -> list[str]:
-    out: list[str] = []
-    for arg in (annotation, *typing.get_args(annotation)):
-        if typing.get_origin(arg) is typing.Literal:
-            out.extend(str(a) for a in typing.get_args(arg))
-    return out
+def _env_in_argv(argv: Sequence[str] | None) -> str | None:
+    """The env id an ``--env NAME`` on the command line names (None: not given, or not an env)."""
+    from sftrl.environments.registry import UnknownEnvError, resolve_env_id
+
+    args = list(argv or [])
+    for i, arg in enumerate(args):
+        name = arg.partition("=")[2] if arg.startswith("--env=") else None
+        if arg == "--env" and i + 1 < len(args):
+            name = args[i + 1]
+        if name is not None:
+            try:
+                return resolve_env_id(name)
+            except UnknownEnvError:
+                return None  # split_config reports it, with the known names
+    return None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``agent`` parser; ``argv`` picks the env whose options ``--env NAME`` commands get."""
     parser = _Parser(prog="agent", description="Run, evaluate and train vision-language agents.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run episodes of an env with a policy and log them")
+    from sftrl.agents.runner import RunConfig
+    from sftrl.cli_flags import PATHS_KEY, add_model_flags
+
+    env = _env_in_argv(argv)
+    run = sub.add_parser(
+        "run",
+        help="run episodes of an env with a policy and log them",
+        description="Run episodes of an env with a policy and log them. Every option can also be a key "
+        "of a --config YAML file (flags override it).",
+    )
     run.add_argument("--config", type=Path, help="YAML file whose keys mirror these flags")
-    run.add_argument("--env", default=argparse.SUPPRESS, help="env name: gp (default)")
-    run.add_argument(
-        "--policy",
-        default=argparse.SUPPRESS,
-        help="expert (default) | random | hf | openai | vllm | vllm-offline",
-    )
-    run.add_argument(
-        "--model", default=argparse.SUPPRESS, help="model dir / hub id (hf, vllm-offline) or served name"
-    )
-    run.add_argument(
-        "--base-url",
-        action="append",
-        default=argparse.SUPPRESS,
-        metavar="URL",
-        help="OpenAI-compatible endpoint; repeat for several vLLM replicas",
-    )
-    run.add_argument(
-        "--api-key-env", default=argparse.SUPPRESS, metavar="VAR", help="env variable holding the API key"
-    )
-    run.add_argument("--request-timeout", type=float, default=argparse.SUPPRESS, help="seconds (120)")
-    run.add_argument("--max-retries", type=int, default=argparse.SUPPRESS, help="on transient errors (3)")
-    run.add_argument(
-        "--policy-option",
-        action="append",
-        default=argparse.SUPPRESS,
-        metavar="KEY=VALUE",
-        help="backend option, e.g. dtype=float32, max_batch_size=8 (repeatable; values parsed as YAML)",
-    )
-    run.add_argument("--episodes", type=int, default=argparse.SUPPRESS, help="number of episodes (10)")
-    run.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="run seed; fixes every episode (0)")
-    run.add_argument(
-        "--out",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="run directory (default: a new runs/<date>-<time>-<env>-<policy>; runs/latest: the newest)",
-    )
-    run.add_argument("--resume", action="store_true", default=argparse.SUPPRESS, help="continue a run")
-    run.add_argument(
-        "--retry-errors",
-        action=argparse.BooleanOptionalAction,
-        default=argparse.SUPPRESS,
-        help="--resume runs again the episodes that ended in an error (default: on)",
-    )
-    run.add_argument(
-        "--force",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="--resume even when the run's config.yaml is missing or empty",
-    )
-    run.add_argument(
-        "--log-max-string-bytes",
-        type=int,
-        default=argparse.SUPPRESS,
-        metavar="N",
-        help="cut longer replies/prompts in the log, with a marker (1048576)",
-    )
-    run.add_argument("--concurrency", type=int, default=argparse.SUPPRESS, help="episodes in flight (1)")
-    run.add_argument(
-        "--keep-last-turns", type=int, default=argparse.SUPPRESS, help="history: keep the last N retries"
-    )
-    run.add_argument("--temperature", type=float, default=argparse.SUPPRESS)
-    run.add_argument("--top-p", type=float, default=argparse.SUPPRESS)
-    run.add_argument("--max-new-tokens", type=int, default=argparse.SUPPRESS)
-    run.add_argument(
-        "--only",
-        type=int,
-        nargs="+",
-        default=argparse.SUPPRESS,
-        metavar="I",
-        help="run only these episode indices (seeds as in the full run; see seeds.json)",
-    )
-    run.add_argument("--sampling-seed", type=int, default=argparse.SUPPRESS, help="seed model sampling")
-    run.add_argument(
-        "--logprobs", action="store_true", default=argparse.SUPPRESS, help="log token log-probs (for RL)"
-    )
+    run.set_defaults(**{PATHS_KEY: add_model_flags(run, RunConfig)})
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--tui", action="store_true", help="watch the run live in a terminal UI (sftrl.tui)")
-    _env_flags(run)
+    _env_flags(run, env)
 
     replay = sub.add_parser("replay", help="browse a logged run in a terminal UI (episodes, turns, maps)")
     replay.add_argument(
@@ -241,58 +203,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="post-train a model: sft | rl")
     tsub = train.add_subparsers(dest="train_command", required=True, parser_class=_Parser)
-    trl = tsub.add_parser("rl", help="multi-turn RL with verifier rewards (PPO as the paper, or GRPO)")
+    from sftrl.training.rl_train import RLRunConfig
+
+    trl = tsub.add_parser(
+        "rl",
+        help="multi-turn RL with verifier rewards (PPO as the paper, or GRPO)",
+        description="Multi-turn RL with verifier rewards. Every option can also be a key of a --config "
+        "YAML file (RL hyper-parameters flat or under `rl:`; flags override the file).",
+    )
     trl.add_argument("--config", type=Path, help="YAML file whose keys mirror these flags")
-    trl.add_argument("--env", default=argparse.SUPPRESS, help="env to roll out in: gp (default) | virl")
-    trl.add_argument("--model", default=argparse.SUPPRESS, help="model directory or hub id (hf backend)")
-    trl.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="checkpoint directory")
-    trl.add_argument("--algo", default=argparse.SUPPRESS, help="ppo (default) | grpo")
-    trl.add_argument("--max-steps", type=int, default=argparse.SUPPRESS, help="RL updates (10)")
-    trl.add_argument(
-        "--episodes",
-        type=Path,
-        nargs="+",
-        default=argparse.SUPPRESS,
-        metavar="RUN_DIR",
-        help="learn from these logged runs (collected with --policy hf) instead of collecting online",
+    paths = add_model_flags(
+        trl, RLRunConfig, skip={"env_options"}, aliases={"updates": ["--max-steps", "--updates"]}
     )
-    trl.add_argument("--episodes-per-update", type=int, default=argparse.SUPPRESS, help="(16)")
-    trl.add_argument("--group-size", type=int, default=argparse.SUPPRESS, help="GRPO episodes per seed (4)")
-    trl.add_argument("--concurrency", type=int, default=argparse.SUPPRESS, help="episodes in flight (8)")
-    trl.add_argument(
-        "--temperature", type=float, default=argparse.SUPPRESS, help="sampling temperature (1.0)"
-    )
-    trl.add_argument("--max-new-tokens", type=int, default=argparse.SUPPRESS, help="(128)")
-    trl.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="learning rate (1e-5)")
-    trl.add_argument("--ppo-epochs", type=int, default=argparse.SUPPRESS, help="(4)")
-    trl.add_argument("--minibatch-size", type=int, default=argparse.SUPPRESS, help="(8)")
-    trl.add_argument("--kl-coef", type=float, default=argparse.SUPPRESS, help="GRPO KL to the start (0)")
-    trl.add_argument("--save-every", type=int, default=argparse.SUPPRESS, help="checkpoint every N updates")
-    trl.add_argument("--seed", type=int, default=argparse.SUPPRESS)
-    trl.add_argument("--resume", action="store_true", default=argparse.SUPPRESS)
+    trl.set_defaults(**{PATHS_KEY: paths})
     trl.add_argument(
         "--trainer",
         choices=("sftrl", "trl"),
         default=argparse.SUPPRESS,
         help="sftrl: our learner (PPO/GRPO, default); trl: TRL's GRPOTrainer (GRPO, text models)",
     )
-    trl.add_argument(
-        "--rollout-policy",
-        choices=("hf", "vllm", "vllm-offline"),
-        default=argparse.SUPPRESS,
-        help="who samples rollouts: hf (the trained model, default) | vllm (servers, --base-url; weights "
-        "reloaded after each update, needs VLLM_SERVER_DEV_MODE=1) | vllm-offline (in-process engine)",
-    )
-    trl.add_argument(
-        "--base-url",
-        action="append",
-        default=argparse.SUPPRESS,
-        metavar="URL",
-        help="vLLM server replica for --rollout-policy vllm (repeat for several)",
-    )
-    trl.add_argument("--served-model", default=argparse.SUPPRESS, help="name the vLLM servers serve")
     trl.add_argument("--json", action="store_true", help="print the last update's metrics as JSON")
-    _env_flags(trl)
+    _env_flags(trl, env)
     _add_sft_parsers(sub, tsub)
 
     from sftrl.repro.command import add_arguments as _repro_arguments
@@ -309,38 +240,11 @@ def _version() -> str:
     return f"sftrl {__version__}"
 
 
-_SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "logprobs")
-
-
-def _policy_options(pairs: list[str]) -> dict[str, Any]:
-    import yaml
-
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise CLIError(f"--policy-option expects KEY=VALUE, got {pair!r}")
-        options[key.strip().replace("-", "_")] = yaml.safe_load(raw) if raw.strip() else ""
-    return options
-
-
 def _run_values(ns: argparse.Namespace) -> dict[str, Any]:
-    flags = {k: v for k, v in vars(ns).items() if k not in {"command", "config", "json", "quiet", "tui"}}
+    from sftrl.cli_flags import model_values
+
     file_values = load_yaml(ns.config) if ns.config else {}
-    if "policy_option" in flags:
-        options = dict(file_values.get("policy_options") or {})
-        options.update(_policy_options(flags.pop("policy_option")))
-        flags["policy_options"] = options
-    values = merge(file_values, flags)
-    sampling = dict(values.pop("sampling", None) or {})
-    for key in _SAMPLING_KEYS:
-        if key in values:
-            sampling[key] = values.pop(key)
-    if "sampling_seed" in values:
-        sampling["seed"] = values.pop("sampling_seed")
-    if sampling:
-        values["sampling"] = sampling
-    return values
+    return model_values(ns, file_values, exclude={"command", "config", "json", "quiet", "tui"})
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
@@ -659,51 +563,25 @@ def _cmd_routes_collect(ns: argparse.Namespace) -> int:
     return 0
 
 
-_RL_KEYS = {"lr", "ppo_epochs", "minibatch_size", "kl_coef", "algo", "seed"}
-_RL_RUN_KEYS = {
-    "env",
-    "model",
-    "out",
-    "episodes_per_update",
-    "group_size",
-    "concurrency",
-    "temperature",
-    "max_new_tokens",
-    "save_every",
-    "seed",
-    "resume",
-    "episodes",
-    "rollout_policy",
-    "base_url",
-    "served_model",
-    "rollout_options",
-}
-
-
-def cmd_train(ns: argparse.Namespace) -> int:
-    if ns.train_command == "sft":
-        return _cmd_train_sft(ns)
-    if ns.train_command != "rl":  # pragma: no cover - argparse restricts the choices
-        raise CLIError(f"unknown train command {ns.train_command!r}")
+def train_rl_config(ns: argparse.Namespace) -> tuple[str, Any]:
+    """(trainer, validated RLRunConfig) from ``agent train rl``'s flags and --config file."""
     from pydantic import ValidationError
 
     from sftrl.agents.runner import split_config
-    from sftrl.training.rl_train import RLRunConfig, train_rl
+    from sftrl.cli_flags import model_values
+    from sftrl.training.rl_train import RLRunConfig
 
-    flags = {k: v for k, v in vars(ns).items() if k not in {"command", "train_command", "config", "json"}}
-    values = merge(load_yaml(ns.config) if ns.config else {}, flags)
-    if "max_steps" in values:
-        values["updates"] = values.pop("max_steps")
+    file_values = load_yaml(ns.config) if ns.config else {}
+    values = model_values(ns, file_values, exclude={"command", "train_command", "config", "json"})
     trainer = values.pop("trainer", "sftrl")
     if trainer not in ("sftrl", "trl"):
         raise CLIError(f"unknown trainer {trainer!r}; choose sftrl or trl")
-    rl = dict(values.pop("rl", None) or {})  # the YAML's `rl:` section (every RLConfig field)
-    rl.update({k: values.pop(k) for k in list(values) if k in _RL_KEYS - {"seed"}})
+    rl = dict(values.pop("rl", None) or {})  # RLConfig fields: flat flags/keys, or the YAML's `rl:`
     if "seed" in values:
-        rl["seed"] = values["seed"]
+        rl.setdefault("seed", values["seed"])  # --seed seeds the learner too, unless --rl-seed is given
     if trainer == "trl":
         rl.setdefault("algo", "grpo")  # TRL's trainer is GRPO; an explicit --algo ppo is refused below
-    run_values = {k: values.pop(k) for k in list(values) if k in _RL_RUN_KEYS | {"updates"}}
+    run_values = {k: values.pop(k) for k in list(values) if k in RLRunConfig.model_fields}
     # Whatever is left are env options: validate them with the env's own model.
     _, env_cfg = split_config({"env": run_values.get("env", "gp"), **values})
     explicit = {k: env_cfg[k] for k in values}
@@ -715,6 +593,17 @@ def cmd_train(ns: argparse.Namespace) -> int:
         raise CLIError(
             "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         ) from exc
+    return trainer, cfg
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    if ns.train_command == "sft":
+        return _cmd_train_sft(ns)
+    if ns.train_command != "rl":  # pragma: no cover - argparse restricts the choices
+        raise CLIError(f"unknown train command {ns.train_command!r}")
+    from sftrl.training.rl_train import train_rl
+
+    trainer, cfg = train_rl_config(ns)
     from rich.console import Console
 
     err = Console(stderr=True)
@@ -802,35 +691,17 @@ def _add_sft_parsers(sub: Any, tsub: Any) -> None:
         d.add_argument("--overwrite", action="store_true", help="replace an existing DATA_DIR")
         d.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
-    t = tsub.add_parser("sft", help="supervised fine-tuning with TRL's SFTTrainer on an `agent data sft` dir")
+    from sftrl.cli_flags import PATHS_KEY, add_model_flags
+    from sftrl.training.config import SFTTrainConfig
+
+    t = tsub.add_parser(
+        "sft",
+        help="supervised fine-tuning with TRL's SFTTrainer on an `agent data sft` dir",
+        description="Supervised fine-tuning with TRL's SFTTrainer. Every option can also be a key of a "
+        "--config YAML file (flags override it).",
+    )
     t.add_argument("--config", type=Path, help="YAML file whose keys mirror these flags")
-    t.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="dataset dir (agent data sft --out)")
-    t.add_argument("--model", default=argparse.SUPPRESS, help="model directory or hub id")
-    t.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="checkpoint / final model directory")
-    t.add_argument("--max-steps", type=int, default=argparse.SUPPRESS, help="optimizer steps (or --epochs)")
-    t.add_argument("--epochs", type=float, default=argparse.SUPPRESS, help="(1)")
-    t.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="learning rate (1e-5)")
-    t.add_argument("--batch-size", type=int, default=argparse.SUPPRESS, help="per-device batch size (4)")
-    t.add_argument("--grad-accum", type=int, default=argparse.SUPPRESS, help="gradient accumulation (1)")
-    t.add_argument("--max-length", type=int, default=argparse.SUPPRESS, help="truncate text rows (none)")
-    t.add_argument("--lora", action="store_true", default=argparse.SUPPRESS, help="LoRA adapters (peft)")
-    t.add_argument("--lora-r", type=int, default=argparse.SUPPRESS, help="LoRA rank (16)")
-    t.add_argument(
-        "--report-to",
-        choices=("none", "tensorboard", "wandb", "trackio"),
-        default=argparse.SUPPRESS,
-        help="metrics tracker (none)",
-    )
-    t.add_argument("--save-steps", type=int, default=argparse.SUPPRESS, help="checkpoint every N steps (500)")
-    t.add_argument("--eval-steps", type=int, default=argparse.SUPPRESS, help="validate every N steps")
-    t.add_argument(
-        "--gradient-checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=argparse.SUPPRESS,
-        help="(default: on for models >= 100M parameters)",
-    )
-    t.add_argument("--seed", type=int, default=argparse.SUPPRESS)
-    t.add_argument("--resume", action="store_true", default=argparse.SUPPRESS, help="continue from OUT")
+    t.set_defaults(**{PATHS_KEY: add_model_flags(t, SFTTrainConfig)})
     t.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
 
 
@@ -853,14 +724,15 @@ def cmd_data(ns: argparse.Namespace) -> int:
 
 
 def _cmd_train_sft(ns: argparse.Namespace) -> int:
+    from sftrl.cli_flags import model_values
     from sftrl.training.sft import train_sft_main
 
-    flags = {k: v for k, v in vars(ns).items() if k not in {"command", "train_command", "config", "json"}}
-    values = merge(load_yaml(ns.config) if ns.config else {}, flags)
+    file_values = load_yaml(ns.config) if ns.config else {}
+    values = model_values(ns, file_values, exclude={"command", "train_command", "config", "json"})
     missing = [f"--{k}" for k in ("data", "model", "out") if k not in values]
     if missing:
         raise CLIError(f"train sft needs {' '.join(missing)}")
-    as_json = ns.json or bool(values.pop("json", False))
+    as_json = ns.json or bool(file_values.get("json", False))
     data, model, out = values.pop("data"), values.pop("model"), values.pop("out")
     return train_sft_main(data, model, out, json_output=as_json, **values)
 
@@ -879,8 +751,12 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args)
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed in one line
+        return exc.code if isinstance(exc.code, int) else 2
     from sftrl.agents.trajectory import LogError
     from sftrl.environments.registry import UnknownEnvError
 

@@ -15,15 +15,20 @@ from sftrl.environments.base import Observation
 class SamplingParams(BaseModel):
     """Sampling settings passed with every request (backends ignore what they cannot honour)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     temperature: float = Field(default=1.0, ge=0.0)
+    """Sampling temperature (0: greedy)."""
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: sample from the smallest token set holding this probability."""
     max_new_tokens: int = Field(default=512, ge=1)
+    """Longest reply, in tokens."""
     seed: int | None = None
+    """Seed of the model's sampling (None: the backend's own randomness)."""
     logprobs: bool = False
-    """Ask the backend to return the sampled tokens' log-probabilities."""
+    """Log the sampled tokens' log-probabilities (needed by ``agent train rl --episodes``)."""
     stop: list[str] = Field(default_factory=list)
+    """Strings that end a reply."""
 
 
 class Reply(BaseModel):

@@ -43,19 +43,29 @@ CONFIG_FILE = "config.yaml"
 
 
 class RunConfig(BaseModel):
-    """Options of ``agent run`` that are not env-specific (env options are validated by the env)."""
+    """Options of ``agent run`` that are not env-specific (env options are validated by the env).
 
-    model_config = ConfigDict(extra="forbid")
+    The CLI's flags and help are generated from these fields (``sftrl.cli_flags``).
+    """
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     env: str = "gp"
+    """Env: gp | virl (or a gymnasium id, e.g. sftrl/VIRL-v0)."""
     policy: str = "expert"
+    """Who answers: expert | random | hf | openai | vllm | vllm-offline."""
     episodes: int = Field(default=10, ge=1)
+    """Number of episodes."""
     seed: int = Field(default=0, ge=0)
+    """Run seed: fixes every episode (runs with the same seed pair up in ``agent eval A B``)."""
     out: Path | None = None
     """Run directory; None: a new ``runs/<date>-<time>-<env>-<policy>`` (with ``--resume``: runs/latest)."""
     resume: bool = False
+    """Continue the run in ``out`` (episodes already logged are kept, not repeated)."""
     concurrency: int = Field(default=1, ge=1, le=4096)
+    """Episodes in flight at once."""
     keep_last_turns: int | None = Field(default=None, ge=0)
+    """Conversation history: keep only the last N failed attempts and their feedback (None: all)."""
     group_size: int = Field(default=1, ge=1, le=1024)
     """Consecutive episodes sharing one seed (one initial state): GRPO groups for ``agent train rl``."""
     sampling: SamplingParams = Field(default_factory=SamplingParams)
@@ -66,9 +76,11 @@ class RunConfig(BaseModel):
     api_key_env: str | None = None
     """Name of the environment variable holding the API key (the key itself is never stored)."""
     request_timeout: float = Field(default=120.0, gt=0)
+    """Seconds one model request may take (openai, vllm)."""
     max_retries: int = Field(default=3, ge=0)
+    """Retries of a model request after a transient error (openai, vllm)."""
     policy_options: dict[str, Any] = Field(default_factory=dict)
-    """Backend-specific options (e.g. ``dtype``, ``device``, ``max_batch_size``, engine kwargs)."""
+    """Backend option, e.g. dtype=float32, max_batch_size=8 (values parsed as YAML)."""
     only: list[int] | None = None
     """Run just these episode indices (same seeds as in the full run): re-run any episode exactly."""
     retry_errors: bool = True

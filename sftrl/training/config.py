@@ -39,39 +39,56 @@ class PairsConfig(DatasetBuildConfig):
 
 
 class SFTTrainConfig(BaseModel):
-    """``agent train sft``: TRL ``SFTTrainer`` on a dataset written by ``agent data sft``."""
+    """``agent train sft``: TRL ``SFTTrainer`` on a dataset written by ``agent data sft``.
 
-    model_config = ConfigDict(extra="forbid")
+    The CLI's flags and help are generated from these fields (``sftrl.cli_flags``).
+    """
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     data: Path
+    """Dataset directory (``agent data sft --out``)."""
     model: str
     """A local model directory (or a hub id when the hub is reachable)."""
     out: Path
+    """Checkpoint and final model directory."""
     max_steps: int | None = Field(default=None, ge=1)
     """Optimizer steps; overrides ``epochs`` when set."""
     epochs: float = Field(default=1.0, gt=0)
+    """Passes over the training split (unless ``max_steps`` is set)."""
     lr: float = Field(default=1e-5, gt=0)
+    """Learning rate."""
     batch_size: int = Field(default=4, ge=1)
+    """Per-device batch size."""
     grad_accum: int = Field(default=1, ge=1)
+    """Gradient accumulation steps."""
     warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Share of the steps with a linear learning-rate warm-up."""
     weight_decay: float = Field(default=0.0, ge=0.0)
     max_length: int | None = Field(default=None, ge=16)
     """Truncate text rows to this many tokens (None: no truncation; never applied to image rows)."""
     lora: bool = False
+    """Train LoRA adapters (peft) instead of all weights."""
     lora_r: int = Field(default=16, ge=1)
+    """LoRA rank."""
     lora_alpha: int | None = Field(default=None, ge=1)
     """Defaults to ``2 * lora_r``."""
     lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     save_steps: int = Field(default=500, ge=1)
+    """Checkpoint every N steps."""
     save_total_limit: int | None = Field(default=2, ge=1)
+    """Checkpoints kept (older ones are deleted)."""
     logging_steps: int = Field(default=1, ge=1)
     eval_steps: int | None = Field(default=None, ge=1)
     """Evaluate on the validation split every N steps (it is always evaluated once at the end)."""
     evaluate: bool = True
+    """Evaluate on the validation split."""
     gradient_checkpointing: bool | None = None
     """Activation checkpointing; None: on for models of >= 100M parameters, off for small ones."""
     report_to: ReportTo = "none"
+    """Metrics tracker."""
     resume: bool = False
+    """Continue from the latest checkpoint in ``out``."""
     seed: int = Field(default=0, ge=0)
 
     @field_validator("model")

@@ -40,17 +40,26 @@ MAX_DEALS = 20_000
 class GeneralPointsConfig(BaseModel):
     """Keyword arguments of ``sftrl/GeneralPoints-v0`` (named like the ``agent run`` flags)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     modality: Literal["language", "vision"] = "language"
+    """language: the cards are in the prompt text (GP-L); vision: only in a rendered image (GP-VL)."""
     split: Split = "id"
+    """id: J/Q/K = 10, black suits; rule-ood: J/Q/K = 11/12/13 with >= 1 face card; visual-ood: red suits."""
     face_cards: FaceCards | None = None
+    """Value of J/Q/K: 10 or 11-13 (default from the split)."""
     suit_color: SuitColor | None = None
+    """Suits dealt (default from the split)."""
     require_face_card: bool | None = None
+    """Deal only hands with a J, Q or K (default from the split)."""
     target: int = Field(default=24, ge=1, le=100_000)
+    """Points the formula must reach."""
     verify_iter: int = Field(default=5, ge=1, le=1000)
+    """Attempts per episode (sequential revision)."""
     resolution: int = Field(default=1200, ge=64, le=4096)
+    """Card image size in pixels (vision)."""
     solvable_only: bool = True
+    """Re-deal hands that have no solution."""
     protocol: Literal["json", "tools"] = Field(
         default="json", description="answer as the paper's JSON, or by calling the submit tool"
     )

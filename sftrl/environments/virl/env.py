@@ -77,7 +77,7 @@ RELATIVE_TURN_DEG: Final[dict[str, float]] = {
 class VIRLConfig(BaseModel):
     """Keyword arguments of ``sftrl/VIRL-v0`` (named like the ``agent run`` flags)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     city: str | None = Field(
         default=None,
@@ -85,12 +85,16 @@ class VIRLConfig(BaseModel):
         "default from the split: nyc, or helsinki+baltimore for visual-ood",
     )
     split: Split = "id"
+    """id / rule-ood (relative actions) / nyc-unseen: New York; visual-ood: Helsinki + Baltimore."""
     modality: Literal["language", "vision"] = "language"
+    """language: observations as text (V-IRL-L); vision: a 2x2 street-view grid (V-IRL-VL)."""
     actions: Literal["absolute", "relative"] | None = Field(
         default=None, description="action space; default from the split (relative for rule-ood)"
     )
     mode: Literal["rail", "free"] = "rail"
+    """rail: the expert's positions, as the paper; free: actions really move the agent."""
     street_view: Literal["synthetic", "google", "cache", "panorama-dir"] = "synthetic"
+    """Where street views come from (vision): offline renderer, live Google, disk cache, official data."""
     cache_inner: Literal["synthetic", "google", "panorama-dir"] = Field(
         default="synthetic", description="provider the cache reads through (--street-view cache)"
     )
@@ -109,6 +113,7 @@ class VIRLConfig(BaseModel):
         default=None, description="official route file (route_infos.json or one route_info)"
     )
     verify_iter: int = Field(default=2, ge=1, le=1000)
+    """Wrong attempts allowed at one position before the episode ends."""
     protocol: Literal["json", "tools"] = Field(
         default="json", description="answer as the paper's JSON, or by calling action tools"
     )
@@ -122,7 +127,9 @@ class VIRLConfig(BaseModel):
         default=150.0, gt=50.0, description="farthest start place from the destination (straight line, m)"
     )
     straight_line_length: int = Field(default=5, ge=0, le=100)
+    """Interpolated forward() rail points per leg (before dropping)."""
     drop_rate: float = Field(default=0.5, ge=0.0, lt=1.0)
+    """Share of the interpolated rail points dropped (seeded)."""
     num_routes: int = Field(default=100, ge=1, le=10_000, description="routes per split")
     route_seed: int = Field(default=0, description="seed of the split's fixed route set")
     max_episode_steps: int | None = Field(default=None, ge=1, description="free mode step budget")
