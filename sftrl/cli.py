@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sftrl.config import ConfigError, load_yaml
+from sftrl.config import ConfigError, load_yaml, validation_message
 
 
 class CLIError(Exception):
@@ -248,11 +248,11 @@ def _run_values(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    from sftrl.agents.runner import run_async, split_config, with_run_dir
+    from sftrl.agents.runner import run_async, split_config
 
     run, env_cfg = split_config(_run_values(ns))
     if getattr(ns, "tui", False):
-        return _run_with_tui(with_run_dir(run), env_cfg)
+        return _run_with_tui(run, env_cfg)
     file_flags = load_yaml(ns.config) if ns.config else {}
     as_json = ns.json or bool(file_flags.get("json"))
     quiet = ns.quiet or as_json or not sys.stderr.isatty()
@@ -310,9 +310,14 @@ def _need_terminal(what: str) -> None:
 
 def _run_with_tui(run: Any, env_cfg: dict[str, Any]) -> int:
     _need_terminal("agent run --tui")
+    from sftrl.agents.factory import make_policy
+    from sftrl.agents.runner import with_run_dir
     from sftrl.tui.app import EXIT_CANCELLED, run_tui
 
-    status, live = run_tui(run, env_cfg)
+    # A missing model or API key fails here, in one line, before the UI takes the terminal.
+    policy = make_policy(run)
+    run = with_run_dir(run)
+    status, live = run_tui(run, env_cfg, policy=policy)
     # The terminal is ours again: repeat the outcome where it stays visible.
     if live.summary is not None:
         _print_summary(live.summary)
@@ -590,9 +595,7 @@ def train_rl_config(ns: argparse.Namespace) -> tuple[str, Any]:
     try:
         cfg = RLRunConfig.model_validate({**run_values, "env_options": explicit, "rl": rl})
     except ValidationError as exc:
-        raise CLIError(
-            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        ) from exc
+        raise CLIError(validation_message(exc)) from exc
     return trainer, cfg
 
 

@@ -30,6 +30,19 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
     return {normalize_key(k): v for k, v in data.items()}
 
 
+def validation_message(exc: Any) -> str:
+    """A pydantic ``ValidationError`` as one line: ``option-name: what is wrong`` per error.
+
+    A model-level check has no field to name, and pydantic's "Value error, " prefix is noise: both go.
+    """
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]).replace("_", "-")
+        msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
 def normalize_key(key: object) -> str:
     return str(key).strip().replace("-", "_")
 

@@ -60,6 +60,8 @@ def make_policy(run: Any, *, plain_sampling: bool = False) -> Policy:
         run = run.model_copy(update={"policy_options": options})
     try:
         return cls.from_run_config(run)
+    except ConfigError:
+        raise  # already names the flag and the fix
     except ValueError as exc:  # bad options, missing model files: the user's to fix
         raise ConfigError(f"--policy {run.policy}: {exc}") from exc
 

@@ -35,7 +35,7 @@ from sftrl.agents.trajectory import (
     lock_run_dir,
     read_episodes,
 )
-from sftrl.config import ConfigError, dump_yaml, load_yaml
+from sftrl.config import ConfigError, dump_yaml, load_yaml, validation_message
 from sftrl.environments.base import SftrlEnv
 from sftrl.environments.registry import ENV_ALIASES, env_class, resolve_env_id
 
@@ -116,7 +116,7 @@ def split_config(values: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
         run = RunConfig.model_validate(run_values)
         env_id = resolve_env_id(run.env)
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from exc
+        raise ConfigError(validation_message(exc)) from exc
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if run.policy not in POLICIES:
@@ -132,16 +132,8 @@ def split_config(values: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
     try:
         env_cfg = model.model_validate(env_values)
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from exc
+        raise ConfigError(validation_message(exc)) from exc
     return run, env_cfg.model_dump(mode="json")
-
-
-def _one_line(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "value"
-        parts.append(f"{loc.replace('_', '-')}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def episode_seed(run_seed: int, index: int) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sftrl.config import validation_message
 from sftrl.training.config import RESUMABLE_KEYS, SFTTrainConfig
 
 RUN_FILE = "sft_run.json"
@@ -433,12 +434,7 @@ def train_config(**values: Any) -> SFTTrainConfig:
     try:
         return SFTTrainConfig.model_validate(values)
     except ValidationError as exc:
-        raise SFTError(
-            "; ".join(
-                f"{'.'.join(str(x) for x in e['loc']).replace('_', '-') or 'value'}: {e['msg']}"
-                for e in exc.errors()
-            )
-        ) from exc
+        raise SFTError(validation_message(exc)) from exc
 
 
 def train_sft(

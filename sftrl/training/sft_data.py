@@ -41,7 +41,7 @@ from sftrl.agents.trajectory import (
     TurnRecord,
     iter_episodes,
 )
-from sftrl.config import ConfigError, load_yaml
+from sftrl.config import ConfigError, load_yaml, validation_message
 from sftrl.training.config import Chains, DatasetBuildConfig, SFTDataConfig
 
 if TYPE_CHECKING:
@@ -605,15 +605,7 @@ def validated(model: type[BaseModel], **values: Any) -> Any:
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        raise DataError(one_line(exc)) from exc
-
-
-def one_line(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "value"
-        parts.append(f"{loc.replace('_', '-')}: {err['msg']}")
-    return "; ".join(parts)
+        raise DataError(validation_message(exc)) from exc
 
 
 def run_main(build: Callable[[], DatasetDict], out: Path | str, json_output: bool) -> int:

@@ -87,7 +87,14 @@ class _PausablePolicy:
 class LiveRun:
     """The rollout of ``agent run --tui`` on a background thread with its own asyncio loop."""
 
-    def __init__(self, run: Any, env_cfg: dict[str, Any], policy: Any = None, maxlen: int = 4096) -> None:
+    def __init__(
+        self,
+        run: Any,
+        env_cfg: dict[str, Any],
+        policy: Any = None,
+        maxlen: int = 4096,
+        owns_policy: bool = False,
+    ) -> None:
         self.run = run
         self.env_cfg = env_cfg
         self.queue = EventQueue(maxlen=maxlen)
@@ -98,6 +105,7 @@ class LiveRun:
         self.cancelled = False
         self.done = threading.Event()
         self._policy = policy
+        self._owns_policy = owns_policy or policy is None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
         self._thread = threading.Thread(target=self._main, name="sftrl-rollout", daemon=True)
@@ -133,7 +141,7 @@ class LiveRun:
         try:
             return await run_async(self.run, self.env_cfg, listeners=[self.queue], policy=policy)  # type: ignore[arg-type]
         finally:
-            if self._policy is None:  # built here: release its HTTP clients / engine
+            if self._owns_policy:  # ours to release: its HTTP clients / engine
                 await close_policy(inner)
 
     def cancel(self, timeout: float = 30.0) -> None:
@@ -665,9 +673,13 @@ class AgentApp(App[int]):
         return EXIT_OK
 
 
-def run_tui(run: Any, env_cfg: dict[str, Any]) -> tuple[int, LiveRun]:
-    """``agent run --tui``: run the app in the terminal; returns (exit status, the finished LiveRun)."""
-    live = LiveRun(run, env_cfg)
+def run_tui(run: Any, env_cfg: dict[str, Any], policy: Any = None) -> tuple[int, LiveRun]:
+    """``agent run --tui``: run the app in the terminal; returns (exit status, the finished LiveRun).
+
+    ``policy``, when given, is used and closed by the run (the CLI builds it first, so a bad model or
+    key fails before the terminal is taken).
+    """
+    live = LiveRun(run, env_cfg, policy=policy, owns_policy=policy is not None)
     app = AgentApp(live=live)
     app.run()
     # Ctrl+C or a crash of the UI: still stop the rollout cleanly before returning.
