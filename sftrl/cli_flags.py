@@ -48,15 +48,17 @@ def is_model(annotation: Any) -> bool:
 
 def key_value(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` with the value parsed as YAML (``8`` -> 8, ``true`` -> True, ``a`` -> "a")."""
-    import yaml
+    from sftrl.config import ConfigError, YAMLSyntaxError, loads_yaml
 
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expects KEY=VALUE, got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = loads_yaml(raw, key.strip()) if raw.strip() else ""
+    except YAMLSyntaxError:
+        value = raw  # not YAML: the text itself
+    except ConfigError as exc:  # YAML, but too large or deep, or an absurd number
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return key.strip().replace("-", "_"), value
 
 
