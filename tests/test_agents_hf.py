@@ -8,19 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import transformers  # noqa: F401 - a hard dependency: fail, never skip
+from langchain_core.messages import HumanMessage
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-from langchain_core.messages import HumanMessage  # noqa: E402
-
-from sftrl.agents.hf_policy import HFPolicy, HFPolicyError, parse_tool_calls  # noqa: E402
-from sftrl.agents.policy import SamplingParams  # noqa: E402
-from sftrl.agents.runner import run_async, split_config  # noqa: E402
-from sftrl.agents.trajectory import read_episodes  # noqa: E402
-from sftrl.cli import main  # noqa: E402
-from sftrl.training.rl import Learner, RLConfig  # noqa: E402
-from sftrl.training.transitions import load_episodes  # noqa: E402
+from sftrl.agents.hf_policy import HFPolicy, HFPolicyError, parse_tool_calls
+from sftrl.agents.policy import SamplingParams
+from sftrl.agents.runner import run_async, split_config
+from sftrl.agents.trajectory import read_episodes
+from sftrl.cli import main
+from sftrl.training.rl import Learner, RLConfig
+from sftrl.training.transitions import load_episodes
 
 
 def _run(out: Path, policy: Any, **options: Any) -> dict[str, Any]:

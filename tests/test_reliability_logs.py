@@ -157,9 +157,9 @@ def test_resume_retries_episodes_that_ended_in_an_error(tmp_path, capsys):
 @pytest.mark.parametrize(
     "line, needle",
     [
-        ('{"schema_version": 1, "run_id": 5}', "not an episode record: run_id: Input should be a valid"),
+        ('{"schema_version": 1, "run_id": 5}', "corrupt episode record (run_id: Input should be a valid"),
         ("[1, 2]", "not an episode record (a JSON list)"),
-        ('{"schema_version": 1, "turns": "x"' + "}", "not an episode record"),
+        ('{"schema_version": 1, "turns": "x"' + "}", "corrupt episode record"),
     ],
 )
 def test_a_valid_json_line_with_the_wrong_schema_is_one_line(tmp_path, capsys, line, needle):

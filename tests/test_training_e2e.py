@@ -9,9 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("torch")
-pytest.importorskip("trl")
+import torch  # noqa: F401 - a hard dependency: fail, never skip
+import trl  # noqa: F401 - a hard dependency: fail, never skip
 
 from sftrl.cli import main
 

@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trl  # noqa: F401 - a hard dependency: fail, never skip
 
-pytest.importorskip("trl")
-torch = pytest.importorskip("torch")
-
-from sftrl.agents.policy import Reply  # noqa: E402
-from sftrl.agents.runner import run_async, split_config  # noqa: E402
-from sftrl.training.config import SFTTrainConfig  # noqa: E402
-from sftrl.training.sft import build_trainer, inspect_data, load_model  # noqa: E402
-from sftrl.training.sft_data import build_sft_dataset, dataset_features  # noqa: E402
+from sftrl.agents.policy import Reply
+from sftrl.agents.runner import run_async, split_config
+from sftrl.training.config import SFTTrainConfig
+from sftrl.training.sft import build_trainer, inspect_data, load_model
+from sftrl.training.sft_data import build_sft_dataset, dataset_features
 
 pytestmark = pytest.mark.slow  # the tiny models' tokenizer is trained once per session (~10 s)
 

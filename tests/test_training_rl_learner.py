@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 
-from sftrl.training.rl import Learner, LogprobMismatchError, RLConfig  # noqa: E402
-from sftrl.training.transitions import EpisodeBatch, Transition  # noqa: E402
+from sftrl.training.rl import Learner, LogprobMismatchError, RLConfig
+from sftrl.training.transitions import EpisodeBatch, Transition
 
 PROMPT = [5, 6, 7, 8]
 GOOD, BAD = [10, 11, 12], [20, 21, 22]

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-torch = pytest.importorskip("torch")
-pytest.importorskip("trl")
-pytest.importorskip("peft")
+import peft  # noqa: F401 - a hard dependency: fail, never skip
+import torch
+import trl  # noqa: F401 - a hard dependency: fail, never skip
 
 pytestmark = pytest.mark.slow  # a tiny model's tokenizer is trained once per module (~10 s)
 

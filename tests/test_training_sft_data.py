@@ -9,10 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import datasets  # noqa: F401 - a hard dependency: fail, never skip
 import pytest
-
-pytest.importorskip("datasets")
-
 from datasets import load_from_disk
 
 from sftrl.agents.policy import Reply

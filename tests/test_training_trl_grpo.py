@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("torch")
-pytest.importorskip("trl")
-
+import torch  # noqa: F401 - a hard dependency: fail, never skip
+import trl  # noqa: F401 - a hard dependency: fail, never skip
 from langchain_core.messages import AIMessage, HumanMessage
 
 from sftrl.agents.loop import run_episode

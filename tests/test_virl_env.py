@@ -191,7 +191,6 @@ def test_cli_run_reports_full_success(capsys, tmp_path):
 
 
 def test_vision_with_the_default_synthetic_provider():
-    pytest.importorskip("sftrl.street_view.synthetic")
     env = make_env("virl", modality="vision", resolution=32, split="visual-ood")
     assert success_rate(env, ExpertPolicy(), 2) == 1.0
     obs, _ = env.reset(seed=0)

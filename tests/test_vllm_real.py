@@ -48,6 +48,8 @@ IDEFICS3_TEMPLATE = (
 
 def require_vllm() -> None:
     if not (VLLM_MARKER.exists() and VLLM_PYTHON.exists()):
+        if os.environ.get("SFTRL_REQUIRE_VLLM") == "1":  # set by .ci/run once the venv was built
+            pytest.fail(f"SFTRL_REQUIRE_VLLM=1 but {VLLM_VENV} is not a complete vLLM venv")
         pytest.skip(
             "!!!! .venv-vllm is not built (run `bash .ci/vllm_venv.sh`): the REAL vLLM tests are SKIPPED !!!!"
         )

@@ -338,7 +338,7 @@ def iter_episodes(run_dir: Path | str) -> Iterator[EpisodeRecord]:
             err = exc.errors()[0]
             where = ".".join(str(x) for x in err["loc"]) or "record"
             more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-            raise LogError(f"{path}:{lineno}: not an episode record: {where}: {err['msg']}{more}") from None
+            raise LogError(f"{path}:{lineno}: corrupt episode record ({where}: {err['msg']}){more}") from None
         yield record
     del tail  # an unterminated last line is an episode whose write was interrupted: not logged
 

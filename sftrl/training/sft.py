@@ -183,10 +183,36 @@ def load_model(model_name: str, vision_data: bool = False) -> tuple[Any, Any]:
     return model, processing_class
 
 
-def _fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Keep only the options this TRL/transformers version knows (names move across releases)."""
+class TRLVersionError(SFTError):
+    """The installed TRL lacks an option sftrl sets (its names move across releases)."""
+
+
+def declared_trl_range() -> str:
+    """The TRL requirement sftrl declares (the range its tests run with), e.g. ``trl<1.17,>=1.16``."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        reqs = requires("sftrl") or []
+    except PackageNotFoundError:  # pragma: no cover - running from a tree that is not installed
+        return "trl"
+    return next((r.split(";")[0].replace(" ", "") for r in reqs if r.startswith("trl")), "trl")
+
+
+def trl_config(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)`` for a TRL config class, refusing options this TRL release does not have.
+
+    Dropping them would train with TRL's defaults instead of what was asked, without a word.
+    """
     known = getattr(cls, "__dataclass_fields__", {})
-    return {k: v for k, v in values.items() if k in known}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        import trl
+
+        raise TRLVersionError(
+            f"TRL {trl.__version__} has no {cls.__name__} option {', '.join(unknown)}: sftrl is tested "
+            f"with {declared_trl_range()} (pip install '{declared_trl_range()}')"
+        )
+    return cls(**values)
 
 
 def sft_config(
@@ -232,7 +258,7 @@ def sft_config(
         "assistant_only_loss": messages,
         "completion_only_loss": not messages,
     }
-    return SFTConfig(**_fields(SFTConfig, values))
+    return trl_config(SFTConfig, values)
 
 
 def _lora_config(cfg: SFTTrainConfig) -> Any:

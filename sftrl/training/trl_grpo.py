@@ -59,6 +59,18 @@ METRICS_FILE = "metrics.jsonl"
 _PROBE = "SFTRL-PROBE-REPLY"
 
 
+# RLConfig options our learner uses and TRL's GRPOTrainer has no counterpart for: refused when given.
+TRL_UNUSED_RL_OPTIONS = (
+    "value_lr",
+    "gamma",
+    "lam",
+    "vf_coef",
+    "ent_coef",
+    "logprob_tolerance",
+    "normalize_advantages",
+)
+
+
 class TRLGRPOError(ValueError):
     """The TRL GRPO run cannot start or continue as configured (one-line message)."""
 
@@ -361,7 +373,7 @@ def _grpo_args(cfg: RLRunConfig, micro: int, checkpointing: bool) -> Any:
     import torch
     from trl import GRPOConfig
 
-    from sftrl.training.sft import _fields
+    from sftrl.training.sft import TRLVersionError, trl_config
 
     cuda = torch.cuda.is_available()
     accum = cfg.episodes_per_update // micro
@@ -398,7 +410,10 @@ def _grpo_args(cfg: RLRunConfig, micro: int, checkpointing: bool) -> Any:
         "dataloader_pin_memory": cuda,
         "disable_tqdm": True,
     }
-    return GRPOConfig(**_fields(GRPOConfig, values))
+    try:
+        return trl_config(GRPOConfig, values)
+    except TRLVersionError as exc:
+        raise TRLGRPOError(str(exc)) from None
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
@@ -430,6 +445,12 @@ def train_rl_trl(
 
     if cfg.rl.algo != "grpo":
         raise TRLGRPOError("--trainer trl runs GRPO only (TRL has no PPO trainer); pass --algo grpo")
+    ignored = sorted(k for k in cfg.rl.model_fields_set if k in TRL_UNUSED_RL_OPTIONS)
+    if ignored:
+        raise TRLGRPOError(
+            f"--trainer trl cannot honour {', '.join(ignored)}: TRL's GRPO has no value head, GAE, "
+            "entropy bonus or rollout log-prob check; drop them or use --trainer sftrl"
+        )
     if cfg.episodes:
         raise TRLGRPOError("--trainer trl collects its own episodes; --episodes needs --trainer sftrl")
     if cfg.group_size < 2:

@@ -1,0 +1,36 @@
+"""Training options are honoured or refused, never dropped without a word (issue 13, item 20)."""
+
+from __future__ import annotations
+
+import pytest
+import trl
+from trl import GRPOConfig, SFTConfig
+
+from sftrl.cli import main
+from sftrl.training.sft import TRLVersionError, declared_trl_range, trl_config
+from sftrl.training.trl_grpo import TRL_UNUSED_RL_OPTIONS
+
+
+def test_an_option_the_installed_trl_lacks_is_refused_not_dropped(tmp_path):
+    with pytest.raises(TRLVersionError, match=rf"TRL {trl.__version__} has no SFTConfig option no_such_opt"):
+        trl_config(SFTConfig, {"output_dir": str(tmp_path), "no_such_opt": 1, "learning_rate": 0.5})
+    ok = {"output_dir": str(tmp_path), "learning_rate": 0.5, "use_cpu": True, "bf16": False}
+    assert trl_config(GRPOConfig, ok).learning_rate == 0.5
+
+
+def test_the_declared_trl_range_holds_the_installed_trl():
+    from packaging.requirements import Requirement
+
+    req = Requirement(declared_trl_range())
+    assert req.name == "trl" and req.specifier and trl.__version__ in req.specifier
+
+
+@pytest.mark.parametrize("option", TRL_UNUSED_RL_OPTIONS)
+def test_trl_trainer_refuses_rl_options_it_cannot_honour(tmp_path, capsys, option):
+    value = "false" if option == "normalize_advantages" else "0.3"
+    config = tmp_path / "rl.yaml"
+    config.write_text(f"rl:\n  {option}: {value}\n")
+    args = ["train", "rl", "--trainer", "trl", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o")]
+    assert main([*args, "--group-size", "2", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"--trainer trl cannot honour {option}" in err and err.count("\n") == 1
