@@ -128,6 +128,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--config", type=Path, help="YAML file whose keys mirror these flags")
     ev.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     ev.add_argument("--bootstrap", type=int, default=argparse.SUPPRESS, help="bootstrap resamples (2000)")
+    ev.add_argument(
+        "--force",
+        action="store_true",
+        help="pair two runs that differ in more than one setting (runs of different envs never pair)",
+    )
 
     srv = sub.add_parser("serve", help="start a vLLM OpenAI-compatible server; prints its base URL")
     srv.add_argument("--model", required=True, help="model directory or hub id")
@@ -403,10 +408,12 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         ]
     }
     if len(runs) == 2:
+        differs = _pairable(ns.runs, runs, force=bool(ns.force or file_values.get("force")))
         try:
             result["paired"] = paired_difference(runs[0], runs[1], n_boot=n_boot)
         except ValueError as exc:
             raise CLIError(str(exc)) from exc
+        result["paired"]["differs"] = differs
     if as_json:
         print(json.dumps(result if len(runs) == 2 else result["runs"][0], sort_keys=True))
         return 0
@@ -416,11 +423,43 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if "paired" in result:
         p = result["paired"]
         lo, hi = p["success_diff_ci95"]
+        changes = "; ".join(c for group in p["differs"].values() for c in group) or "nothing (same config)"
+        print(f"compared: {changes}")
         print(
             f"paired over {p['paired_episodes']} seeds: success {p['success_rate_a']:.3f} → "
             f"{p['success_rate_b']:.3f}, diff {p['success_diff']:+.3f} (95% CI {lo:+.3f} … {hi:+.3f})"
         )
     return 0
+
+
+def _pairable(paths: list[Path], runs: list[list[Any]], force: bool) -> dict[str, list[str]]:
+    """What differs between two runs; refuses runs of different envs, and (without --force) any pair
+    differing in more than one setting, naming every difference."""
+    from sftrl.agents.runner import CONFIG_FILE, config_differences
+
+    envs = [next((r.env_id for r in recs), None) for recs in runs]
+    if None not in envs and envs[0] != envs[1]:
+        raise CLIError(
+            f"cannot pair runs of different envs: {paths[0]} is {envs[0]}, {paths[1]} is {envs[1]}"
+        )
+    configs = []
+    for path in paths:
+        cfg_path = path / CONFIG_FILE
+        if not cfg_path.is_file():
+            if force:
+                return {}
+            raise CLIError(
+                f"{cfg_path} is missing: what differs cannot be checked (pass --force to pair anyway)"
+            )
+        configs.append(load_yaml(cfg_path))
+    differs = config_differences(configs[0], configs[1])
+    if len(differs) > 1 and not force:
+        listed = "; ".join(c for group in differs.values() for c in group)
+        raise CLIError(
+            f"{paths[0]} and {paths[1]} differ in more than one setting ({listed}); "
+            "pass --force to pair them anyway"
+        )
+    return differs
 
 
 def _ignored(report: dict[str, Any]) -> dict[str, int]:

@@ -108,6 +108,35 @@ _RESUMABLE_KEYS = {
 }
 
 
+# What `agent eval A B` treats as one compared setting: every option of who answers and how it samples.
+_POLICY_KEYS = {"policy", "model", "policy_options", "sampling", "base_url", "api_key_env"}
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[str]]:
+    """What differs between two runs' effective configs, grouped into compared settings.
+
+    ``{"policy": ["model: m1 -> m2"], "env options": ["split: id -> rule-ood", ...]}``: the policy's
+    options are one setting, the env's options another (a split also changes the options it
+    resolves), every other run option its own; options that do not change what an episode computes
+    (``out``, ``concurrency``, ``episodes``...) are left out.
+    """
+    groups: dict[str, list[str]] = {}
+    for key in sorted(set(a) | set(b)):
+        if key in _RESUMABLE_KEYS or a.get(key) == b.get(key):
+            continue
+        if key in _POLICY_KEYS:
+            group = "policy"
+        else:
+            group = key if key in RunConfig.model_fields else "env options"
+        groups.setdefault(group, []).append(f"{key}: {_short(a.get(key))} -> {_short(b.get(key))}")
+    return groups
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def split_config(values: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
     """Split a flat option mapping into the run config and the validated, resolved env config."""
     run_keys = set(RunConfig.model_fields)
