@@ -11,7 +11,7 @@ import pytest
 import transformers  # noqa: F401 - a hard dependency: fail, never skip
 from langchain_core.messages import HumanMessage
 
-from sftrl.agents.hf_policy import HFPolicy, HFPolicyError, parse_tool_calls
+from sftrl.agents.hf_policy import HFPolicy, HFPolicyError
 from sftrl.agents.policy import SamplingParams
 from sftrl.agents.runner import run_async, split_config
 from sftrl.agents.trajectory import read_episodes
@@ -114,14 +114,6 @@ def _submit_schema() -> dict[str, Any]:
     return {"type": "function", "function": {"name": "submit", "parameters": {"type": "object"}}}
 
 
-def test_parse_tool_calls_keeps_malformed_calls_for_the_verifier() -> None:
-    calls = parse_tool_calls('<tool_call>\n{"name": "submit", "arguments": {"formula": "1+2"}}\n</tool_call>')
-    assert calls == [{"name": "submit", "args": {"formula": "1+2"}, "id": "call_0"}]
-    bad = parse_tool_calls("<tool_call>{not json</tool_call>")
-    assert bad is not None and bad[0]["args"] == "{not json"
-    assert parse_tool_calls("no call here") is None
-
-
 def test_prompt_longer_than_the_context_is_scored_not_a_crash(text_policy: HFPolicy) -> None:
     saved = text_policy.max_positions
     text_policy.max_positions = 8
@@ -189,3 +181,33 @@ def test_cli_tiny_model_and_run_with_the_hf_policy(
         ]
     )
     assert rc != 0
+
+
+HERMES_OUTPUT = (
+    'Let me answer.\n<tool_call>\n{"name": "submit", "arguments": "{\\"cards\\": [\\"A\\"], '
+    '\\"numbers\\": [1], \\"formula\\": \\"1=24\\"}"}\n</tool_call>'
+)
+
+
+def test_one_model_output_gives_one_reply_on_hf_and_vllm_offline(text_policy: HFPolicy) -> None:
+    """The Hermes parser is shared: same text (here with double-encoded arguments), same reply."""
+    from types import SimpleNamespace
+
+    from sftrl.agents import vllm_offline
+    from sftrl.agents.hf_policy import _Request
+
+    tokens = text_policy.tokenizer.encode(HERMES_OUTPUT, add_special_tokens=False)
+    # What vLLM returns for these tokens with skip_special_tokens=False (as tool mode asks it to).
+    decoded = text_policy.tokenizer.decode(tokens, skip_special_tokens=False)
+    tools = [_submit_schema()]
+    request = _Request(chat=[], images=[], tools=tools, sampling=SamplingParams(), future=None)  # type: ignore[arg-type]
+    hf = text_policy._reply(tokens, [0.0] * len(tokens), len(tokens), request)
+    completion = SimpleNamespace(text=decoded, token_ids=tokens, logprobs=None, finish_reason="stop")
+    offline_request = vllm_offline._Request(
+        conversation=[], sampling=SamplingParams(), tools=tools, future=None
+    )  # type: ignore[arg-type]
+    offline = vllm_offline._reply(
+        "m", offline_request, SimpleNamespace(outputs=[completion], prompt_token_ids=[])
+    )
+    assert hf.tool_calls == offline.tool_calls and hf.text == offline.text == "Let me answer."
+    assert hf.tool_calls[0]["args"] == {"cards": ["A"], "numbers": [1], "formula": "1=24"}

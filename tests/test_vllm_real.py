@@ -25,8 +25,9 @@ import pytest
 
 from sftrl.agents.policy import SamplingParams
 from sftrl.agents.runner import run_async, split_config
+from sftrl.agents.tools import parse_hermes_tool_calls
 from sftrl.agents.trajectory import EpisodeRecord, read_episodes
-from sftrl.agents.vllm_offline import VLLMOfflinePolicy, parse_hermes_tool_calls
+from sftrl.agents.vllm_offline import VLLMOfflinePolicy
 from sftrl.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

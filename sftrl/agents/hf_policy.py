@@ -14,8 +14,6 @@ The same loading code serves local tiny models (:mod:`sftrl.agents.tiny`) and hu
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +25,10 @@ from langchain_core.tools import BaseTool
 from sftrl.agents.messages import decode_image, message_text, record_to_message
 from sftrl.agents.model_source import ModelSourceError, load_error, model_load_kwargs
 from sftrl.agents.policy import Reply, SamplingParams
-from sftrl.agents.tools import openai_tools
+from sftrl.agents.tools import openai_tools, parse_hermes_tool_calls
 from sftrl.environments.base import Observation
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
-_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _PLACEHOLDER_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "image_token_index")
 _OPTIONS = {"device", "dtype", "max_batch_size", "batch_wait_s", "revision", "trust_remote_code", "seed"}
 
@@ -72,26 +69,6 @@ def to_chat(messages: Sequence[BaseMessage], vision: bool) -> tuple[list[dict[st
             entry["tool_call_id"] = m.tool_call_id
         chat.append(entry)
     return chat, images
-
-
-def parse_tool_calls(raw: str) -> list[dict[str, Any]] | None:
-    """Tool calls in the Qwen/Hermes template format ``<tool_call>{"name", "arguments"}</tool_call>``.
-
-    A call whose JSON does not parse is kept with its raw text as ``args`` so the verifier scores it.
-    """
-    calls: list[dict[str, Any]] = []
-    for i, body in enumerate(_TOOL_CALL.findall(raw)):
-        try:
-            obj = json.loads(body)
-        except json.JSONDecodeError:
-            calls.append({"name": "", "args": body, "id": f"call_{i}"})
-            continue
-        if not isinstance(obj, dict):
-            calls.append({"name": "", "args": body, "id": f"call_{i}"})
-            continue
-        args = obj.get("arguments", obj.get("parameters", {}))
-        calls.append({"name": str(obj.get("name", "")), "args": args, "id": f"call_{i}"})
-    return calls or None
 
 
 class RowSampler:
@@ -419,8 +396,10 @@ class HFPolicy:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         tool_calls = None
         if request.tools:
-            raw = self.tokenizer.decode(tokens, skip_special_tokens=False)
-            tool_calls = parse_tool_calls(raw)
+            # The same parser, on the same text, as vllm-offline (special tokens kept: a tokenizer may
+            # mark <tool_call> special; the stop token is left out, as vLLM leaves it out).
+            body = tokens[:-1] if finish == "stop" else tokens
+            text, tool_calls = parse_hermes_tool_calls(self.tokenizer.decode(body, skip_special_tokens=False))
         return Reply(
             text=text,
             token_ids=tokens,

@@ -8,7 +8,10 @@ into the reply text the env's verifier scores, and the env's answer becomes the 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import re
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
@@ -18,6 +21,41 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from sftrl.agents.policy import Reply
 from sftrl.environments.base import SftrlEnv
 from sftrl.environments.tools import ToolSpec, call_to_reply
+
+_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+def parse_hermes_tool_calls(text: str) -> tuple[str, list[dict[str, Any]] | None]:
+    """``(text outside the calls, langchain-style calls)`` from Hermes / Qwen2.5 ``<tool_call>`` blocks.
+
+    The one parser of model text for every in-process backend (``hf``, ``vllm-offline``), so the same
+    output gives the same episode on each. A block should hold ``{"name": ..., "arguments": {...}}``
+    (``parameters`` is accepted too; double-encoded arguments are decoded once). A block that is not
+    such JSON still becomes a call (name ``""`` or the name found, arguments = the raw text) so the
+    verifier scores it as malformed instead of the run crashing on model output. Call ids hash the
+    reply and the call's position: reproducible, as logs must be for a fixed seed.
+    """
+    blocks = list(_TOOL_CALL.finditer(text))
+    if not blocks:
+        return text, None
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    calls: list[dict[str, Any]] = []
+    for i, match in enumerate(blocks):
+        raw = match.group(1).strip()
+        name, args = "", raw
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError):
+            obj = None
+        if isinstance(obj, dict):
+            name = str(obj.get("name", ""))
+            arguments = obj.get("arguments", obj.get("parameters", {}))
+            if isinstance(arguments, str):  # some models double-encode the arguments
+                with contextlib.suppress(json.JSONDecodeError, RecursionError):
+                    arguments = json.loads(arguments) if arguments.strip() else {}
+            args = arguments if isinstance(arguments, dict | str) else json.dumps(arguments)
+        calls.append({"name": name, "args": args, "id": f"call_{digest}_{i}"})
+    return _TOOL_CALL.sub("", text).strip(), calls
 
 
 def _not_executable(**_: Any) -> str:

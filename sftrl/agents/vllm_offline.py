@@ -27,12 +27,9 @@ process), which needs that guard.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
-import hashlib
 import json
 import os
-import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,51 +42,15 @@ from langchain_core.tools import BaseTool
 
 from sftrl.agents.openai_policy import to_openai_messages
 from sftrl.agents.policy import Reply, SamplingParams
-from sftrl.agents.tools import openai_tools
+from sftrl.agents.tools import openai_tools, parse_hermes_tool_calls
 from sftrl.config import ConfigError
 from sftrl.environments.base import Observation
 
 DEFAULT_MAX_BATCH_SIZE = 256
-_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
 class VLLMOfflineError(RuntimeError):
     """The engine could not be built, or a batch failed inside vLLM."""
-
-
-# --- tool calls in reply text ------------------------------------------------------------------------
-
-
-def parse_hermes_tool_calls(text: str) -> tuple[str, list[dict[str, Any]] | None]:
-    """``(text outside the calls, langchain-style calls)`` from Hermes / Qwen2.5 ``<tool_call>`` blocks.
-
-    Each block should hold ``{"name": ..., "arguments": {...}}``. A block that is not such JSON still
-    becomes a call (name ``""`` or the name found, arguments = the raw text as a string) so the agent
-    loop scores it as a malformed call instead of the run crashing on model output. Call ids are a
-    hash of the reply and the call's position: reproducible, as logs must be for a fixed seed.
-    """
-    blocks = list(_TOOL_CALL.finditer(text))
-    if not blocks:
-        return text, None
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    calls: list[dict[str, Any]] = []
-    for i, match in enumerate(blocks):
-        raw = match.group(1).strip()
-        name, args = "", raw
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError:
-            obj = None
-        if isinstance(obj, dict):
-            name = str(obj.get("name", ""))
-            arguments = obj.get("arguments", obj.get("parameters", {}))
-            if isinstance(arguments, str):  # some models double-encode the arguments
-                with contextlib.suppress(json.JSONDecodeError):
-                    arguments = json.loads(arguments) if arguments.strip() else {}
-            args = arguments if isinstance(arguments, dict | str) else json.dumps(arguments)
-        calls.append({"name": name, "args": args, "id": f"call_{digest}_{i}"})
-    rest = _TOOL_CALL.sub("", text).strip()
-    return rest, calls
 
 
 # --- the policy ----------------------------------------------------------------------------------------
@@ -334,6 +295,9 @@ class VLLMOfflinePolicy:
                 stop=list(r.sampling.stop) or None,
                 # 0 = the sampled token's log-prob only (no top-k alternatives).
                 logprobs=0 if r.sampling.logprobs else None,
+                # Tokenizers may mark <tool_call> special: keep it, as the hf backend does, so the
+                # shared parser sees the same text on both.
+                skip_special_tokens=not r.tools,
             )
             for r in requests
         ]
