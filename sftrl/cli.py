@@ -201,9 +201,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     rl_col.add_argument("--quiet", action="store_true", help="no progress bar")
 
     tiny = sub.add_parser("tiny-model", help="build a tiny random-weight model offline (tests, demos)")
-    tiny.add_argument("--kind", choices=("text", "vision"), default="text")
+    tiny.add_argument(
+        "--kind",
+        choices=("text", "vision", "char"),
+        default="text",
+        help="text / vision: BPE Llama / Qwen2-VL; char: character-level Llama for compact prompts",
+    )
     tiny.add_argument("--out", type=Path, required=True, help="directory to write the model to")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--hidden", type=int, default=None, help="char: hidden size (128)")
+    tiny.add_argument("--layers", type=int, default=None, help="char: decoder layers (4)")
+    tiny.add_argument("--heads", type=int, default=None, help="char: attention heads (4)")
     tiny.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
 
     train = sub.add_parser("train", help="post-train a model: sft | rl")
@@ -700,7 +708,10 @@ def cmd_tiny_model(ns: argparse.Namespace) -> int:
     from sftrl.agents.tiny import TinyModelError, build_tiny_model
 
     try:
-        out = build_tiny_model(ns.kind, ns.out, seed=ns.seed, overwrite=ns.overwrite)
+        sizes = {k: getattr(ns, k) for k in ("hidden", "layers", "heads") if getattr(ns, k) is not None}
+        if sizes and ns.kind != "char":
+            raise CLIError("--hidden/--layers/--heads size the char model only (--kind char)")
+        out = build_tiny_model(ns.kind, ns.out, seed=ns.seed, overwrite=ns.overwrite, **sizes)
     except TinyModelError as exc:
         raise CLIError(str(exc)) from exc
     print(f"tiny {ns.kind} model written to {out} (use: agent run --policy hf --model {out})")

@@ -1,123 +1,182 @@
-"""`agent repro`: data checked by the GP verifier, held-out sets, KV cache, the quick pipeline."""
+"""`agent repro` on the framework's own stack: curriculum checked by the verifier, disjoint hand pools,
+the compact GP style, the quick pipeline, and each job reproducible with its printed CLI command."""
 
 from __future__ import annotations
 
 import json
 import random
+import re
+from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
+from sftrl.environments.generalpoints import compact
+from sftrl.environments.generalpoints.cards import FACE_RANKS, RANKS
+from sftrl.environments.generalpoints.env import GeneralPointsEnv
 from sftrl.environments.generalpoints.formula import evaluate
-from sftrl.environments.generalpoints.prompts import reply_text
-from sftrl.environments.generalpoints.verifier import verify
-from sftrl.repro.codec import ATTEMPT_LEN, PROMPT_LEN, decode, encode, parse_attempt
-from sftrl.repro.data import (
-    FACES,
-    OOD_FACE,
-    TARGET,
-    TRAIN_FACE,
-    Splits,
-    expert_episode,
-    hand_from_prompt,
-    make_splits,
-    multiset,
-    stage0_item,
-    training_hand,
-)
+from sftrl.environments.generalpoints.verifier import GPState, verify
+from sftrl.repro import stage0
+from sftrl.repro.hands import make_pools, solvable
+
+REPRO_DIR = Path(__file__).parents[1] / "sftrl" / "repro"
 
 
-@pytest.fixture(scope="module")
-def splits() -> Splits:
-    return make_splits(n_eval=60, seed=7)
+def _state_of(row: dict) -> GPState:
+    ranks = row["ranks"].split()
+    face = [int(x) for x in row["face"].split()]
+    values = stage0.face_values(ranks, face)
+    return GPState(ranks=tuple(ranks), values=tuple(values), target=row["target"], solutions=())
 
 
-def _final_answer_verdict(item_prompt: str, attempt: str) -> tuple[str, bool]:
-    hand = hand_from_prompt(item_prompt)
-    numbers, formula = parse_attempt(attempt)
-    verdict = verify(hand.state(), reply_text(ranks=hand.ranks, numbers=numbers or [], formula=formula))
-    return verdict.category, verdict.correct
-
-
-@pytest.mark.parametrize("n_wrong", [0, 1, 2])
-def test_every_stage0_answer_is_verified_and_no_gp_episode_leaks(n_wrong: int) -> None:
-    rng = random.Random(n_wrong)
-    kinds = set()
-    for _ in range(300):
-        item = stage0_item(rng, n_wrong)
-        kinds.add(item.kind)
-        assert len(item.prompt) == PROMPT_LEN and all(len(a) == ATTEMPT_LEN for a in item.attempts)
-        assert len(item.attempts) == n_wrong + 1 and len(item.feedbacks) == n_wrong
-        assert decode(encode(item.text)) == item.text
-        if item.kind == "E":
-            expression = item.prompt[1:].rstrip(">").rstrip("_")
-            value = evaluate(expression)
-            assert value is not None
-            answer = item.attempts[-1].split(".")[0]
-            num, _, den = answer.partition("/")
-            assert value == Fraction(int(num), int(den) if den else 1)
-            continue
-        hand = hand_from_prompt(item.prompt)
-        # No stage-0 item is a GeneralPoints episode: never the target 24, whatever the mapping.
-        assert hand.target != TARGET
-        category, correct = _final_answer_verdict(item.prompt, item.attempts[-1])
-        assert correct, (item.text, category)
-        for wrong, feedback in zip(item.attempts[:-1], item.feedbacks, strict=True):
-            category, correct = _final_answer_verdict(item.prompt, wrong)
-            assert not correct and feedback[0] in "nux"
-    assert kinds == {"M2", "M3", "M4", "E"}
-
-
-def test_expert_episodes_are_correct_under_the_training_rule(splits: Splits) -> None:
+def test_every_stage0_answer_is_verified_and_no_gp_episode_leaks() -> None:
     rng = random.Random(0)
-    for _ in range(100):
-        item = expert_episode(training_hand(splits, rng), rng, rng.randrange(3))
-        hand = hand_from_prompt(item.prompt)
-        assert hand.face == TRAIN_FACE and hand.target == TARGET
-        assert multiset(hand.ranks) in set(splits.train)
-        assert _final_answer_verdict(item.prompt, item.attempts[-1])[1]
+    kinds, depths = Counter(), Counter()
+    for _ in range(600):
+        row = stage0.item(rng)
+        kinds[row["kind"]] += 1
+        (answer,) = row["completion"]
+        assert answer["role"] == "assistant"
+        if row["kind"] == "E":
+            expression = row["prompt"][0]["content"].removeprefix("= ")
+            num, _, den = answer["content"].partition("/")
+            assert evaluate(expression) == Fraction(int(num), int(den) if den else 1)
+            continue
+        # No stage-0 item is a GeneralPoints episode: never the target 24, whatever the mapping.
+        assert row["target"] != 24
+        state = _state_of(row)
+        assert row["prompt"][0]["content"] == compact.prompt(
+            ranks=list(state.ranks), face_values=[int(x) for x in row["face"].split()], target=state.target
+        )
+        assert verify(state, answer["content"], style="compact").correct
+        turns = row["prompt"][1:]
+        depths[len(turns) // 2] += 1
+        for attempt, feedback in zip(turns[::2], turns[1::2], strict=True):
+            verdict = verify(state, attempt["content"], style="compact")
+            assert not verdict.correct
+            # The feedback turn is exactly what the env sends after that verdict.
+            assert feedback["content"] == compact.feedback(verdict.category, verdict.details)
+    assert set(kinds) == {"M2", "M3", "M4", "E"}
+    assert set(depths) == {0, 1, 2}
 
 
-def test_eval_sets_are_fixed_disjoint_from_training_and_ood_needs_a_face_card(
-    splits: Splits, tmp_path: Path
-) -> None:
-    train = set(splits.train)
-    assert len(splits.id_eval) == len(splits.ood_eval) == 60
-    for hand in splits.id_eval:
-        assert hand.face == TRAIN_FACE and multiset(hand.ranks) not in train
-        assert hand.state().solutions
-    for hand in splits.ood_eval:
-        assert hand.face == OOD_FACE and FACES & set(hand.ranks) and hand.state().solutions
-    assert len({multiset(h.ranks) for h in splits.id_eval}) == 60
-    # Same seed, same sets (saved as JSON); another seed, other sets.
-    splits.save(tmp_path / "a.json")
-    make_splits(n_eval=60, seed=7).save(tmp_path / "b.json")
-    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
-    assert make_splits(n_eval=60, seed=8).id_eval != splits.id_eval
+def test_stage0_dataset_is_an_sft_dataset_train_sft_reads(tmp_path: Path) -> None:
+    from sftrl.training.sft import inspect_data
+
+    out = stage0.build_dataset(tmp_path / "s0", 40, seed=3, val_rows=8)
+    info = inspect_data(out)
+    assert info.format == "prompt_completion" and not info.vision
+    assert len(info.train) == 40 and info.validation is not None and len(info.validation) == 8
+    meta = json.loads((out / "sftrl_dataset.json").read_text())
+    assert "python -m sftrl.repro.stage0 --rows 40 --seed 3" in meta["command"]
+    again = stage0.build_dataset(tmp_path / "s0b", 40, seed=3, val_rows=8)
+    assert inspect_data(again).train.to_list() == info.train.to_list()  # the seed fixes the data
 
 
-def test_kv_cached_decoding_matches_a_full_forward_pass() -> None:
-    import torch
+def test_pools_are_fixed_disjoint_and_complete(tmp_path: Path) -> None:
+    pools = make_pools(200, seed=1234)
+    assert (len(pools.train), len(pools.id_eval), len(pools.ood_eval)) == (1036, 200, 796)
+    assert not set(pools.train) & set(pools.id_eval)
+    assert all(FACE_RANKS & set(m) and solvable(m, "11-13") for m in pools.ood_eval)
+    assert all(solvable(m, "10") for m in pools.train + pools.id_eval)
+    seen = pools.ood_seen()
+    assert 0 < sum(seen) < len(seen)
+    assert all((m in set(pools.train)) == s for m, s in zip(pools.ood_eval, seen, strict=True))
+    assert make_pools(200, seed=1234) == pools and make_pools(200, seed=7) != pools
+    paths = pools.write(tmp_path)
+    assert json.loads(paths["id_eval"].read_text()) == [list(m) for m in pools.id_eval]
 
-    from sftrl.repro.model import ModelConfig, TinyLM
 
-    torch.manual_seed(0)
-    model = TinyLM(ModelConfig(n_layer=2, d_model=32, n_head=2)).eval()
-    ids = torch.randint(0, model.cfg.vocab_size, (3, 30))
-    with torch.no_grad():
-        full, full_v, _ = model(ids)
-        logits, values, cache = model(ids[:, :18])
-        chunk, chunk_v, cache = model(ids[:, 18:22], cache)  # a feedback-sized chunk after the cache
-        steps = [model(ids[:, t : t + 1], cache) for t in range(22, 22 + 1)]
-    assert torch.allclose(full[:, :18], logits, atol=1e-5)
-    assert torch.allclose(full[:, 18:22], chunk, atol=1e-5)
-    assert torch.allclose(full_v[:, 18:22], chunk_v, atol=1e-5)
-    assert torch.allclose(full[:, 22], steps[0][0][:, 0], atol=1e-5)
+def test_hand_pool_keeps_training_hands_off_the_evaluation_hands(tmp_path: Path) -> None:
+    pools = make_pools(200, seed=1234)
+    paths = pools.write(tmp_path)
+    env = GeneralPointsEnv(prompt_style="compact", hand_pool=paths["train"])
+    train = set(pools.train)
+    for seed in range(300):
+        _, info = env.reset(seed=seed)
+        assert tuple(sorted(info["ranks"], key=RANKS.index)) in train
+    # by_index visits every entry of the pool exactly once in len(pool) episodes.
+    ood = GeneralPointsEnv(split="rule-ood", hand_pool=paths["ood_eval"], pool_draw="by_index")
+    dealt = [
+        tuple(sorted(ood.reset(seed=1000 + i, options={"episode_index": i})[1]["ranks"], key=RANKS.index))
+        for i in range(len(pools.ood_eval))
+    ]
+    assert dealt == list(pools.ood_eval)
+
+
+@pytest.mark.parametrize("bad", ["not json", "[]", '[["A", "2"]]', '[["A", "2", "3", "Z"]]'])
+def test_a_bad_hand_pool_is_refused_with_one_line(tmp_path: Path, bad: str) -> None:
+    path = tmp_path / "pool.json"
+    path.write_text(bad)
+    with pytest.raises(ValueError, match="hand_pool"):
+        GeneralPointsEnv(hand_pool=path)
+
+
+def test_compact_style_is_scored_by_the_same_verifier_and_rewards() -> None:
+    state = GPState.for_hand(["3", "3", "8", "8"], check_cards=False)
+    cases = {
+        "3 3 8 8: 8/(3-8/3)": ("correct", 5.0),
+        "3 3 8 8: 8+8+3+3": ("no_solution", -1.0),
+        "3 3 8 8: 8+8+3+4": ("incorrect_numbers", -2.0),
+        "3 3 8 8: 8/(3-8/3": ("partial_solution", 1.0),
+        "garbage": ("illegal_formula", -3.0),
+    }
+    for reply, (category, reward) in cases.items():
+        verdict = verify(state, reply, style="compact")
+        assert (verdict.category, verdict.reward) == (category, reward), reply
+    assert compact.feedback("no_solution", {"formula_value": "22"}) == "no solution 22"
+    vision = GPState.for_hand(["3", "3", "8", "8"], check_cards=True)
+    assert verify(vision, "3 3 8 8 = 3 3 8 8: 8/(3-8/3)", style="compact").correct
+    assert verify(vision, "3 3 8 9 = 3 3 8 8: 8/(3-8/3)", style="compact").category == "incorrect_vision"
+
+
+@pytest.mark.parametrize("modality", ["language", "vision"])
+@pytest.mark.parametrize("split", ["id", "rule-ood"])
+def test_compact_env_episode_expert_and_feedback_turns(modality: str, split: str) -> None:
+    env = GeneralPointsEnv(
+        split=split, modality=modality, prompt_style="compact", verify_iter=3, resolution=128
+    )
+    obs, info = env.reset(seed=5)
+    faces = "J=10 Q=10 K=10" if split == "id" else "J=11 Q=12 K=13"
+    assert obs.text.endswith(f"{faces} | 24")
+    assert (" ".join(info["ranks"]) in obs.text) == (modality == "language")
+    feedback, reward, done, _, _ = env.step("1 2 3 4: 1+2+3+4")
+    assert not done and feedback.kind == "feedback" and reward < 0
+    assert feedback.text in {"incorrect numbers", "incorrect vision"} or feedback.text.startswith(
+        "no solution"
+    )
+    _, reward, done, _, step_info = env.step(obs.oracle["expert_reply"])
+    assert done and reward == 5.0 and step_info["success"]
+
+
+def test_expert_with_mistakes_logs_revisions_that_data_sft_full_keeps(tmp_path: Path) -> None:
+    from sftrl.cli import main
+    from sftrl.training.sft_data import build_sft_dataset
+
+    run = tmp_path / "expert"
+    args = ["run", "--env", "gp", "--prompt-style", "compact", "--verify-iter", "3", "--episodes", "40"]
+    assert main([*args, "--policy-option", "mistakes=0.5", "--out", str(run)]) == 0
+    dd = build_sft_dataset([run], tmp_path / "data", chains="full", val_fraction=0.0)
+    rows = dd["train"].to_list()
+    with_feedback = [r for r in rows if len(r["prompt"]) > 1]
+    assert with_feedback, "no failed attempt was logged"
+    for r in with_feedback:
+        assert r["prompt"][1]["role"] == "assistant" and r["prompt"][2]["role"] == "user"
+    assert main([*args, "--policy-option", "mistakes=1.5", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_repro_keeps_only_the_recipe() -> None:
+    """One stack: no model, sampler, loss or optimizer of its own under sftrl/repro."""
+    files = sorted(p.name for p in REPRO_DIR.glob("*.py"))
+    assert files == ["__init__.py", "command.py", "hands.py", "pipeline.py", "stage0.py"]
+    pattern = re.compile(r"nn\.Module|log_softmax|cross_entropy|optim\.|\.backward\(|multinomial")
+    for path in REPRO_DIR.glob("*.py"):
+        assert not pattern.search(path.read_text()), path.name
 
 
 @pytest.mark.slow
-def test_agent_repro_quick_runs_every_stage_and_writes_results(
+def test_agent_repro_quick_runs_every_stage_and_each_job_reruns_by_hand(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from sftrl.cli import main
@@ -127,24 +186,44 @@ def test_agent_repro_quick_runs_every_stage_and_writes_results(
     summary = json.loads(capsys.readouterr().out)
     assert set(summary["rows"]) == {"stage0", "warmstart", "sft", "ppo", "grpo"}
     results = json.loads((out / "results.json").read_text())
+    budget = results["config"]["stage2_flops"]
     for arm in ("sft", "ppo", "grpo"):
         curve = results["curves"][arm][0]
-        assert curve[0]["flops"] == 0.0 and curve[-1]["flops"] >= results["config"]["stage2_flops"]
-        assert (out / "seed0" / f"{arm}.pt").exists()
-    # Arms are matched on training compute: each stops at the first update past the same budget.
-    finals = [results["curves"][arm][0][-1]["flops"] for arm in ("sft", "ppo", "grpo")]
-    assert max(finals) < 3 * results["config"]["stage2_flops"]
+        # x = 0 is the warm start; one evaluation per eval_points share of the budget, the last past it.
+        assert curve[0]["flops"] == 0.0 and len(curve) == 1 + results["config"]["eval_points"]
+        assert budget <= curve[-1]["flops"] < 3 * budget
+        evals = [json.loads(x) for x in (out / "seed0" / arm / "eval.jsonl").read_text().splitlines()]
+        assert [e["flops"] for e in evals] == [p["flops"] for p in curve[1:]]
+        # Every evaluated episode is an ordinary run directory that `agent eval` reads back.
+        assert main(["eval", evals[-1]["ood"]["out"], "--json"]) == 0
+        rate = json.loads(capsys.readouterr().out)["success_rate"]
+        assert rate == pytest.approx(curve[-1]["ood"])
     assert "| stage 2b: + RL (PPO) |" in (out / "results.md").read_text()
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    sets = json.loads((out / "eval_sets.json").read_text())
-    assert len(sets["id"]) == len(sets["rule_ood"]) == results["config"]["n_eval"]
-    # Every outcome is kept per hand, so any comparison can be re-done paired by hand.
-    for name in ("stage0", "warmstart", "sft", "ppo", "grpo"):
-        (run,) = results["per_hand"][name]
-        assert len(run["id"]) == len(sets["id"]) and len(run["ood"]) == len(sets["rule_ood"])
-        rate = sum(s for s, _ in run["ood"]) / len(run["ood"])
-        assert rate == pytest.approx(results["rows"][name]["ood_success"])
-    assert "warmstart-stage0/ood" in results["paired"]
+    assert "seed_level" in results["paired"]["ppo-sft/ood"]
+    assert results["n_eval"] == {"id": 12, "ood": 12, "ood_seen": results["n_eval"]["ood_seen"]}
+    # The printed command of a job, run by hand, reproduces that job's evaluations exactly.
+    commands = (out / "commands.md").read_text()
+    for job in ("sft-0", "grpo-0"):
+        block = commands.split(f"## {job}\n\n```bash\n")[1].split("\n```")[0]
+        again = tmp_path / f"again-{job}"
+        argv = _shell_split(block.replace(str(out / "seed0" / job.split("-")[0]), str(again)))
+        assert argv[0] == "agent" and main(argv[1:]) == 0
+        mine = [json.loads(x) for x in (again / "eval.jsonl").read_text().splitlines()]
+        theirs = [
+            json.loads(x) for x in (out / "seed0" / job.split("-")[0] / "eval.jsonl").read_text().splitlines()
+        ]
+        for a, b in zip(mine, theirs, strict=True):
+            assert a["flops"] == b["flops"] and a["step"] == b["step"]
+            for split in ("id", "ood"):
+                assert a[split]["success_rate"] == b[split]["success_rate"]
+                assert a[split]["mean_reward"] == b[split]["mean_reward"]
+
+
+def _shell_split(text: str) -> list[str]:
+    import shlex
+
+    return shlex.split(text)
 
 
 def test_repro_rejects_vision_until_it_exists(capsys: pytest.CaptureFixture[str]) -> None:
@@ -152,36 +231,3 @@ def test_repro_rejects_vision_until_it_exists(capsys: pytest.CaptureFixture[str]
 
     assert main(["repro", "--modality", "vision", "--quick"]) == 2
     assert "only 'language'" in capsys.readouterr().err
-
-
-def test_revision_rollouts_append_verifier_feedback_and_stop_on_success(splits: Splits) -> None:
-    import torch
-
-    from sftrl.repro.codec import FEEDBACK_LEN, PAD, STOI
-    from sftrl.repro.model import ModelConfig, TinyLM
-    from sftrl.repro.rollout import play
-
-    torch.manual_seed(0)
-    model = TinyLM(ModelConfig(n_layer=1, d_model=32, n_head=2))
-    hands = list(splits.id_eval[:12])
-    episodes, n_tokens = play(model, hands, attempts=3, generator=torch.Generator().manual_seed(1))
-    assert n_tokens >= len(hands) * (PROMPT_LEN + ATTEMPT_LEN)
-    for ep in episodes:
-        k = len(ep.rewards)
-        assert 1 <= k <= 3 and len(ep.tokens) == PROMPT_LEN + k * ATTEMPT_LEN + (k - 1) * FEEDBACK_LEN
-        assert k == 3 or ep.success  # only a solved episode stops early
-        for start, n, lps, text in zip(ep.starts, ep.lengths, ep.logprobs, ep.texts, strict=True):
-            assert len(lps) == n and all(lp <= 0 for lp in lps)
-            # After the end mark the attempt is padding, which is not an action.
-            assert set(ep.tokens[start + n : start + ATTEMPT_LEN]) <= {STOI[PAD]}
-            assert decode(ep.tokens[start : start + ATTEMPT_LEN]) == text
-        for t in range(k - 1):  # each failed attempt is followed by the verifier's feedback code
-            feedback = decode(ep.tokens[ep.starts[t] + ATTEMPT_LEN : ep.starts[t + 1]])
-            assert feedback[0] in "npux"
-            numbers, formula = parse_attempt(ep.texts[t])
-            verdict = verify(
-                ep.hand.state(), reply_text(ranks=ep.hand.ranks, numbers=numbers or [], formula=formula)
-            )
-            assert ep.rewards[t] == verdict.reward and not verdict.correct
-    greedy = [play(model, hands, attempts=2, greedy=True)[0] for _ in range(2)]
-    assert [e.texts for e in greedy[0]] == [e.texts for e in greedy[1]]

@@ -413,3 +413,51 @@ def test_offline_policy_rejects_a_missing_model_directory_up_front(tmp_path: Pat
         VLLMOfflinePolicy(str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="needs --model"):
         VLLMOfflinePolicy("")
+
+
+CHAR_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from pathlib import Path
+    from sftrl.agents.policy import SamplingParams
+    from sftrl.agents.runner import RunConfig, run_async, split_config
+    from sftrl.agents.vllm_offline import VLLMOfflinePolicy
+
+    model, out = sys.argv[1], Path(sys.argv[2])
+    policy = VLLMOfflinePolicy(model, max_model_len=512, dtype="float32")
+    run, env_cfg = split_config(
+        {"env": "gp", "prompt_style": "compact", "verify_iter": 2, "episodes": 4, "concurrency": 4, "out": out}
+    )
+    run = RunConfig.model_validate(
+        {**run.model_dump(), "policy": "vllm-offline", "model": model,
+         "sampling": SamplingParams(temperature=1.0, max_new_tokens=16, logprobs=True, seed=0)}
+    )
+    summary = asyncio.run(run_async(run, env_cfg, policy=policy))
+    print("RESULT " + json.dumps({"episodes": summary["episodes"], "errors": summary["errors"]}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_char_level_llama_runs_gp_compact_through_vllm_offline(tmp_path: Path) -> None:
+    """The from-scratch model of `agent repro` (char tokenizer, minimal chat template) loads in vLLM."""
+    require_vllm()
+    from sftrl.agents.tiny import build_char_model
+
+    model = build_char_model(tmp_path / "char", hidden=64, layers=1, heads=2)
+    script = tmp_path / "char_gp.py"
+    script.write_text(CHAR_SCRIPT)
+    proc = subprocess.run(
+        [str(VLLM_PYTHON), str(script), str(model), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=vllm_env(tmp_path),
+        cwd=REPO,
+        timeout=600,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"exit {proc.returncode}:\n{proc.stderr[-4000:]}"
+    assert json.loads(lines[-1][len("RESULT ") :]) == {"episodes": 4, "errors": 0}
+    episodes = read_episodes(tmp_path / "run")
+    _assert_scored_tokens(episodes)
+    assert episodes[0].turns[0].prompt[0]["content"].endswith("J=10 Q=10 K=10 | 24")

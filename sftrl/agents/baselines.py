@@ -20,13 +20,52 @@ class PolicyInputError(ValueError):
     """A non-model policy was called without the observation it needs."""
 
 
+def _conversation_rng(seed: int, messages: Sequence[BaseMessage]) -> random.Random:
+    """Randomness derived from the conversation, so that concurrent episodes stay reproducible (a shared
+    generator would make replies depend on scheduling order)."""
+    digest = hashlib.sha256(str(seed).encode())
+    for message in messages:
+        digest.update(message.type.encode())
+        digest.update(message_text(message).encode("utf-8", "replace"))
+    return random.Random(int.from_bytes(digest.digest()[:8], "big"))
+
+
 class ExpertPolicy:
-    """Answers with the env's oracle reply (a correct, well-formatted answer for the current state)."""
+    """Answers with the env's oracle reply (a correct, well-formatted answer for the current state).
+
+    ``mistakes`` > 0 makes it answer with the env's random reply instead, with that probability at each
+    attempt (decided from the conversation and ``seed``, so runs are reproducible): its episodes then
+    hold failed attempts, verifier feedback and the corrected answer — revision demonstrations for
+    ``agent data sft --chains full``.
+    """
 
     name = "expert"
 
+    def __init__(self, mistakes: float = 0.0, seed: int = 0) -> None:
+        if not 0.0 <= mistakes < 1.0:
+            raise PolicyInputError(f"expert mistakes must be in [0, 1), got {mistakes}")
+        self.mistakes = mistakes
+        self.seed = seed
+
+    @classmethod
+    def from_run_config(cls, run: Any) -> ExpertPolicy:
+        options = dict(run.policy_options)
+        unknown = set(options) - {"mistakes"}
+        if unknown:
+            raise PolicyInputError(
+                f"unknown expert policy option(s) {', '.join(sorted(unknown))}; known: mistakes"
+            )
+        try:
+            mistakes = float(options.get("mistakes", 0.0))
+        except (TypeError, ValueError):
+            raise PolicyInputError(f"expert mistakes must be a number, got {options['mistakes']!r}") from None
+        return cls(mistakes=mistakes, seed=run.seed)
+
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": "expert"}
+        out: dict[str, Any] = {"name": self.name, "kind": "expert"}
+        if self.mistakes:
+            out.update(mistakes=self.mistakes, seed=self.seed)
+        return out
 
     async def generate(
         self,
@@ -38,6 +77,11 @@ class ExpertPolicy:
     ) -> Reply:
         if observation is None or "expert_reply" not in observation.oracle:
             raise PolicyInputError("the expert policy needs an observation with an oracle expert_reply")
+        if self.mistakes:
+            rng = _conversation_rng(self.seed, messages)
+            if rng.random() < self.mistakes:
+                text = env_class(observation.env_id).random_reply(observation, rng)
+                return Reply(text=text, finish_reason="stop", model="expert")
         call = observation.oracle.get("expert_tool_call")
         if tools and call:
             calls = [{**call, "id": "call_0"}]
@@ -57,13 +101,7 @@ class RandomPolicy:
         return {"name": self.name, "kind": "random", "seed": self.seed}
 
     def _rng_for(self, messages: Sequence[BaseMessage]) -> random.Random:
-        # Derive the randomness from the conversation so that concurrent episodes stay reproducible
-        # (a shared generator would make replies depend on scheduling order).
-        digest = hashlib.sha256(str(self.seed).encode())
-        for message in messages:
-            digest.update(message.type.encode())
-            digest.update(message_text(message).encode("utf-8", "replace"))
-        return random.Random(int.from_bytes(digest.digest()[:8], "big"))
+        return _conversation_rng(self.seed, messages)
 
     async def generate(
         self,

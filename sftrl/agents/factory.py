@@ -49,7 +49,10 @@ def make_policy(run: Any, *, plain_sampling: bool = False) -> Policy:
     them switched off through its ``PLAIN_SAMPLING_OPTIONS``, unless the run sets them itself.
     """
     if run.policy == "expert":
-        return ExpertPolicy()
+        try:
+            return ExpertPolicy.from_run_config(run)
+        except ValueError as exc:
+            raise ConfigError(f"--policy expert: {exc}") from exc
     if run.policy == "random":
         return RandomPolicy(seed=run.seed)
     cls = policy_class(run.policy)

@@ -75,7 +75,11 @@ class RowSampler:
     """Logits processor sampling each row with its own generator, temperature and top-p.
 
     Returns scores that put all mass on the chosen token, so ``generate`` runs greedy on top of it;
-    records each row's ``log_softmax(logits / temperature)`` of the chosen token.
+    records each row's ``log_softmax(logits / temperature)`` of the chosen token. Sampling is
+    Gumbel-max over the whole batch at once (exact for the tempered, top-p-truncated distribution):
+    the only per-row work is drawing each row's uniform noise from its own generator, so a row's reply
+    depends on its seed alone and a step costs a few batched tensor ops, not per-row Python.
+    Temperature <= 0 means greedy (log-probs then at temperature 1).
     """
 
     def __init__(
@@ -89,35 +93,48 @@ class RowSampler:
 
         self.suppressed = sorted(set(suppressed))
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.temperatures = list(temperatures)
-        self.top_ps = list(top_ps)
-        self.logprobs: list[list[float]] = [[] for _ in seeds]
+        temps = torch.tensor([float(t) for t in temperatures], dtype=torch.float32)
+        self.greedy = temps <= 0
+        self.temps = torch.where(self.greedy, torch.ones_like(temps), temps).unsqueeze(1)
+        self.top_ps = torch.tensor([float(p) for p in top_ps], dtype=torch.float32)
+        self.sampled_rows = [i for i, g in enumerate(self.greedy.tolist()) if not g]
+        self._steps: list[Any] = []
+
+    @property
+    def logprobs(self) -> list[list[float]]:
+        """Per row, the log-prob of each token chosen so far."""
+        import torch
+
+        if not self._steps:
+            return [[] for _ in self.generators]
+        return torch.stack(self._steps, dim=1).tolist()
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        out = torch.full_like(scores, float("-inf"))
-        logits_all = scores.float()
+        logits = scores.float()
         if self.suppressed:
-            logits_all[:, self.suppressed] = float("-inf")
-        for i in range(scores.shape[0]):
-            temp = self.temperatures[i]
-            logits = logits_all[i]
-            if temp <= 0:
-                token = int(torch.argmax(logits))
-                logp = torch.log_softmax(logits, dim=-1)
-            else:
-                logp = torch.log_softmax(logits / temp, dim=-1)
-                probs = logp.exp()
-                if self.top_ps[i] < 1.0:
-                    sorted_p, order = torch.sort(probs, descending=True)
-                    keep = torch.cumsum(sorted_p, 0) - sorted_p < self.top_ps[i]
-                    trimmed = torch.zeros_like(probs)
-                    trimmed[order[keep]] = probs[order[keep]]
-                    probs = trimmed
-                token = int(torch.multinomial(probs, 1, generator=self.generators[i]))
-            self.logprobs[i].append(float(logp[token]))
-            out[i, token] = 0.0
+            logits[:, self.suppressed] = float("-inf")
+        temps = self.temps.to(logits.device)
+        logp = torch.log_softmax(logits / temps, dim=-1)
+        tokens = torch.argmax(logits, dim=-1)
+        rows = self.sampled_rows
+        if rows:
+            lp = logp[rows]
+            top_p = self.top_ps[rows].to(logits.device)
+            if bool((top_p < 1.0).any()):
+                probs = lp.exp()
+                sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+                keep_sorted = (torch.cumsum(sorted_p, -1) - sorted_p) < top_p.unsqueeze(1)
+                keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+                lp = lp.masked_fill(~keep, float("-inf"))
+            vocab = logits.shape[-1]
+            u = torch.stack([torch.rand(vocab, generator=self.generators[i]) for i in rows])
+            gumbel = -torch.log(-torch.log(u.clamp(min=1e-20)))
+            tokens[rows] = torch.argmax(lp + gumbel.to(lp.device), dim=-1)
+        self._steps.append(logp.gather(1, tokens.unsqueeze(1)).squeeze(1).cpu())
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, tokens.unsqueeze(1), 0.0)
         return out
 
 
@@ -194,12 +211,47 @@ class HFPolicy:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_name, **kwargs)
             self.processor = self.tokenizer
             self.model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=torch_dtype, **kwargs)
-        self.model.to(device).eval()
+        self._setup(config, device)
+        self.revision = revision or self.revision
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        processor: Any,
+        *,
+        name: str = "in-memory",
+        max_batch_size: int = 8,
+        batch_wait_s: float = 0.002,
+        seed: int = 0,
+    ) -> HFPolicy:
+        """A policy over an already loaded model and its tokenizer/processor (a trainer's live model:
+        periodic evaluation during ``agent train sft|rl`` plays episodes with the weights being trained)."""
+        import random
+
+        if max_batch_size < 1:
+            raise HFPolicyError("max_batch_size must be >= 1")
+        self = cls.__new__(cls)
+        self.model_name = name
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
+        self._rng = random.Random(seed)
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.vision = getattr(model.config, "vision_config", None) is not None
+        self._setup(model.config, str(next(model.parameters()).device), move=False)
+        return self
+
+    def _setup(self, config: Any, device: str, move: bool = True) -> None:
+        self.device = device
+        if move:
+            self.model.to(device).eval()
         if self.tokenizer.chat_template is None and getattr(self.processor, "chat_template", None) is None:
             raise HFPolicyError(
                 f"{self.model_name} has no chat template (an instruction-tuned model is needed)"
             )
-        self.revision = revision or getattr(config, "_commit_hash", None)
+        self.revision = getattr(config, "_commit_hash", None)
         eos = self.model.generation_config.eos_token_id
         if eos is None:
             eos = self.tokenizer.eos_token_id
@@ -374,14 +426,16 @@ class HFPolicy:
             gen_cfg = GenerationConfig(
                 max_new_tokens=max(budgets),
                 do_sample=False,
+                use_cache=True,  # a trainer may have switched the model's config default off
                 pad_token_id=self.pad_token_id,
                 eos_token_id=sorted(self.eos_ids),
             )
             with torch.no_grad():
                 out = self.model.generate(**inputs, generation_config=gen_cfg, logits_processor=[sampler])
             new = out[:, width:].tolist()
+            logprobs = sampler.logprobs
             for row, i in enumerate(live):
-                replies[i] = self._reply(new[row], sampler.logprobs[row], budgets[row], batch[i])
+                replies[i] = self._reply(new[row], logprobs[row], budgets[row], batch[i])
         self.batches.append(len(live))
         return [r for r in replies if r is not None]
 

@@ -367,6 +367,8 @@ async def _run_locked(
                         keep_last_turns=run.keep_last_turns,
                         images=writer.images,
                         listeners=listeners,
+                        # Envs that enumerate a fixed pool (GP hand_pool, pool_draw=by_index) key on it.
+                        reset_options={"episode_index": index // run.group_size},
                     )
                 except Exception as exc:
                     if getattr(exc, "fatal", False):

@@ -6,6 +6,10 @@ write, and saved with a real chat template:
 
 * ``text``: ``LlamaForCausalLM`` (hidden 64, 2 layers, head_dim 32 so vLLM's CPU kernels accept it) with
   TRL's Qwen2.5 chat template (tool-capable; TRL recognises it and masks all but assistant tokens).
+* ``char``: ``LlamaForCausalLM`` over a character-level tokenizer (printable ASCII, one token per
+  character) with a minimal chat template (``<|user|>…<|assistant|>…<|end|>``, ``{% generation %}``
+  markers for TRL's assistant-only loss): the from-scratch model of ``agent repro``, which reads the
+  envs' ``compact`` prompts. Sizes are arguments (default ~1M parameters).
 * ``vision``: ``Qwen2VLForConditionalGeneration`` with the same tiny text tower, a 1-layer vision tower,
   TRL's Qwen2.5-VL chat template and :class:`ImageOnlyQwen2VLProcessor`: the stock Qwen2-VL processor
   also builds a video processor that needs torchvision, which cannot be installed next to a CPU torch
@@ -23,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["text", "vision"]
+Kind = Literal["text", "vision", "char"]
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -122,6 +126,96 @@ def _text_config_kwargs(tokenizer: Any) -> dict[str, Any]:
     }
 
 
+CHAR_SPECIAL_TOKENS = ("<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>")
+CHAR_CHAT_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{%- set c = m['content'] if m['content'] is string else "
+    "(m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('')) -%}"
+    "{%- if m['role'] == 'assistant' -%}<|assistant|>{% generation %}{{ c }}<|end|>{% endgeneration %}"
+    "{%- elif m['role'] == 'system' -%}<|system|>{{ c }}"
+    "{%- else -%}<|user|>{{ c }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
+"""One token of overhead per turn; tool results (role ``tool``) read as user turns."""
+
+
+def char_tokenizer(max_length: int = 2048) -> Any:
+    """A character-level ``PreTrainedTokenizerFast``: printable ASCII plus the chat special tokens;
+    any other character becomes ``?``."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
+    vocab = {t: i for i, t in enumerate([*CHAR_SPECIAL_TOKENS, *chars])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<|pad|>",
+        eos_token="<|end|>",
+        additional_special_tokens=list(CHAR_SPECIAL_TOKENS[2:]),
+        model_max_length=max_length,
+    )
+    tokenizer.chat_template = CHAR_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_char_model(
+    out: Path | str,
+    *,
+    seed: int = 0,
+    hidden: int = 128,
+    layers: int = 4,
+    heads: int = 4,
+    intermediate: int | None = None,
+    max_positions: int = 1024,
+    overwrite: bool = False,
+) -> Path:
+    """A random-weight character-level Llama (``hidden``/``heads`` >= 32 keeps vLLM's CPU kernels
+    usable) with :func:`char_tokenizer`, saved with ``save_pretrained``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = _empty_out(out, overwrite)
+    torch.manual_seed(seed)
+    tokenizer = char_tokenizer(max_positions)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate or 4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _empty_out(out: Path | str, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise TinyModelError(f"{out} is not empty; choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    return out
+
+
 def _image_only_processor_class() -> type:
     from transformers import Qwen2VLProcessor
 
@@ -156,20 +250,18 @@ def register_processors() -> type:
     return _PROCESSOR_CLASS
 
 
-def build_tiny_model(kind: Kind, out: Path | str, seed: int = 0, *, overwrite: bool = False) -> Path:
+def build_tiny_model(
+    kind: Kind, out: Path | str, seed: int = 0, *, overwrite: bool = False, **sizes: int
+) -> Path:
     """Build a tiny random-weight ``kind`` model with tokenizer, chat template (+ processor) in ``out``."""
     import torch
     from trl.chat_template_utils import qwen2_5_chat_template, qwen2_5_vl_chat_template
 
+    if kind == "char":
+        return build_char_model(out, seed=seed, overwrite=overwrite, **sizes)
     if kind not in ("text", "vision"):
-        raise TinyModelError(f"unknown tiny model kind {kind!r}; choose text or vision")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise TinyModelError(f"{out} is not empty; choose another --out or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+        raise TinyModelError(f"unknown tiny model kind {kind!r}; choose text, vision or char")
+    out = _empty_out(out, overwrite)
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(seed)
     if kind == "text":

@@ -14,19 +14,23 @@ from typing import Any
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--quick", action="store_true", help="tiny model and budgets: checks the pipeline in ~1 min"
+        "--quick", action="store_true", help="tiny model and budgets: checks the whole pipeline in minutes"
     )
     parser.add_argument("--modality", default="language", help="language (vision is not implemented yet)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (3; 1 with --quick)")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="post-training seeds per arm (5; 1 with --quick)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/repro"), help="output directory (runs/repro)")
     parser.add_argument(
         "--stage0",
         type=Path,
         default=None,
-        help="stage-0 checkpoint (default: the shipped one; --quick and --from-scratch train one)",
+        help="stage-0 model directory (default: the shipped one; --quick and --from-scratch train one)",
     )
     parser.add_argument("--from-scratch", action="store_true", help="train stage 0 too instead of loading it")
-    parser.add_argument("--stage0-steps", type=int, default=None, help="stage-0 updates when training it")
+    parser.add_argument(
+        "--stage0-steps", type=int, default=None, help="stage-0 optimizer steps when training it"
+    )
     parser.add_argument("--stage2-flops", type=float, default=None, help="training FLOPs per stage-2 arm")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (2)")
     parser.add_argument("--json", action="store_true", help="print the results summary as JSON")
@@ -37,10 +41,9 @@ def run_command(ns: argparse.Namespace) -> int:
     import json
 
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from sftrl.repro.pipeline import ReproConfig, run, with_overrides
-    from sftrl.repro.stage0 import SHIPPED
+    from sftrl.repro.pipeline import SHIPPED_STAGE0, ReproConfig, run, with_overrides
 
     if ns.modality != "language":
         raise ValueError(
@@ -54,15 +57,16 @@ def run_command(ns: argparse.Namespace) -> int:
         raise ValueError("--seeds must be at least 1")
     stage0: Path | None = ns.stage0
     if stage0 is None and not (ns.quick or ns.from_scratch):
-        if not SHIPPED.exists():
-            raise ValueError(f"no shipped stage-0 checkpoint at {SHIPPED}: use --from-scratch")
-        stage0 = SHIPPED
+        if not (SHIPPED_STAGE0 / "config.json").exists():
+            raise ValueError(f"no shipped stage-0 model at {SHIPPED_STAGE0}: use --from-scratch")
+        stage0 = SHIPPED_STAGE0
+    if stage0 is not None and not (Path(stage0) / "config.json").exists():
+        raise ValueError(f"--stage0 {stage0}: not a model directory (no config.json)")
     err = Console(stderr=True)
     quiet = ns.json or not sys.stderr.isatty()
     progress = Progress(
+        SpinnerColumn(),
         TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
         console=err,
         disable=quiet,
@@ -70,9 +74,10 @@ def run_command(ns: argparse.Namespace) -> int:
     tasks: dict[str, Any] = {}
 
     def on_progress(job: str, completed: float, total: float, description: str) -> None:
+        text = description if len(description) <= 110 else description[:107] + "..."
         if job not in tasks:
-            tasks[job] = progress.add_task(description, total=total)
-        progress.update(tasks[job], completed=completed, total=total, description=description)
+            tasks[job] = progress.add_task(text, total=None)
+        progress.update(tasks[job], description=text)
 
     t0 = time.time()
     with progress:
@@ -85,8 +90,7 @@ def run_command(ns: argparse.Namespace) -> int:
         )
     if ns.json:
         rows = {
-            k: {m: v[m] for m in ("id_success", "ood_success", "id_first", "ood_first")}
-            for k, v in results["rows"].items()
+            k: {m: v[m] for m in ("id", "ood", "ood_seen", "ood_unseen")} for k, v in results["rows"].items()
         }
         print(
             json.dumps(
@@ -96,6 +100,7 @@ def run_command(ns: argparse.Namespace) -> int:
     else:
         err.print((ns.out / "results.md").read_text())
         err.print(
-            f"wrote {ns.out}/results.json, results.md, figure.png and checkpoints in {time.time() - t0:.0f} s"
+            f"wrote {ns.out}/results.json, results.md, figure.png, commands.md and checkpoints "
+            f"in {time.time() - t0:.0f} s"
         )
     return 0

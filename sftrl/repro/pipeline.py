@@ -1,17 +1,19 @@
-"""The whole `agent repro` experiment: stage 0 → SFT warm start → matched-compute SFT / PPO / GRPO.
+"""The `agent repro` recipe: stage 0 -> SFT warm start -> matched-compute SFT / PPO / GRPO on GP-L.
 
-Jobs (one stage-1 warm start per seed, then one job per seed and arm) run in worker processes, one
-torch thread each, and report progress to a rich display in the parent. Every arm of a seed starts
-from that seed's warm start and gets the same stage-2 training-FLOP budget; every checkpoint is
-evaluated greedily on the same fixed held-out ID and rule-OOD hands. Results go to ``results.json``,
-``results.md`` and ``figure.png`` in the output directory.
+Every stage is the framework's own code: the char-level Llama of ``agent tiny-model --kind char``,
+datasets in ``agent data sft`` format, ``agent train sft`` (TRL) and ``agent train rl`` (the project's
+learner, online, sequential revision through the agent loop and the hf backend), and evaluation
+through the runner (each evaluated episode is a normal run directory). This module only fixes the
+settings, runs the jobs (one stage-1 warm start per seed, then one job per seed and arm, in worker
+processes), and turns the evaluation logs into statistics, ``results.json``, ``results.md``,
+``figure.png`` and ``commands.md`` (the equivalent CLI command of every job).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -19,9 +21,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sftrl.repro.data import Splits, expert_episode, make_splits, training_hand
+from sftrl.repro.hands import Pools, make_pools
 
 ARMS: tuple[str, ...] = ("sft", "ppo", "grpo")
+SPLITS: tuple[str, ...] = ("id", "ood", "ood_seen", "ood_unseen")
 COMPARISONS: tuple[tuple[str, str], ...] = (
     ("ppo", "sft"),
     ("grpo", "sft"),
@@ -29,7 +32,10 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("ppo", "warmstart"),
     ("grpo", "warmstart"),
     ("warmstart", "stage0"),
+    ("ppo", "stage0"),
+    ("grpo", "stage0"),
 )
+SHIPPED_STAGE0 = Path(__file__).parent / "data" / "stage0"
 Report = Callable[[float, float, str], None]
 """progress(completed, total, description)."""
 
@@ -38,28 +44,36 @@ Report = Callable[[float, float, str], None]
 class ReproConfig:
     """Every knob of a run; ``quick()`` and ``full()`` are the two presets the CLI uses."""
 
-    seeds: int = 3
-    n_eval: int = 200
+    seeds: int = 5
+    workers: int = 2
     split_seed: int = 1234
-    attempts: int = 3
-    # Stage 0 (only when no checkpoint is given or shipped).
-    stage0_steps: int = 6500
+    n_id_eval: int = 200
+    n_ood_eval: int | None = None
+    """None: every rule-OOD multiset (796)."""
+    verify_iter: int = 3
+    max_new_tokens: int = 40
+    # Stage 0 (only when no checkpoint is given or shipped): the shipped checkpoint's recipe.
+    model: dict[str, int] = field(default_factory=lambda: {"hidden": 128, "layers": 4, "heads": 4})
+    stage0_rows: int = 448_000
+    stage0_steps: int = 7000
     stage0_lr: float = 1.5e-3
-    model: dict[str, int] = field(default_factory=lambda: {"n_layer": 4, "d_model": 128, "n_head": 4})
-    # Stage 1: SFT warm start on expert GP-L episodes of the training rule.
+    # Stage 1: SFT warm start on expert GP-L episodes (with revisions) of the training rule.
+    expert_episodes: int = 40_000
+    expert_mistakes: float = 0.3
     stage1_steps: int = 300
     stage1_lr: float = 5e-4
     batch_size: int = 64
-    # Stage 2: each arm's training-FLOP budget, evaluated at `eval_points` evenly spaced budgets.
+    # Stage 2: each arm's training-FLOP budget, evaluated each time another 1/eval_points is spent.
     stage2_flops: float = 6e12
-    eval_points: int = 5
+    eval_points: int = 8
     sft_lr: float = 1e-4
     rl_lr: float = 3e-5
     value_lr: float = 1e-3
     episodes_per_update: int = 64
     group_size: int = 8
     ppo_epochs: int = 2
-    workers: int = 2
+    minibatch_size: int = 48
+    temperature: float = 1.0
 
     @classmethod
     def full(cls) -> ReproConfig:
@@ -69,20 +83,202 @@ class ReproConfig:
     def quick(cls) -> ReproConfig:
         return cls(
             seeds=1,
-            n_eval=16,
-            stage0_steps=20,
-            model={"n_layer": 1, "d_model": 32, "n_head": 2},
-            stage1_steps=10,
-            batch_size=16,
-            stage2_flops=2e9,
-            eval_points=2,
-            episodes_per_update=16,
-            group_size=4,
             workers=1,
+            n_id_eval=12,
+            n_ood_eval=12,
+            model={"hidden": 32, "layers": 1, "heads": 1},
+            stage0_rows=512,
+            stage0_steps=4,
+            expert_episodes=60,
+            stage1_steps=3,
+            batch_size=8,
+            stage2_flops=4e9,
+            eval_points=2,
+            episodes_per_update=8,
+            group_size=4,
+            minibatch_size=8,
+            max_new_tokens=24,
         )
 
 
-# -- jobs (run in worker processes) ------------------------------------------------------------------
+def with_overrides(cfg: ReproConfig, **kw: Any) -> ReproConfig:
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
+
+
+# -- settings of each job (the same objects give the CLI commands in commands.md) ----------------
+
+
+def _env_options(cfg: ReproConfig, pool: Path, split: str = "id", by_index: bool = False) -> dict[str, Any]:
+    return {
+        "split": split,
+        "prompt_style": "compact",
+        "verify_iter": cfg.verify_iter,
+        "hand_pool": str(pool),
+        **({"pool_draw": "by_index"} if by_index else {}),
+    }
+
+
+def eval_specs(cfg: ReproConfig, pools: dict[str, Path], sizes: dict[str, int]) -> list[str]:
+    """``--eval-env`` specs: every held-out ID multiset and every rule-OOD multiset, once each."""
+    out = []
+    for name, split, pool in (("id", "id", "id_eval"), ("ood", "rule-ood", "ood_eval")):
+        opts = {**_env_options(cfg, pools[pool], split, by_index=True), "episodes": sizes[pool]}
+        out.append(f"{name}=gp:" + ",".join(f"{k}={v}" for k, v in opts.items()))
+    return out
+
+
+def _eval_options(cfg: ReproConfig, specs: list[str]) -> dict[str, Any]:
+    return {"eval_env": specs, "eval_seed": 12345, "eval_max_new_tokens": cfg.max_new_tokens}
+
+
+def stage0_train_config(cfg: ReproConfig, data: Path, init: Path, out: Path, specs: list[str]) -> Any:
+    from sftrl.training.config import SFTTrainConfig
+
+    return SFTTrainConfig(
+        data=data,
+        model=str(init),
+        out=out,
+        max_steps=cfg.stage0_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.stage0_lr,
+        lr_scheduler="cosine",
+        warmup_ratio=0.03,
+        weight_decay=0.01,
+        group_by_length=True,
+        save_steps=1000,
+        seed=0,
+        eval_every=max(1, cfg.stage0_steps // 4),
+        eval_at_start=False,
+        **_eval_options(cfg, specs),
+    )
+
+
+def stage1_config(cfg: ReproConfig, data: Path, stage0: Path, out: Path, seed: int, specs: list[str]) -> Any:
+    from sftrl.training.config import SFTTrainConfig
+
+    return SFTTrainConfig(
+        data=data,
+        model=str(stage0),
+        out=out,
+        max_steps=cfg.stage1_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.stage1_lr,
+        lr_scheduler="cosine",
+        group_by_length=True,
+        save_steps=10**6,
+        evaluate=False,
+        seed=seed,
+        eval_at_start=False,  # the stage-0 model is evaluated once, not once per seed
+        **_eval_options(cfg, specs),
+    )
+
+
+def sft_arm_config(cfg: ReproConfig, data: Path, warm: Path, out: Path, seed: int, specs: list[str]) -> Any:
+    from sftrl.training.config import SFTTrainConfig
+
+    return SFTTrainConfig(
+        data=data,
+        model=str(warm),
+        out=out,
+        max_steps=10**6,  # the FLOP budget ends it
+        batch_size=cfg.batch_size,
+        lr=cfg.sft_lr,
+        lr_scheduler="constant",
+        group_by_length=True,
+        save_steps=10**6,
+        evaluate=False,
+        seed=1000 + seed,  # a different pass over the stage-1 data than the warm start's
+        max_flops=cfg.stage2_flops,
+        eval_flops=cfg.stage2_flops / cfg.eval_points,
+        eval_at_start=False,  # x = 0 of every arm is the warm start's own evaluation
+        **_eval_options(cfg, specs),
+    )
+
+
+def rl_arm_config(
+    cfg: ReproConfig, arm: str, pools: dict[str, Path], warm: Path, out: Path, seed: int, specs: list[str]
+) -> Any:
+    from sftrl.training.rl import RLConfig
+    from sftrl.training.rl_train import RLRunConfig
+
+    return RLRunConfig(
+        env="gp",
+        env_options=_env_options(cfg, pools["train"]),
+        model=str(warm),
+        out=out,
+        updates=10**6,  # the FLOP budget ends it
+        episodes_per_update=cfg.episodes_per_update,
+        group_size=cfg.group_size,
+        concurrency=cfg.episodes_per_update,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        save_every=10**6,
+        seed=seed,
+        max_flops=cfg.stage2_flops,
+        eval_flops=cfg.stage2_flops / cfg.eval_points,
+        eval_at_start=False,
+        **_eval_options(cfg, specs),
+        rl=RLConfig(
+            algo=arm,
+            lr=cfg.rl_lr,
+            value_lr=cfg.value_lr,
+            ppo_epochs=cfg.ppo_epochs,
+            minibatch_size=cfg.minibatch_size,
+            clip=0.1,
+            gamma=0.9,
+            lam=0.95,
+            ent_coef=0.0,
+            seed=seed,
+        ),
+    )
+
+
+def _flag(key: str, value: Any) -> list[str]:
+    name = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        if key == "eval_at_start":
+            return [] if value else ["--no-eval-at-start"]
+        return [name] if value else []
+    if isinstance(value, list):
+        return [part for v in value for part in (name, f"'{v}'")]
+    return [name, str(value)]
+
+
+def sft_command(c: Any) -> str:
+    """The ``agent train sft`` command line equivalent to config ``c``."""
+    from sftrl.training.config import SFTTrainConfig
+
+    defaults = SFTTrainConfig(data=c.data, model=c.model, out=c.out)
+    parts = ["agent train sft"]
+    for key, value in c.model_dump(mode="json").items():
+        if value != getattr(defaults, key) or key in ("data", "model", "out"):
+            parts += _flag("max_steps" if key == "max_steps" else key, value)
+    return " ".join(parts)
+
+
+def rl_command(c: Any) -> str:
+    """The ``agent train rl`` command line equivalent to config ``c``."""
+    from sftrl.training.rl import RLConfig
+    from sftrl.training.rl_train import RLRunConfig
+
+    defaults = RLRunConfig(model=c.model, out=c.out).model_dump(mode="json")
+    values = c.model_dump(mode="json")
+    parts = ["agent train rl"]
+    rl_defaults = RLConfig().model_dump()
+    for key, value in values["rl"].items():
+        if value != rl_defaults[key] and key != "seed":
+            parts += _flag(key, value)
+    for key, value in values.items():
+        if key in ("rl", "env_options"):
+            continue
+        if value != defaults[key] or key in ("model", "out"):
+            parts += _flag("max_steps" if key == "updates" else key, value)
+    for key, value in values["env_options"].items():
+        parts += _flag(key, value)
+    return " ".join(parts)
+
+
+# -- jobs (run in worker processes) ----------------------------------------------------------------
 
 
 def _setup_worker() -> None:
@@ -92,149 +288,26 @@ def _setup_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _eval(model: Any, splits: Splits, attempts: int) -> dict[str, list[dict[str, bool]]]:
-    from sftrl.repro.train import evaluate
-
-    return {
-        "id": evaluate(model, list(splits.id_eval), attempts=attempts),
-        "ood": evaluate(model, list(splits.ood_eval), attempts=attempts),
-    }
-
-
-def _summary(per_hand: dict[str, list[dict[str, bool]]]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for split, rows in per_hand.items():
-        out[f"{split}_success"] = sum(r["success"] for r in rows) / len(rows)
-        out[f"{split}_first"] = sum(r["first"] for r in rows) / len(rows)
-    return out
-
-
-def stage1_job(
-    cfg: ReproConfig, splits: Splits, stage0: Path, seed: int, out: Path, report: Report
-) -> dict[str, Any]:
-    """SFT warm start of ``seed`` from the stage-0 model; saves ``out/seed{seed}/warmstart.pt``."""
+def sft_job(config: Any, label: str, report: Report) -> dict[str, Any]:
     _setup_worker()
-    import torch
+    from sftrl.training.sft import run_sft
 
-    from sftrl.repro.model import TinyLM
-    from sftrl.repro.train import Flops, run_sft
-
-    torch.manual_seed(seed)
-    model, _ = TinyLM.load(stage0)
-    rng = random.Random(1000 + seed)
-    flops = Flops(model.n_params())
     t0 = time.time()
-    run_sft(
-        model,
-        lambda r, n: expert_episode(training_hand(splits, r), r, n),
-        steps=cfg.stage1_steps,
-        lr=cfg.stage1_lr,
-        batch_size=cfg.batch_size,
-        rng=rng,
-        flops=flops,
-        warmup=min(50, cfg.stage1_steps // 4 + 1),
-        on_step=lambda s, _loss: report(s + 1, cfg.stage1_steps, f"seed {seed} stage 1 (SFT warm start)"),
-    )
-    path = out / f"seed{seed}" / "warmstart.pt"
-    model.save(path, half=False, seed=seed, stage="warmstart", flops=flops.total)
-    per_hand = _eval(model, splits, cfg.attempts)
-    return {
-        "seed": seed,
-        "path": str(path),
-        "flops": flops.total,
-        "seconds": time.time() - t0,
-        "per_hand": per_hand,
-        **_summary(per_hand),
-    }
+    metrics = run_sft(config, progress=lambda m: report(0, 1, f"{label}: {m}"))
+    return {"out": str(config.out), "seconds": time.time() - t0, "flops": metrics.get("flops")}
 
 
-def arm_job(
-    cfg: ReproConfig, splits: Splits, seed: int, arm: str, out: Path, report: Report
-) -> dict[str, Any]:
-    """Stage-2 ``arm`` of ``seed`` from its warm start up to ``cfg.stage2_flops``, evaluated on the way."""
+def rl_job(config: Any, label: str, report: Report) -> dict[str, Any]:
     _setup_worker()
-    import torch
+    from sftrl.training.rl_train import train_rl
 
-    from sftrl.repro.model import TinyLM
-    from sftrl.repro.train import Flops, RLConfig, n_wrong_for_batch, rl_update, sft_loss
-
-    torch.manual_seed(10_000 * (1 + ARMS.index(arm)) + seed)
-    model, _ = TinyLM.load(out / f"seed{seed}" / "warmstart.pt")
-    rng = random.Random(2000 + seed)  # the same hand stream for every arm of a seed
-    gen = torch.Generator().manual_seed(3000 + seed)
-    flops = Flops(model.n_params())
-    budget = cfg.stage2_flops
-    marks = [budget * (k + 1) / cfg.eval_points for k in range(cfg.eval_points)]
-    curve: list[dict[str, float]] = []
-    train_log: list[dict[str, float]] = []
-    label = f"seed {seed} {arm}"
     t0 = time.time()
-    if arm == "sft":
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.01, betas=(0.9, 0.98))
-    else:
-        value = [p for n, p in model.named_parameters() if n.startswith("value_head")]
-        rest = [p for n, p in model.named_parameters() if not n.startswith("value_head")]
-        opt = torch.optim.AdamW(
-            [{"params": rest, "lr": cfg.rl_lr}, {"params": value, "lr": cfg.value_lr}],
-            weight_decay=0.0,
-            betas=(0.9, 0.98),
-        )
-    rl_cfg = RLConfig(
-        algo=arm,
-        lr=cfg.rl_lr,
-        episodes_per_update=cfg.episodes_per_update,
-        group_size=cfg.group_size,
-        attempts=cfg.attempts,
-        epochs=cfg.ppo_epochs,
-    )
-    per_hand: dict[str, list[dict[str, bool]]] = {}
-    while marks:
-        if arm == "sft":
-            model.train()
-            n_wrong = n_wrong_for_batch(rng)
-            items = [expert_episode(training_hand(splits, rng), rng, n_wrong) for _ in range(cfg.batch_size)]
-            loss, tokens = sft_loss(model, items)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            flops.train(tokens)
-        else:
-            if arm == "grpo":
-                n_hands = max(1, cfg.episodes_per_update // cfg.group_size)
-                hands = [
-                    h
-                    for h in (training_hand(splits, rng) for _ in range(n_hands))
-                    for _ in range(cfg.group_size)
-                ]
-            else:
-                hands = [training_hand(splits, rng) for _ in range(cfg.episodes_per_update)]
-            stats = rl_update(model, opt, hands, rl_cfg, gen, flops)
-            train_log.append({"flops": flops.total, **stats})
-        report(min(flops.total, budget), budget, label)
-        if flops.total >= marks[0]:
-            marks.pop(0)
-            per_hand = _eval(model, splits, cfg.attempts)
-            curve.append({"flops": flops.total, **_summary(per_hand)})
-    path = out / f"seed{seed}" / f"{arm}.pt"
-    model.save(path, half=False, seed=seed, arm=arm, flops=flops.total)
-    return {
-        "seed": seed,
-        "arm": arm,
-        "curve": curve,
-        "per_hand": per_hand,
-        "train_log": train_log,
-        "seconds": time.time() - t0,
-        "path": str(path),
-        **curve[-1],
-    }
-
-
-# -- orchestration -----------------------------------------------------------------------------------
+    metrics = train_rl(config, progress=lambda m: report(0, 1, f"{label}: {m}"))
+    return {"out": str(config.out), "seconds": time.time() - t0, "flops": metrics.get("flops")}
 
 
 class _Progress:
-    """Forwards a job's progress to the parent through a queue (or straight to a callback in-process)."""
+    """Forwards a job's progress to the parent through a queue."""
 
     def __init__(self, queue: Any, job: str) -> None:
         self.queue, self.job = queue, job
@@ -292,6 +365,75 @@ def _run_jobs(
     return results
 
 
+# -- data --------------------------------------------------------------------------------------------
+
+
+def expert_dataset(cfg: ReproConfig, pools: dict[str, Path], out: Path) -> Path:
+    """Stage-1 data: expert episodes on the training pool (the expert errs with probability
+    ``expert_mistakes`` per attempt, so 0-2 failed attempts with real feedback precede the answer),
+    turned into prompt/completion rows with ``agent data sft --chains full``."""
+    from sftrl.agents.runner import RunConfig, run_async, split_config
+    from sftrl.training.sft_data import build_sft_dataset
+
+    run_dir = out / "runs" / "expert"
+    data = out / "data" / "stage1"
+    if data.exists():
+        return data
+    values = {
+        "env": "gp",
+        "policy": "expert",
+        "episodes": cfg.expert_episodes,
+        "seed": 1,
+        "out": run_dir,
+        "concurrency": 64,
+        "resume": run_dir.exists(),
+        **_env_options(cfg, pools["train"]),
+    }
+    run, env_cfg = split_config(values)
+    run = RunConfig.model_validate({**run.model_dump(), "policy_options": {"mistakes": cfg.expert_mistakes}})
+    asyncio.run(run_async(run, env_cfg))
+    build_sft_dataset([run_dir], data, chains="full", val_fraction=0.02)
+    return data
+
+
+def build_stage0(
+    cfg: ReproConfig, out: Path, specs: list[str], progress: Callable[[str], None] = lambda m: None
+) -> Path:
+    """Stage 0 from scratch with the framework's commands (what the shipped checkpoint was built by)."""
+    from sftrl.agents.tiny import build_char_model
+    from sftrl.repro.stage0 import build_dataset
+    from sftrl.training.sft import run_sft
+
+    _setup_worker()
+    init = out / "stage0-init"
+    data = out / "data" / "stage0"
+    if not data.exists():
+        build_dataset(data, cfg.stage0_rows, seed=0)
+    if not init.exists():
+        build_char_model(init, seed=0, **cfg.model)
+    config = stage0_train_config(cfg, data, init, out / "stage0", specs)
+    run_sft(config, progress=progress)
+    return out / "stage0"
+
+
+def stage0_commands(cfg: ReproConfig, out: Path, specs: list[str]) -> list[str]:
+    m = cfg.model
+    config = stage0_train_config(cfg, out / "data" / "stage0", out / "stage0-init", out / "stage0", specs)
+    return [
+        f"agent tiny-model --kind char --out {out / 'stage0-init'} --seed 0"
+        + (
+            " --hidden {hidden} --layers {layers} --heads {heads}".format(**m)
+            if m != ReproConfig().model
+            else ""
+        ),
+        f"python -m sftrl.repro.stage0 --rows {cfg.stage0_rows} --seed 0 --out {out / 'data' / 'stage0'}",
+        sft_command(config),
+    ]
+
+
+# -- orchestration -----------------------------------------------------------------------------------
+
+
 def run(
     cfg: ReproConfig,
     out: Path,
@@ -300,52 +442,64 @@ def run(
     on_progress: Callable[[str, float, float, str], None] = lambda *a: None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run every stage and write eval sets, checkpoints, ``results.json``/``.md`` and ``figure.png``."""
+    """Run every stage and write pools, checkpoints, ``results.json``/``.md``, ``figure.png``,
+    ``commands.md``. ``stage0`` None trains stage 0 from scratch."""
+    out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    splits = make_splits(cfg.n_eval, cfg.split_seed)
-    splits.save(out / "eval_sets.json")
-    stage0_meta: dict[str, Any]
+    pools_obj = make_pools(cfg.n_id_eval, cfg.split_seed)
+    if cfg.n_ood_eval is not None:
+        import random
+
+        pick = sorted(random.Random(cfg.split_seed).sample(range(len(pools_obj.ood_eval)), cfg.n_ood_eval))
+        pools_obj = Pools(pools_obj.train, pools_obj.id_eval, tuple(pools_obj.ood_eval[i] for i in pick))
+    pools = pools_obj.write(out / "pools")
+    sizes = {"id_eval": len(pools_obj.id_eval), "ood_eval": len(pools_obj.ood_eval)}
+    specs = eval_specs(cfg, pools, sizes)
+    commands: dict[str, list[str]] = {}
     if stage0 is None:
-        from sftrl.repro.model import ModelConfig
-        from sftrl.repro.stage0 import build_stage0
-
-        stage0 = out / "stage0.pt"
-        log(f"stage 0: training a {cfg.model} model from scratch for {cfg.stage0_steps} steps")
-        _setup_worker()
-        build_stage0(
-            steps=cfg.stage0_steps,
-            out=stage0,
-            peak_lr=cfg.stage0_lr,
-            batch_size=cfg.batch_size,
-            eval_every=max(1, cfg.stage0_steps // 4),
-            n_eval=cfg.n_eval,
-            model_cfg=ModelConfig(**cfg.model),
-            log=lambda m: None,
-            on_step=lambda s: on_progress("stage0", s, cfg.stage0_steps, "stage 0 (foundation model)"),
-        )
-    from sftrl.repro.model import TinyLM
-
-    model0, stage0_meta = TinyLM.load(stage0)
-    stage0_eval = _eval(model0, splits, cfg.attempts)
-    log(
-        f"stage 0 ({stage0}): {stage0_meta.get('task_success', float('nan')):.1%} on its own task; "
-        f"ID {_summary(stage0_eval)['id_success']:.1%}, rule-OOD {_summary(stage0_eval)['ood_success']:.1%}"
-    )
+        log(f"stage 0: training a {cfg.model} char-level Llama from scratch for {cfg.stage0_steps} steps")
+        commands["stage 0"] = stage0_commands(cfg, out, specs)
+        stage0 = build_stage0(cfg, out, specs, lambda m: on_progress("stage0", 0, 1, f"stage 0: {m}"))
+    stage0 = Path(stage0).resolve()
+    log("stage 0: evaluating")
+    stage0_eval = out / "stage0-eval"
+    if not (stage0_eval / "eval.jsonl").exists():
+        _evaluate_checkpoint(cfg, stage0, stage0_eval, specs)
+    log(f"stage 1 data: {cfg.expert_episodes} expert episodes on the training pool")
+    data = expert_dataset(cfg, pools, out)
     seeds = list(range(cfg.seeds))
-    done = _run_jobs(
-        [(f"stage1-{s}", stage1_job, (cfg, splits, stage0, s, out)) for s in seeds],
+    configs: dict[str, Any] = {}
+    for s in seeds:
+        warm = out / f"seed{s}" / "warmstart"
+        configs[f"stage1-{s}"] = stage1_config(cfg, data, stage0, warm, s, specs)
+        configs[f"sft-{s}"] = sft_arm_config(cfg, data, warm, out / f"seed{s}" / "sft", s, specs)
+        for arm in ("ppo", "grpo"):
+            configs[f"{arm}-{s}"] = rl_arm_config(cfg, arm, pools, warm, out / f"seed{s}" / arm, s, specs)
+    commands["evaluation of a model directory M"] = [
+        "agent run --policy hf --model M --temperature 0 --concurrency 64 --env gp "
+        + " ".join(_spec_flags(spec))
+        + f" --out M-eval/{spec.split('=')[0]}"
+        for spec in specs
+    ]
+    for name, c in configs.items():
+        commands[name] = [rl_command(c) if name.split("-")[0] in ("ppo", "grpo") else sft_command(c)]
+    write_commands(out / "commands.md", commands)
+
+    def job(name: str) -> Job:
+        c = configs[name]
+        fn = rl_job if name.split("-")[0] in ("ppo", "grpo") else sft_job
+        return (name, fn, (c, name))
+
+    _run_jobs(
+        [job(f"stage1-{s}") for s in seeds],
         cfg.workers,
         on_progress,
-        then=lambda name: [
-            (f"{arm}-{name.split('-')[1]}", arm_job, (cfg, splits, int(name.split("-")[1]), arm, out))
-            for arm in ARMS
-            if name.startswith("stage1-")
-        ],
+        then=lambda name: (
+            [job(f"{arm}-{name.split('-')[1]}") for arm in ARMS] if name.startswith("stage1-") else []
+        ),
     )
-    s1 = {k: v for k, v in done.items() if k.startswith("stage1-")}
-    arms = {k: v for k, v in done.items() if not k.startswith("stage1-")}
-    results = summarize(cfg, splits, stage0_meta, stage0_eval, s1, arms)
+    results = summarize(cfg, pools_obj, out, seeds)
     results["wall_seconds"] = time.time() - t0
     results["stage0_checkpoint"] = str(stage0)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -354,93 +508,185 @@ def run(
     return results
 
 
+def _spec_flags(spec: str) -> list[str]:
+    """``agent run`` flags of an ``--eval-env`` spec (for the hand-evaluation commands)."""
+    _, _, rest = spec.partition(":")
+    return [f"--{k.replace('_', '-')} {v}" for k, _, v in (kv.partition("=") for kv in rest.split(","))]
+
+
+def write_commands(path: Path, commands: dict[str, list[str]]) -> None:
+    lines = [
+        "# The commands behind this run",
+        "",
+        "Each job of `agent repro` is exactly the `agent` command below (same settings, same seeds);",
+        "run by hand, it writes the same checkpoints and `eval.jsonl` (evaluation logs under `eval/`).",
+        "",
+    ]
+    for name, cmds in commands.items():
+        lines += [f"## {name}", "", "```bash", *cmds, "```", ""]
+    path.write_text("\n".join(lines))
+
+
+def _evaluate_checkpoint(cfg: ReproConfig, model: Path, out: Path, specs: list[str]) -> None:
+    from sftrl.agents.hf_policy import HFPolicy
+    from sftrl.training.evaluation import evaluate, parse_eval_env
+
+    _setup_worker()
+    out.mkdir(parents=True, exist_ok=True)
+    policy = HFPolicy(model, max_batch_size=64)
+    evaluate(
+        policy,
+        [parse_eval_env(s) for s in specs],
+        out,
+        step=0,
+        flops=0.0,
+        episodes=64,
+        seed=12345,
+        max_new_tokens=cfg.max_new_tokens,
+    )
+
+
 # -- statistics --------------------------------------------------------------------------------------
 
 
-def _bootstrap(per_hand: Sequence[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+def _outcomes(run_dir: Path) -> tuple[list[int], list[int]]:
+    """(success, first-attempt success) per episode of an evaluation run, in pool order."""
+    from sftrl.agents.trajectory import read_episodes
+
+    records = sorted(read_episodes(run_dir), key=lambda r: r.episode_index)
+    if any(r.error for r in records):
+        raise RuntimeError(f"{run_dir}: evaluation episodes ended in errors")
+    success = [int(r.success) for r in records]
+    first = [int(bool(r.turns) and r.turns[0].verdict.correct) for r in records]
+    return success, first
+
+
+def _evals(run: Path) -> list[dict[str, Any]]:
+    """Each evaluation point of a training run: flops and per-hand outcomes per split."""
+    from sftrl.training.evaluation import read_evals
+
+    points = []
+    for row in read_evals(run):
+        point: dict[str, Any] = {"step": row["step"], "flops": row["flops"]}
+        for name in ("id", "ood"):
+            success, first = _outcomes(Path(row[name]["out"]))
+            point[name] = success
+            point[f"{name}_first"] = first
+        points.append(point)
+    return points
+
+
+def _split_means(point: dict[str, Any], seen: list[bool]) -> dict[str, float]:
+    ood = point["ood"]
+    s_seen = [x for x, m in zip(ood, seen, strict=True) if m]
+    s_unseen = [x for x, m in zip(ood, seen, strict=True) if not m]
+    return {
+        "id": sum(point["id"]) / len(point["id"]),
+        "ood": sum(ood) / len(ood),
+        "ood_seen": sum(s_seen) / max(len(s_seen), 1),
+        "ood_unseen": sum(s_unseen) / max(len(s_unseen), 1),
+        "id_first": sum(point["id_first"]) / len(point["id_first"]),
+        "ood_first": sum(point["ood_first"]) / len(point["ood_first"]),
+    }
+
+
+def _bootstrap(per_hand: Sequence[float], n_boot: int = 4000, seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of the mean of per-hand values (hands resampled with replacement)."""
     import numpy as np
 
     x = np.asarray(per_hand, dtype=float)
+    if len(x) == 0:
+        return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def _hand_means(
-    runs: Sequence[dict[str, list[dict[str, bool]]]], split: str, key: str = "success"
-) -> list[float]:
-    """Per-hand success averaged over seeds (the unit the paired bootstrap resamples)."""
-    n = len(runs[0][split])
-    return [sum(r[split][i][key] for r in runs) / len(runs) for i in range(n)]
+# Two-sided 97.5% quantiles of Student's t for 1..10 degrees of freedom (t-interval over seeds).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
-def summarize(
-    cfg: ReproConfig,
-    splits: Splits,
-    stage0_meta: dict[str, Any],
-    stage0_eval: dict[str, list[dict[str, bool]]],
-    s1: dict[str, dict[str, Any]],
-    arms: dict[str, dict[str, Any]],
-) -> dict[str, Any]:
-    seeds = sorted(r["seed"] for r in s1.values())
+def seed_test(diffs: Sequence[float]) -> dict[str, Any]:
+    """Seed-level paired test of per-seed differences: mean, 95% t-interval, exact sign-flip p-value."""
+    import itertools
+    import math
+
+    n = len(diffs)
+    mean = sum(diffs) / n
+    out: dict[str, Any] = {"n_seeds": n, "mean": mean, "per_seed": list(diffs)}
+    if n >= 2:
+        sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+        t = _T975[min(n - 1, len(_T975)) - 1] if n - 1 <= len(_T975) else 1.96
+        out["ci"] = (mean - t * sd / math.sqrt(n), mean + t * sd / math.sqrt(n))
+        flips = [
+            sum(s * d for s, d in zip(signs, diffs, strict=True))
+            for signs in itertools.product((1, -1), repeat=n)
+        ]
+        out["p_sign_flip"] = sum(abs(f) >= abs(sum(diffs)) - 1e-12 for f in flips) / len(flips)
+    return out
+
+
+def summarize(cfg: ReproConfig, pools: Pools, out: Path, seeds: list[int]) -> dict[str, Any]:
+    seen = pools.ood_seen()
+    stage0_pts = _evals(out / "stage0-eval")
+    # final[checkpoint][seed] = the evaluation point at the end of that run
+    final: dict[str, list[dict[str, Any]]] = {"stage0": [stage0_pts[-1]]}
+    curves: dict[str, list[list[dict[str, float]]]] = {}
+    train_logs: dict[str, Any] = {}
+    for name in ("warmstart", *ARMS):
+        final[name] = []
+        for s in seeds:
+            pts = _evals(out / f"seed{s}" / name)
+            final[name].append(pts[-1])
+            if name in ARMS:
+                warm = _evals(out / f"seed{s}" / "warmstart")[-1]
+                curves.setdefault(name, []).append(
+                    [{"flops": p["flops"], **_split_means(p, seen)} for p in [{**warm, "flops": 0.0}, *pts]]
+                )
+                metrics = out / f"seed{s}" / name / "metrics.jsonl"
+                if metrics.exists():
+                    train_logs[f"{name}-{s}"] = [json.loads(x) for x in metrics.read_text().splitlines() if x]
+
+    def per_hand(name: str, split: str) -> list[float]:
+        runs = final[name]
+        if split in ("ood_seen", "ood_unseen"):
+            want = split == "ood_seen"
+            cols = [i for i, m in enumerate(seen) if m == want]
+            return [sum(r["ood"][i] for r in runs) / len(runs) for i in cols]
+        return [sum(r[split][i] for r in runs) / len(runs) for i in range(len(runs[0][split]))]
+
     rows: dict[str, dict[str, Any]] = {}
-    per_hand_runs: dict[str, list[dict[str, list[dict[str, bool]]]]] = {
-        "stage0": [stage0_eval],
-        "warmstart": [s1[f"stage1-{s}"]["per_hand"] for s in seeds],
-    }
-    for arm in ARMS:
-        per_hand_runs[arm] = [arms[f"{arm}-{s}"]["per_hand"] for s in seeds]
-    for name, runs in per_hand_runs.items():
+    for name, runs in final.items():
         row: dict[str, Any] = {"n_seeds": len(runs)}
-        for split in ("id", "ood"):
-            for key in ("success", "first"):
-                means = _hand_means(runs, split, key)
-                row[f"{split}_{key}"] = sum(means) / len(means)
-                row[f"{split}_{key}_ci"] = _bootstrap(means)
-                row[f"{split}_{key}_per_seed"] = [
-                    sum(r[split][i][key] for i in range(len(r[split]))) / len(r[split]) for r in runs
-                ]
+        for split in SPLITS:
+            means = per_hand(name, split)
+            row[split] = sum(means) / max(len(means), 1)
+            row[f"{split}_ci"] = _bootstrap(means)
+            row[f"{split}_per_seed"] = [_split_means(r, seen)[split] for r in runs]
+        for split in ("id_first", "ood_first"):
+            row[split] = sum(_split_means(r, seen)[split] for r in runs) / len(runs)
+        row["flops_per_seed"] = [r["flops"] for r in runs]
         rows[name] = row
     paired: dict[str, dict[str, Any]] = {}
     for a, b in COMPARISONS:
-        for split in ("id", "ood"):
-            da = _hand_means(per_hand_runs[a], split)
-            db = _hand_means(per_hand_runs[b], split)
+        for split in SPLITS:
+            da, db = per_hand(a, split), per_hand(b, split)
             diff = [x - y for x, y in zip(da, db, strict=True)]
-            paired[f"{a}-{b}/{split}"] = {"diff": sum(diff) / len(diff), "ci": _bootstrap(diff)}
-    curves: dict[str, list[list[dict[str, float]]]] = {}
-    for arm in ARMS:
-        curves[arm] = []
-        for s in seeds:
-            start = {
-                "flops": 0.0,
-                **{k: s1[f"stage1-{s}"][k] for k in ("id_success", "ood_success", "id_first", "ood_first")},
-            }
-            curves[arm].append([start, *arms[f"{arm}-{s}"]["curve"]])
+            entry: dict[str, Any] = {"diff": sum(diff) / max(len(diff), 1), "ci": _bootstrap(diff)}
+            if b != "stage0":
+                sa, sb = rows[a][f"{split}_per_seed"], rows[b][f"{split}_per_seed"]
+                entry["seed_level"] = seed_test([x - y for x, y in zip(sa, sb, strict=True)])
+            paired[f"{a}-{b}/{split}"] = entry
     return {
         "config": asdict(cfg),
         "seeds": seeds,
-        "n_eval": {"id": len(splits.id_eval), "ood": len(splits.ood_eval)},
-        "n_train_multisets": len(splits.train),
-        "stage0": {k: v for k, v in stage0_meta.items() if k != "history"},
-        "stage0_history": stage0_meta.get("history", []),
-        "stage1_flops": [s1[f"stage1-{s}"]["flops"] for s in seeds],
+        "n_eval": {"id": len(pools.id_eval), "ood": len(pools.ood_eval), "ood_seen": sum(seen)},
+        "n_train_multisets": len(pools.train),
+        "primary_endpoint": "rl - sft rule-OOD success (within the attempts) at the final budget",
         "rows": rows,
         "paired": paired,
-        # Every evaluated episode's outcome, [checkpoint][seed][split][hand], hands in eval_sets.json order.
-        "per_hand": {
-            name: [
-                {split: [[int(h["success"]), int(h["first"])] for h in r[split]] for split in r} for r in runs
-            ]
-            for name, runs in per_hand_runs.items()
-        },
         "curves": curves,
-        "train_logs": {f"{arm}-{s}": arms[f"{arm}-{s}"]["train_log"] for arm in ARMS for s in seeds},
-        "job_seconds": {
-            **{k: v["seconds"] for k, v in s1.items()},
-            **{k: v["seconds"] for k, v in arms.items()},
-        },
+        "train_logs": train_logs,
     }
 
 
@@ -448,127 +694,103 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+NAMES = {
+    "stage0": "stage 0 (foundation)",
+    "warmstart": "stage 1 (SFT warm start)",
+    "sft": "stage 2a: + SFT",
+    "ppo": "stage 2b: + RL (PPO)",
+    "grpo": "stage 2b': + RL (GRPO)",
+}
+
+
 def markdown(results: dict[str, Any]) -> str:
-    """The results table (success rate within the attempt budget, and at attempt 1) as Markdown."""
+    """The results tables (success within the attempts; per split) as Markdown."""
     rows = results["rows"]
     cfg = results["config"]
+    n = results["n_eval"]
     lines = [
-        f"Seeds: {results['seeds']}; held-out hands: ID {results['n_eval']['id']}, rule-OOD "
-        f"{results['n_eval']['ood']}; attempts per episode: {cfg['attempts']} (greedy). Stage-2 budget per "
-        f"arm: {cfg['stage2_flops']:.3g} training FLOPs. Success rates in %, mean over seeds, 95% bootstrap "
-        "interval over hands in brackets.",
+        f"Seeds: {results['seeds']}; held-out hands: ID {n['id']}, rule-OOD {n['ood']} ({n['ood_seen']} of "
+        f"them seen in training under J/Q/K = 10); {cfg['verify_iter']} attempts per episode (greedy). "
+        f"Stage-2 budget per arm: {cfg['stage2_flops']:.3g} training FLOPs. Success rates in %, mean over "
+        "seeds, 95% bootstrap interval over hands in brackets.",
         "",
-        "| checkpoint | ID success | rule-OOD success | ID 1st attempt | OOD 1st attempt "
-        "| per-seed ID | per-seed OOD |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| checkpoint | ID | rule-OOD | OOD seen | OOD unseen | ID 1st | OOD 1st | per-seed OOD |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    names = {
-        "stage0": "stage 0 (foundation)",
-        "warmstart": "stage 1 (SFT warm start)",
-        "sft": "stage 2a: + SFT",
-        "ppo": "stage 2b: + RL (PPO)",
-        "grpo": "stage 2b': + RL (GRPO)",
-    }
-    for key, label in names.items():
+    for key, label in NAMES.items():
         r = rows[key]
 
         def cell(name: str, r: dict[str, Any] = r) -> str:
             lo, hi = r[f"{name}_ci"]
             return f"{_pct(r[name])} [{_pct(lo)}, {_pct(hi)}]"
 
-        per_id = ", ".join(_pct(x) for x in r["id_success_per_seed"])
-        per_ood = ", ".join(_pct(x) for x in r["ood_success_per_seed"])
+        per_ood = ", ".join(_pct(x) for x in r["ood_per_seed"])
         lines.append(
-            f"| {label} | {cell('id_success')} | {cell('ood_success')} | {cell('id_first')} "
-            f"| {cell('ood_first')} | {per_id} | {per_ood} |"
+            f"| {label} | {cell('id')} | {cell('ood')} | {cell('ood_seen')} | {cell('ood_unseen')} "
+            f"| {_pct(r['id_first'])} | {_pct(r['ood_first'])} | {per_ood} |"
         )
     lines += [
         "",
-        "Paired differences (same hands, seed-averaged), percentage points, 95% bootstrap interval:",
+        "Paired differences in percentage points. Hand level: per-hand success averaged over seeds, "
+        "95% bootstrap interval over hands. Seed level: mean of per-seed differences, 95% t-interval, "
+        "exact two-sided sign-flip p-value.",
         "",
-        "| comparison | ID | rule-OOD |",
-        "| --- | --- | --- |",
+        "| comparison | ID (hands) | rule-OOD (hands) | OOD seen | OOD unseen | rule-OOD (seeds) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for a, b in COMPARISONS:
         cells = []
-        for split in ("id", "ood"):
+        for split in SPLITS:
             p = results["paired"][f"{a}-{b}/{split}"]
             cells.append(f"{100 * p['diff']:+.1f} [{100 * p['ci'][0]:+.1f}, {100 * p['ci'][1]:+.1f}]")
-        lines.append(f"| {a} − {b} | {cells[0]} | {cells[1]} |")
+        sl = results["paired"][f"{a}-{b}/ood"].get("seed_level")
+        if sl and "ci" in sl:
+            seed_cell = (
+                f"{100 * sl['mean']:+.1f} [{100 * sl['ci'][0]:+.1f}, {100 * sl['ci'][1]:+.1f}], "
+                f"p = {sl['p_sign_flip']:.3f}"
+            )
+        elif sl:
+            seed_cell = f"{100 * sl['mean']:+.1f} (1 seed)"
+        else:
+            seed_cell = "—"
+        lines.append(f"| {a} − {b} | " + " | ".join(cells[:1] + cells[1:]) + f" | {seed_cell} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Success rate vs stage-2 training FLOPs, ID and rule-OOD panels, one line per arm (PIL only).
+    """Success vs stage-2 training FLOPs, ID and rule-OOD panels, one line per arm (thin: seeds, thick:
+    mean; x = 0 is the warm start; dashed: the stage-0 model)."""
+    import matplotlib
 
-    Thin lines are single seeds, thick lines their mean; x = 0 is the SFT warm start.
-    """
-    from PIL import Image, ImageDraw, ImageFont
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    font = ImageFont.load_default(size=16)
-    small = ImageFont.load_default(size=13)
-    colors = {"sft": (214, 39, 40), "ppo": (31, 119, 180), "grpo": (44, 160, 44)}
-    w, h, pad = 1200, 560, 80
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    curves = results["curves"]
-    xmax = max(pt["flops"] for runs in curves.values() for run in runs for pt in run) or 1.0
-    scale, unit = (1e12, "TFLOPs") if xmax >= 1e12 else (1e9, "GFLOPs")
-    panels = (("id_success", "In-distribution (J/Q/K = 10)"), ("ood_success", "Rule OOD (J/Q/K = 11/12/13)"))
-    panel_w = (w - 3 * pad) // 2
-    top, bottom = 60, h - 110
-    for p, (key, title) in enumerate(panels):
-        x0, x1 = pad + p * (panel_w + pad), pad + p * (panel_w + pad) + panel_w
-        base = results["rows"]["stage0"][key]
-        ymax = max(0.05, base, max(pt[key] for runs in curves.values() for run in runs for pt in run)) * 1.15
-        d.rectangle([x0, top, x1, bottom], outline="black")
-        # The stage-0 model's level, for reference (dashed grey).
-        yb = bottom - (bottom - top) * base / ymax
-        for xs in range(x0, x1, 14):
-            d.line([xs, yb, min(xs + 7, x1), yb], fill=(140, 140, 140), width=2)
-        d.text((x1 - 150, yb - 20), f"stage 0: {100 * base:.1f}%", fill=(110, 110, 110), font=small)
-        d.text((x0, top - 28), title, fill="black", font=font)
-        for k in range(5):
-            yy = bottom - (bottom - top) * k / 4
-            d.line([x0 - 4, yy, x0, yy], fill="black")
-            d.text((x0 - 58, yy - 8), f"{100 * ymax * k / 4:.1f}%", fill="black", font=small)
-            xx = x0 + (x1 - x0) * k / 4
-            d.line([xx, bottom, xx, bottom + 4], fill="black")
-            d.text((xx - 16, bottom + 8), f"{xmax * k / 4 / scale:.2g}", fill="black", font=small)
-        d.text(
-            ((x0 + x1) // 2 - 120, bottom + 30), f"stage-2 training compute ({unit})", fill="black", font=font
-        )
-
-        def xy(
-            pt: dict[str, float], key: str = key, x0: int = x0, x1: int = x1, ymax: float = ymax
-        ) -> tuple[float, float]:
-            return x0 + (x1 - x0) * pt["flops"] / xmax, bottom - (bottom - top) * pt[key] / ymax
-
-        for arm, runs in curves.items():
-            faint = tuple(int(c + (255 - c) * 0.6) for c in colors[arm])
-            for run in runs:
-                d.line([xy(pt) for pt in run], fill=faint, width=1)
+    colors = {"sft": "tab:red", "ppo": "tab:blue", "grpo": "tab:green"}
+    labels = {"sft": "SFT", "ppo": "RL (PPO)", "grpo": "RL (GRPO)"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (key, title) in zip(
+        axes, (("id", "In-distribution (J/Q/K = 10)"), ("ood", "Rule OOD (J/Q/K = 11/12/13)")), strict=True
+    ):
+        for arm, runs in results["curves"].items():
+            for run_pts in runs:
+                ax.plot(
+                    [p["flops"] for p in run_pts],
+                    [100 * p[key] for p in run_pts],
+                    color=colors[arm],
+                    alpha=0.25,
+                    lw=1,
+                )
             n = min(len(r) for r in runs)
-            mean = [
-                {
-                    "flops": sum(r[i]["flops"] for r in runs) / len(runs),
-                    key: sum(r[i][key] for r in runs) / len(runs),
-                }
-                for i in range(n)
-            ]
-            d.line([xy(pt) for pt in mean], fill=colors[arm], width=3)
-            for pt in mean:
-                cx, cy = xy(pt)
-                d.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=colors[arm])
-    legend = (("sft", "SFT"), ("ppo", "RL (PPO)"), ("grpo", "RL (GRPO)"))
-    for i, (arm, label) in enumerate(legend):
-        lx = w // 2 - 220 + i * 150
-        d.line([lx, h - 28, lx + 28, h - 28], fill=colors[arm], width=4)
-        d.text((lx + 34, h - 37), label, fill="black", font=font)
-    n_seeds = len(next(iter(curves.values())))
-    d.text((w - 330, h - 37), f"success within 3 attempts; {n_seeds} seed(s)", fill="black", font=small)
-    img.save(path)
-
-
-def with_overrides(cfg: ReproConfig, **kw: Any) -> ReproConfig:
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
+            xs = [sum(r[i]["flops"] for r in runs) / len(runs) for i in range(n)]
+            ys = [100 * sum(r[i][key] for r in runs) / len(runs) for i in range(n)]
+            ax.plot(xs, ys, color=colors[arm], lw=2.5, marker="o", ms=4, label=labels[arm])
+        base = 100 * results["rows"]["stage0"][key]
+        ax.axhline(base, color="grey", ls="--", lw=1, label=f"stage 0 ({base:.1f}%)")
+        ax.set_title(title)
+        ax.set_xlabel("stage-2 training compute (FLOPs)")
+        ax.set_ylabel(f"success within {results['config']['verify_iter']} attempts (%)")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"GP-L, {len(results['seeds'])} seed(s): SFT vs RL from the same warm start")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

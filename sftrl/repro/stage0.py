@@ -1,125 +1,222 @@
-"""Stage 0: train the tiny "foundation model" from scratch on the general curriculum (no GP episode).
+"""Stage 0: the "foundation model" curriculum, written as an ordinary SFT dataset.
 
-The learning rate depends only on the step (warm-up, flat, then 1/sqrt decay), so the checkpoint
-saved at step k is exactly what ``--stage0-steps k`` rebuilds. Run directly to rebuild the shipped
-checkpoint: ``python -m sftrl.repro.stage0 --steps N --out sftrl/repro/data/stage0.pt``.
+No item is a GeneralPoints episode of the training rule: "make target T from these cards" items use
+the env's ``compact`` prompt with a face-card mapping drawn at random (1-13 each, so 11/12/13 occur)
+and targets 1-99 but never 24 (4, 3 or 2 cards), plus "evaluate this expression" items. A share of
+the items shows 1-2 failed attempts, each followed by the feedback the project's GP verifier gives
+(the same compact feedback the env sends), before the answer. Targets come from a random expression
+over the hand, which is also the answer, so every answer is correct by construction (the tests check
+each with the verifier).
+
+Rows are TRL conversational ``prompt`` / ``completion`` pairs (failed attempts and feedback are
+context, only the final answer is trained), saved with ``save_to_disk`` like ``agent data sft``
+output, so stage 0 is trained by ``agent train sft``::
+
+    agent tiny-model --kind char --out models/char
+    python -m sftrl.repro.stage0 --rows 400000 --out data/stage0
+    agent train sft --data data/stage0 --model models/char --out ckpt/stage0 ...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
-import time
-from collections.abc import Callable
+import shutil
+from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
-import torch
-import torch.nn.functional as F
+from sftrl.environments.generalpoints import compact
+from sftrl.environments.generalpoints.cards import RANKS, rank_value
+from sftrl.environments.generalpoints.formula import render
+from sftrl.environments.generalpoints.verifier import GPState, verify
 
-from sftrl.repro.data import stage0_eval_hands, stage0_item
-from sftrl.repro.model import ModelConfig, TinyLM
-from sftrl.repro.train import Flops, evaluate, items_to_batch, n_wrong_for_batch
-
-SHIPPED = Path(__file__).parent / "data" / "stage0.pt"
-
-
-def stage0_lr(step: int, peak: float = 1e-3, warmup: int = 200, flat: int = 1500) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    if step < flat:
-        return peak
-    return peak * math.sqrt(flat / step)
+TARGET = 24
+MIX: tuple[tuple[str, float], ...] = (("M4", 0.55), ("M3", 0.2), ("M2", 0.1), ("E", 0.15))
+"""Item kinds: make-target with 4 / 3 / 2 cards, expression evaluation."""
+REVISION_MIX: tuple[float, float, float] = (0.7, 0.2, 0.1)
+"""Probability of 0, 1, 2 failed attempts before the answer."""
+_OPS = "+-*/"
 
 
-def build_stage0(
-    *,
-    steps: int,
-    out: Path,
-    seed: int = 0,
-    batch_size: int = 64,
-    peak_lr: float = 1.5e-3,
-    eval_every: int = 500,
-    n_eval: int = 200,
-    model_cfg: ModelConfig | None = None,
-    log: Callable[[str], None] = print,
-    on_step: Callable[[int], None] | None = None,
-) -> tuple[TinyLM, dict[str, object]]:
-    """Train ``steps`` updates, evaluating and checkpointing every ``eval_every`` steps (and at the end)."""
-    torch.manual_seed(seed)
-    model = TinyLM(model_cfg)
+def random_expression(values: Sequence[int], rng: random.Random) -> tuple[str, Fraction | None]:
+    """A random formula using each of ``values`` once, with minimal brackets, and its exact value."""
+    items: list[tuple[tuple[str, int], Fraction | None]] = [((str(v), 3), Fraction(v)) for v in values]
+    rng.shuffle(items)
+    while len(items) > 1:
+        i = rng.randrange(len(items) - 1)
+        (left, a), (right, b) = items[i], items[i + 1]
+        op = rng.choice(_OPS)
+        if a is None or b is None or (op == "/" and b == 0):
+            value = None
+        else:
+            value = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else None}[op]
+        items[i : i + 2] = [(render(op, left, right), value)]
+    (text, _), value = items[0]
+    return text, value
+
+
+def _fraction_text(v: Fraction) -> str:
+    return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
+
+
+def face_values(ranks: Sequence[str], face: Sequence[int]) -> list[int]:
+    mapping = dict(zip(("J", "Q", "K"), face, strict=True))
+    return [mapping[r] if r in mapping else rank_value(r, "10") for r in ranks]
+
+
+def _wrong_attempts(state: GPState, n: int, rng: random.Random) -> list[tuple[str, str]]:
+    """``n`` wrong attempts (random formulas, sometimes over wrong numbers) and the verifier's feedback."""
+    out: list[tuple[str, str]] = []
+    values = list(state.values)
+    while len(out) < n:
+        nums = list(values)
+        if rng.random() < 0.25:
+            nums[rng.randrange(len(nums))] = rng.randint(1, 13)
+        formula, _ = random_expression(nums, rng)
+        attempt = compact.reply(numbers=values, formula=formula)
+        verdict = verify(state, attempt, style="compact")
+        if verdict.correct:
+            continue
+        out.append((attempt, compact.feedback(verdict.category, verdict.details)))
+    return out
+
+
+def make_target_item(rng: random.Random, n_cards: int, n_wrong: int) -> dict[str, Any] | None:
+    """A make-target-T item (random face mapping, T != 24) or None when the draw is unusable."""
+    face = [rng.randint(1, 13) for _ in range(3)]
+    ranks = [rng.choice(RANKS) for _ in range(n_cards)]
+    values = face_values(ranks, face)
+    formula, value = random_expression(values, rng)
+    if value is None or value.denominator != 1 or not 1 <= value <= 99 or value == TARGET:
+        return None
+    target = int(value)
+    state = GPState(ranks=tuple(ranks), values=tuple(values), target=target, solutions=(formula,))
+    prompt = [{"role": "user", "content": compact.prompt(ranks=ranks, face_values=face, target=target)}]
+    for attempt, feedback in _wrong_attempts(state, n_wrong, rng):
+        prompt += [{"role": "assistant", "content": attempt}, {"role": "user", "content": feedback}]
+    answer = compact.reply(numbers=values, formula=formula)
+    return {
+        "prompt": prompt,
+        "completion": [{"role": "assistant", "content": answer}],
+        "kind": f"M{n_cards}",
+        "target": target,
+        "ranks": " ".join(ranks),
+        "face": " ".join(map(str, face)),
+    }
+
+
+def eval_item(rng: random.Random) -> dict[str, Any] | None:
+    """``= EXPR`` -> its exact value (arithmetic practice on 2-3 numbers)."""
+    values = [rng.randint(1, 13) for _ in range(rng.choice((2, 3)))]
+    formula, value = random_expression(values, rng)
+    if value is None:
+        return None
+    return {
+        "prompt": [{"role": "user", "content": f"= {formula}"}],
+        "completion": [{"role": "assistant", "content": _fraction_text(value)}],
+        "kind": "E",
+        "target": 0,
+        "ranks": "",
+        "face": "",
+    }
+
+
+def item(rng: random.Random) -> dict[str, Any]:
+    """One curriculum row (kinds mixed as MIX, revision depth as REVISION_MIX)."""
+    kinds, weights = zip(*MIX, strict=True)
+    while True:
+        kind = rng.choices(kinds, weights)[0]
+        if kind == "E":
+            row = eval_item(rng)
+        else:
+            n_wrong = rng.choices(range(len(REVISION_MIX)), REVISION_MIX)[0]
+            row = make_target_item(rng, int(kind[1]), n_wrong)
+        if row is not None:
+            return row
+
+
+def task_items(n: int, seed: int = 4321) -> list[dict[str, Any]]:
+    """The stage-0 benchmark: ``n`` seeded 4-card make-target items (random mapping, T != 24, no
+    revision), the held-out measure of the foundation model on its own task."""
     rng = random.Random(seed)
-    flops = Flops(model.n_params())
-    hands = stage0_eval_hands(n_eval)
-    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.98))
-    history: list[dict[str, float]] = []
-    t0 = time.time()
-    loss_avg = 0.0
-    meta: dict[str, object] = {}
-    model.train()
-    for step in range(1, steps + 1):
-        for g in opt.param_groups:
-            g["lr"] = stage0_lr(step - 1, peak_lr)
-        n_wrong = n_wrong_for_batch(rng)  # one revision depth per batch keeps sequences equally long
-        inputs, targets, mask = items_to_batch([stage0_item(rng, n_wrong) for _ in range(batch_size)])
-        logits, _, _ = model(inputs)
-        loss = F.cross_entropy(logits[mask], targets[mask])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        flops.train(inputs.numel())
-        loss_avg = 0.98 * loss_avg + 0.02 * float(loss.detach()) if step > 1 else float(loss.detach())
-        if on_step is not None:
-            on_step(step)
-        if step % eval_every == 0 or step == steps:
-            res = evaluate(model, hands, attempts=1)
-            acc = sum(r["success"] for r in res) / len(res)
-            history.append(
-                {
-                    "step": step,
-                    "loss": loss_avg,
-                    "task_success": acc,
-                    "flops": flops.total,
-                    "seconds": time.time() - t0,
-                }
-            )
-            meta = {
-                "steps": step,
-                "seed": seed,
-                "batch_size": batch_size,
-                "peak_lr": peak_lr,
-                "flops": flops.total,
-                "task_success": acc,
-                "history": history,
-                "command": f"python -m sftrl.repro.stage0 --steps {step} --seed {seed} "
-                f"--batch-size {batch_size} --lr {peak_lr}",
-            }
-            model.save(out, **meta)
-            log(json.dumps(history[-1]))
-    return model, meta
+    out: list[dict[str, Any]] = []
+    while len(out) < n:
+        row = make_target_item(rng, 4, 0)
+        if row is not None:
+            out.append(row)
+    return out
+
+
+def build_dataset(
+    out: Path, rows: int, *, seed: int = 0, val_rows: int = 512, overwrite: bool = False
+) -> Path:
+    """Write ``rows`` training rows (+ ``val_rows`` validation rows) as a DatasetDict at ``out``."""
+    from datasets import Dataset, DatasetDict, Features, List, Value
+    from datasets.utils import logging as ds_logging
+
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out} already exists; pass --overwrite or choose another --out")
+    ds_logging.disable_progress_bar()
+    rng = random.Random(seed)
+    message = {"role": Value("string"), "content": Value("string")}
+    features = Features(
+        {
+            "prompt": List(message),
+            "completion": List(message),
+            "kind": Value("string"),
+            "target": Value("int64"),
+            "ranks": Value("string"),
+            "face": Value("string"),
+        }
+    )
+    dd = DatasetDict(
+        {
+            "train": Dataset.from_list([item(rng) for _ in range(rows)], features=features),
+            "validation": Dataset.from_list([item(rng) for _ in range(val_rows)], features=features),
+        }
+    )
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    dd.save_to_disk(str(tmp))
+    meta = {
+        "kind": "sft",
+        "format": ["prompt", "completion"],
+        "modality": "text",
+        "source": "sftrl.repro.stage0 curriculum",
+        "command": f"python -m sftrl.repro.stage0 --rows {rows} --seed {seed} --val-rows {val_rows}",
+        "mix": dict(MIX),
+        "revision_mix": list(REVISION_MIX),
+        "splits": {"train": {"rows": rows}, "validation": {"rows": val_rows}},
+    }
+    (tmp / "sftrl_dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
+    example = dd["train"][0]
+    (tmp / "README.md").write_text(
+        "# sftrl stage-0 curriculum\n\n"
+        "Make-target-T items (T != 24, random J/Q/K values stated in the prompt, 2-4 cards) and expression "
+        "evaluation, in the GeneralPoints `compact` prompt style, with 0-2 failed attempts and the "
+        "verifier's feedback as context. Conversational prompt/completion rows (train with "
+        "`completion_only_loss`).\n\n"
+        f"Rebuild: `{meta['command']}`\n\nExample:\n\n```json\n{json.dumps(example, indent=1)}\n```\n"
+    )
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    torch.set_num_threads(1)
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=6500)
+    ap = argparse.ArgumentParser(description="Write the stage-0 curriculum as an SFT dataset.")
+    ap.add_argument("--rows", type=int, required=True)
+    ap.add_argument("--val-rows", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1.5e-3)
-    ap.add_argument("--eval-every", type=int, default=500)
-    ap.add_argument("--out", type=Path, default=SHIPPED)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--overwrite", action="store_true")
     ns = ap.parse_args(argv)
-    build_stage0(
-        steps=ns.steps,
-        out=ns.out,
-        seed=ns.seed,
-        batch_size=ns.batch_size,
-        peak_lr=ns.lr,
-        eval_every=ns.eval_every,
-        log=lambda m: print(m, flush=True),
-    )
+    build_dataset(ns.out, ns.rows, seed=ns.seed, val_rows=ns.val_rows, overwrite=ns.overwrite)
+    print(f"wrote {ns.rows} + {ns.val_rows} rows to {ns.out}")
     return 0
 
 

@@ -38,7 +38,37 @@ class PairsConfig(DatasetBuildConfig):
     """``agent data pairs``: (failed reply, corrected reply) preference pairs for DPO."""
 
 
-class SFTTrainConfig(BaseModel):
+LRScheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "inverse_sqrt"]
+
+
+class BudgetEvalOptions(BaseModel):
+    """What ``agent train sft`` and ``agent train rl`` share: a FLOP budget and periodic evaluation."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    max_flops: float | None = Field(default=None, gt=0)
+    """Stop at the first step past this many training FLOPs (6·N per trained token, 2·N per rollout or
+    scoring token; see sftrl.training.evaluation)."""
+    eval_every: int | None = Field(default=None, ge=1)
+    """Evaluate every N optimizer steps (SFT) / updates (RL), and always before the first and after the
+    last one."""
+    eval_flops: float | None = Field(default=None, gt=0)
+    """Also evaluate each time training compute passes another multiple of this many FLOPs (curves
+    against compute, matched across SFT and RL)."""
+    eval_at_start: bool = True
+    """Evaluate the starting model (False when it was evaluated already, e.g. a shared warm start)."""
+    eval_env: list[str] = Field(default_factory=list)
+    """Evaluation envs, ``[NAME=]ENV[:KEY=VALUE,...]``
+    (e.g. ``ood=gp:split=rule-ood,prompt_style=compact``)."""
+    eval_episodes: int = Field(default=64, ge=1)
+    """Episodes per evaluation env (unless its spec sets ``episodes``)."""
+    eval_seed: int = Field(default=12345, ge=0)
+    """Run seed of the evaluation runs: every evaluation plays the same seeds."""
+    eval_max_new_tokens: int = Field(default=128, ge=1)
+    """Reply length cap of the evaluation episodes."""
+
+
+class SFTTrainConfig(BudgetEvalOptions):
     """``agent train sft``: TRL ``SFTTrainer`` on a dataset written by ``agent data sft``.
 
     The CLI's flags and help are generated from these fields (``sftrl.cli_flags``).
@@ -64,6 +94,10 @@ class SFTTrainConfig(BaseModel):
     """Gradient accumulation steps."""
     warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Share of the steps with a linear learning-rate warm-up."""
+    lr_scheduler: LRScheduler = "linear"
+    """Learning-rate schedule after the warm-up."""
+    group_by_length: bool = False
+    """Batch rows of similar length together (less padding, less compute per row)."""
     weight_decay: float = Field(default=0.0, ge=0.0)
     max_length: int | None = Field(default=None, ge=16)
     """Truncate text rows to this many tokens (None: no truncation; never applied to image rows)."""

@@ -159,6 +159,10 @@ class Learner:
         self.rng = random.Random(config.seed)
         self.updates = 0
         self._encoded: dict[int, dict[str, Any]] = {}
+        self.tokens_trained = 0
+        """Real (non-padding) tokens through forward+backward passes so far."""
+        self.tokens_scored = 0
+        """Real tokens through forward-only passes (consistency checks, values, reference model)."""
 
     @property
     def value_head(self) -> Any:
@@ -205,6 +209,12 @@ class Learner:
         import torch
 
         batch, prompt_lens, max_c = self._inputs(items)
+        # Compute accounting (FLOP budgets): real tokens through a pass with / without gradients.
+        real = int(batch["attention_mask"].sum())
+        if torch.is_grad_enabled():
+            self.tokens_trained += real
+        else:
+            self.tokens_scored += real
         want_hidden = with_values and self.value_head is not None and model is None
         device = self.accelerator.device
         batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
@@ -305,8 +315,12 @@ class Learner:
         import torch
 
         cfg = self.cfg
+        trained0, scored0 = self.tokens_trained, self.tokens_scored
         self.module.train()
         items, adv, ret = self._advantages(batch)
+        # Transitions whose advantage is 0 teach nothing (a GRPO group whose episodes all got the same
+        # return): reported so that an update without any signal is visible, not a silent no-op.
+        zero_adv = sum(1 for a in adv if abs(a) < 1e-8) / max(len(adv), 1)
         ref_lp: dict[int, torch.Tensor] = {}
         if cfg.algo == "grpo" and cfg.kl_coef > 0 and self.ref_model is not None:
             with torch.no_grad():
@@ -383,11 +397,19 @@ class Learner:
                 stats["clip_fraction"].append(float(clipped.detach()))
                 stats["approx_kl"].append(float(approx_kl.detach()))
         self.updates += 1
+        # What sampling the batch cost: each call's prompt (prefill) and reply tokens, one forward each.
+        rollout_tokens = float(
+            sum(len(self._encoded[id(t)]["input_ids"]) + len(t.completion_ids) for t in items)
+        )
         self._encoded.clear()
         self.module.eval()
         out = {k: (sum(v) / len(v) if v else 0.0) for k, v in stats.items()}
         out["tokens"] = float(sum(len(t.completion_ids) for t in items))
         out["transitions"] = float(len(items))
+        out["zero_advantage_fraction"] = zero_adv
+        out["tokens_trained"] = float(self.tokens_trained - trained0)
+        out["tokens_scored"] = float(self.tokens_scored - scored0)
+        out["rollout_tokens"] = rollout_tokens
         return out
 
     # -- persistence ------------------------------------------------------------------------------

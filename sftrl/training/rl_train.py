@@ -18,9 +18,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from sftrl.agents.policy import SamplingParams
+from sftrl.training.config import BudgetEvalOptions
+from sftrl.training.evaluation import (
+    FlopCounter,
+    evaluate,
+    n_params,
+    parse_eval_env,
+    plot_evals,
+    read_evals,
+    validate_specs,
+)
 from sftrl.training.rl import Learner, RLConfig
 from sftrl.training.transitions import EpisodeBatch, Transition, TransitionError, load_episodes
 
@@ -28,7 +38,7 @@ METRICS_FILE = "metrics.jsonl"
 STATE_FILE = "learner_state.pt"
 
 
-class RLRunConfig(BaseModel):
+class RLRunConfig(BudgetEvalOptions):
     """What ``agent train rl`` does besides the update's hyper-parameters."""
 
     model_config = ConfigDict(extra="forbid")
@@ -57,11 +67,6 @@ class RLRunConfig(BaseModel):
         description="policy options of the rollout backend (vllm-offline: vllm.LLM arguments, e.g. dtype)",
     )
     rl: RLConfig = Field(default_factory=RLConfig)
-
-
-def model_flops_per_token(model: Any) -> float:
-    """~2 FLOPs per parameter per token for a forward pass (the usual dense-transformer estimate)."""
-    return 2.0 * sum(p.numel() for p in model.parameters())
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
@@ -215,9 +220,39 @@ def train_rl(
     )
     if ckpt is not None and (ckpt / STATE_FILE).exists():
         learner.load_state(ckpt / STATE_FILE)
-    flops_tok = model_flops_per_token(policy.model)
-    total_flops = 0.0
+    try:
+        specs = [parse_eval_env(s) for s in cfg.eval_env]
+        validate_specs(specs)
+    except ValueError as exc:
+        raise TransitionError(str(exc)) from None
+    done = read_metrics(out)
+    flops = FlopCounter(n_params(policy.model), float(done[start - 1]["flops"]) if start and done else 0.0)
     metrics: dict[str, Any] = {}
+
+    def run_eval(update: int) -> None:
+        if not specs or not main:
+            return
+        row = evaluate(
+            policy,
+            specs,
+            out,
+            step=update,
+            flops=flops.total,
+            episodes=cfg.eval_episodes,
+            seed=cfg.eval_seed,
+            max_new_tokens=cfg.eval_max_new_tokens,
+        )
+        if progress:
+            progress(
+                f"eval update {update}: "
+                + "  ".join(f"{s.name} {row[s.name]['success_rate']:.3f}" for s in specs)
+            )
+
+    evaluated = {int(r["step"]) for r in read_evals(out)}
+    next_flops = cfg.eval_flops
+    if cfg.eval_flops:
+        while next_flops <= flops.total:
+            next_flops += cfg.eval_flops
     offline_batch = load_episodes(cfg.episodes, model=None) if cfg.episodes else None
     rollout_policy, sync = policy, None
     if offline_batch is None:
@@ -228,30 +263,41 @@ def train_rl(
                 sync.push(policy.model, start)  # the engines still serve the weights they started with
         accelerator.wait_for_everyone()
     torch.manual_seed(cfg.seed)
+    if start not in evaluated and (start > 0 or cfg.eval_at_start):
+        run_eval(start)
+        evaluated.add(start)
     for update in range(start, cfg.updates):
+        if cfg.max_flops is not None and flops.total >= cfg.max_flops:
+            break
         t0 = time.perf_counter()
         if offline_batch is not None:
             batch, rollout_dir = offline_batch, None
         else:
             rollout_dir, _ = _collect(cfg, rollout_policy, update, progress if main else None, rank)
             batch = load_episodes([rollout_dir])
-        gap = learner.check_consistency(batch.transitions)
+        # The logged log-probs are checked against the model that sampled them: online, that is the
+        # model right now; offline, only the model before its first update. Later offline updates are
+        # off-policy on purpose and use the logged log-probs as the behaviour policy (clipped ratios).
+        gap: float | None = None
+        if offline_batch is None or update == 0:
+            gap = learner.check_consistency(batch.transitions)
         stats = learner.update(batch)
         sync_s = 0.0
         if sync is not None:
             t_sync = time.perf_counter()
             sync.push(policy.model, update + 1)  # the next collection samples from the updated model
             sync_s = time.perf_counter() - t_sync
-        tokens = stats["tokens"]
-        # Rollout (forward) + PPO epochs x (forward + backward ~ 3x forward) over the reply tokens.
-        total_flops += flops_tok * tokens * (1 + 3 * cfg.rl.ppo_epochs)
+        if offline_batch is None:
+            flops.forward(stats["rollout_tokens"])
+        flops.forward(stats["tokens_scored"])
+        flops.train(stats["tokens_trained"])
         metrics = {
             "update": update + 1,
             **_batch_metrics(batch),
             **stats,
             "logprob_gap": gap,
             "weight_sync_s": sync_s,
-            "flops": total_flops,
+            "flops": flops.total,
             "seconds": time.perf_counter() - t0,
             "rollouts": str(rollout_dir) if rollout_dir else None,
         }
@@ -259,21 +305,45 @@ def train_rl(
             with (out / METRICS_FILE).open("a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
         if progress and main:
+            idle = stats["zero_advantage_fraction"]
             progress(
                 f"update {update + 1}/{cfg.updates}: reward {metrics['reward']:.3f} "
                 f"success {metrics['success_rate']:.3f} policy_loss {stats['policy_loss']:.4f}"
+                + (f" zero-advantage {idle:.0%}" if idle > 0 else "")
+                + (
+                    " - no learning signal: every episode's advantage is 0 (all returns equal)"
+                    if idle >= 1.0
+                    else ""
+                )
             )
         accelerator.wait_for_everyone()
+        due = bool(cfg.eval_every and (update + 1) % cfg.eval_every == 0)
+        if next_flops is not None and flops.total >= next_flops:
+            due = True
+            while next_flops <= flops.total:
+                next_flops += cfg.eval_flops or flops.total
+        past_budget = cfg.max_flops is not None and flops.total >= cfg.max_flops
+        if due and not past_budget:  # the last evaluation runs after the loop
+            run_eval(update + 1)
+            evaluated.add(update + 1)
         if main and ((update + 1) % cfg.save_every == 0 or update + 1 == cfg.updates):
             _save(
                 policy,
                 learner,
                 out / f"checkpoint-{update + 1}",
-                {"update": update + 1, **cfg.model_dump(mode="json")},
+                {"update": update + 1, "flops": flops.total, **cfg.model_dump(mode="json")},
             )
+    last = int(metrics.get("update", start))
+    if main and last not in evaluated:
+        run_eval(last)
+    if main and metrics and last % cfg.save_every != 0 and last != cfg.updates:
+        # Stopped by the FLOP budget between checkpoints: the final state is a checkpoint too.
+        _save(policy, learner, out / f"checkpoint-{last}", {"update": last, "flops": flops.total})
     if main:
         policy.save_pretrained(out)
         plot_metrics(out)
+        if specs:
+            plot_evals(out, f"RL ({cfg.rl.algo}) {Path(cfg.model).name}: evaluation")
     return metrics
 
 

@@ -234,6 +234,10 @@ def sft_config(
         "gradient_accumulation_steps": cfg.grad_accum,
         "weight_decay": cfg.weight_decay,
         "warmup_steps": cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        "lr_scheduler_type": cfg.lr_scheduler,
+        "train_sampling_strategy": "group_by_length" if cfg.group_by_length else "random",
+        # The FLOP budget counts real tokens: 6·N per non-padding token of each training batch.
+        "include_num_input_tokens_seen": "non_padding",
         "logging_steps": cfg.logging_steps,
         "save_strategy": "steps",
         "save_steps": cfg.save_steps,
@@ -329,6 +333,75 @@ def _progress_callback(progress: Callable[[str], None], step_times: list[float])
     return _Progress()
 
 
+def _budget_eval_callback(cfg: SFTTrainConfig, specs: list[Any], progress: Callable[[str], None]) -> Any:
+    """Stops at ``cfg.max_flops`` and evaluates on ``cfg.eval_env`` at step 0, every ``eval_every``
+    steps and at the end (FLOPs = 6·N·non-padding tokens seen)."""
+    from transformers import TrainerCallback
+
+    from sftrl.training.evaluation import evaluate, n_params
+
+    class _BudgetEval(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.n = 0
+            self.last_eval: int | None = None
+            self.next_flops: float | None = None
+
+        def flops(self, state: Any) -> float:
+            return 6.0 * self.n * float(state.num_input_tokens_seen)
+
+        def _eval(self, state: Any, model: Any, processing_class: Any) -> None:
+            if not specs or self.last_eval == state.global_step:
+                return
+            from sftrl.agents.hf_policy import HFPolicy
+
+            policy = HFPolicy.from_model(
+                model, processing_class, name=str(cfg.model), max_batch_size=64, seed=cfg.seed
+            )
+            row = evaluate(
+                policy,
+                specs,
+                cfg.out,
+                step=state.global_step,
+                flops=self.flops(state),
+                episodes=cfg.eval_episodes,
+                seed=cfg.eval_seed,
+                max_new_tokens=cfg.eval_max_new_tokens,
+            )
+            self.last_eval = state.global_step
+            progress(
+                f"eval step {state.global_step}: "
+                + "  ".join(f"{s.name} {row[s.name]['success_rate']:.3f}" for s in specs)
+            )
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            self.n = n_params(model)
+            self.next_flops = cfg.eval_flops
+            if cfg.eval_flops:
+                while self.next_flops <= self.flops(state):
+                    self.next_flops += cfg.eval_flops
+            if state.global_step == 0 and cfg.eval_at_start:
+                self._eval(state, model, kw.get("processing_class"))
+
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            flops = self.flops(state)
+            if cfg.max_flops is not None and flops >= cfg.max_flops:
+                control.should_training_stop = True  # the final evaluation runs in on_train_end
+                return
+            due = bool(cfg.eval_every and state.global_step % cfg.eval_every == 0)
+            if self.next_flops is not None and flops >= self.next_flops:
+                due = True
+                while self.next_flops <= flops:
+                    self.next_flops += cfg.eval_flops or flops
+            if due:
+                self._eval(state, model, kw.get("processing_class"))
+
+        def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            self._eval(state, model, kw.get("processing_class"))
+            self.final_flops = self.flops(state)
+
+    return _BudgetEval()
+
+
 def loss_curve(log_history: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Train and eval loss points from ``trainer.state.log_history``."""
     train, evals = [], []
@@ -402,12 +475,20 @@ def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) 
     model, processing_class = load_model(cfg.model, info.vision)
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / RUN_FILE).write_text(cfg.model_dump_json(indent=1) + "\n")
+    from sftrl.training.evaluation import parse_eval_env, plot_evals, validate_specs
+
+    try:
+        specs = [parse_eval_env(s) for s in cfg.eval_env]
+        validate_specs(specs)
+    except ValueError as exc:
+        raise SFTError(str(exc)) from None
     step_times: list[float] = []
     callback = _progress_callback(progress or (lambda _m: None), step_times)
+    budget = _budget_eval_callback(cfg, specs, progress or (lambda _m: None))
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()  # no per-map bars in a training log; progress() reports one line per log step
-    trainer = build_trainer(cfg, info, model, processing_class, callbacks=[callback])
+    trainer = build_trainer(cfg, info, model, processing_class, callbacks=[callback, budget])
     if progress is not None:
         from transformers.trainer_callback import PrinterCallback
 
@@ -418,6 +499,8 @@ def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) 
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics: dict[str, Any] = {
         "global_step": trainer.state.global_step,
+        "flops": budget.flops(trainer.state),
+        "tokens": trainer.state.num_input_tokens_seen,
         "train_loss": float(result.training_loss),
         "train_runtime_s": round(time.perf_counter() - t0, 3),
     }
@@ -436,6 +519,8 @@ def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) 
         "".join(json.dumps(e, sort_keys=True) + "\n" for e in trainer.state.log_history)
     )
     plot_loss_curve(curve, cfg.out / CURVE_PNG, f"SFT {Path(cfg.model).name} on {cfg.data.name}")
+    if specs:
+        plot_evals(cfg.out, f"SFT {Path(cfg.model).name}: evaluation")
     metrics.update(
         {
             "out": str(cfg.out),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sftrl.environments.base import Observation, SftrlEnv, StepResult, Verdict
+from sftrl.environments.generalpoints import compact
 from sftrl.environments.generalpoints.cards import (
     RANKS,
     Card,
@@ -19,7 +22,7 @@ from sftrl.environments.generalpoints.cards import (
 from sftrl.environments.generalpoints.prompts import feedback_text, reply_text, task_prompt
 from sftrl.environments.generalpoints.solver import is_solvable, solve
 from sftrl.environments.generalpoints.tools import TOOLS_OUTPUT, tool_specs
-from sftrl.environments.generalpoints.verifier import GPState, verify
+from sftrl.environments.generalpoints.verifier import GPState, PromptStyle, verify
 from sftrl.environments.tools import ToolSpec
 
 Split = Literal["id", "rule-ood", "visual-ood"]
@@ -63,6 +66,21 @@ class GeneralPointsConfig(BaseModel):
     protocol: Literal["json", "tools"] = Field(
         default="json", description="answer as the paper's JSON, or by calling the submit tool"
     )
+    prompt_style: PromptStyle = Field(
+        default="paper",
+        description="paper: the paper's prompts and JSON answer; compact: one-line prompt and answer "
+        "for small models (same verifier and rewards)",
+    )
+    hand_pool: Path | None = Field(
+        default=None,
+        description='JSON file listing the rank multisets to deal from, e.g. [["A","5","J","3"], ...] '
+        "(keeps evaluation hands disjoint from training hands)",
+    )
+    pool_draw: Literal["random", "by_index"] = Field(
+        default="random",
+        description="hand_pool: draw a multiset at random, or take entry (episode index mod pool size), "
+        "so a run of N = pool size episodes plays every entry once",
+    )
 
     @field_validator("face_cards", mode="before")
     @classmethod
@@ -74,7 +92,31 @@ class GeneralPointsConfig(BaseModel):
         for key, value in SPLITS[self.split].items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
+        if self.prompt_style == "compact" and self.protocol == "tools":
+            raise ValueError(
+                "prompt_style compact answers in text; it cannot be combined with protocol tools"
+            )
         return self
+
+
+def load_hand_pool(path: Path) -> list[tuple[str, ...]]:
+    """The rank multisets of a hand-pool file (each sorted A..K), or ValueError with the reason."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"hand_pool {path}: cannot read a JSON list ({type(exc).__name__})") from None
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"hand_pool {path}: expected a non-empty JSON list of 4-card hands")
+    pool = []
+    for i, hand in enumerate(raw):
+        if not isinstance(hand, list) or len(hand) != 4:
+            raise ValueError(f"hand_pool {path}: entry {i} is not a list of 4 ranks")
+        try:
+            ranks = [Card.parse(str(r)).rank for r in hand]
+        except ValueError:
+            raise ValueError(f"hand_pool {path}: entry {i} ({hand!r}) names an unknown rank") from None
+        pool.append(tuple(sorted(ranks, key=RANKS.index)))
+    return pool
 
 
 class GeneralPointsEnv(SftrlEnv):
@@ -100,6 +142,7 @@ class GeneralPointsEnv(SftrlEnv):
         self._expert_reply: str | None = None
         self._expert_call: dict[str, Any] | None = None
         self._task: Observation | None = None
+        self._pool = load_hand_pool(self.config.hand_pool) if self.config.hand_pool else None
 
     @property
     def config_dict(self) -> dict[str, Any]:
@@ -110,9 +153,20 @@ class GeneralPointsEnv(SftrlEnv):
         assert self.config.face_cards is not None
         return tuple(rank_value(c.rank, self.config.face_cards) for c in cards)
 
-    def _deal(self) -> list[Card]:
+    def _deal(self, index: int | None) -> list[Card]:
         cfg = self.config
         assert cfg.suit_color is not None
+        if self._pool is not None:
+            if cfg.pool_draw == "by_index" and index is not None:
+                ranks = list(self._pool[index % len(self._pool)])
+            else:
+                ranks = list(self._pool[int(self.np_random.integers(len(self._pool)))])
+            self.np_random.shuffle(ranks)
+            suits = suits_for(cfg.suit_color)
+            cards = [Card(rank=r, suit=suits[int(self.np_random.integers(len(suits)))]) for r in ranks]
+            if cfg.solvable_only and not is_solvable(self._values(cards), cfg.target):
+                raise ValueError(f"hand_pool hand {' '.join(ranks)} has no solution for {cfg.target}")
+            return cards
         deck = [Card(rank=r, suit=s) for s in suits_for(cfg.suit_color) for r in RANKS]
         for _ in range(MAX_DEALS):
             idx = self.np_random.choice(len(deck), size=4, replace=False)
@@ -145,7 +199,11 @@ class GeneralPointsEnv(SftrlEnv):
         gym.Env.reset(self, seed=seed)
         cfg = self.config
         options = options or {}
-        cards = self._hand_from_options(options["hand"]) if "hand" in options else self._deal()
+        cards = (
+            self._hand_from_options(options["hand"])
+            if "hand" in options
+            else self._deal(options.get("episode_index"))
+        )
         values = self._values(cards)
         solutions = solve(values, cfg.target)
         ranks = tuple(c.rank for c in cards)
@@ -165,15 +223,29 @@ class GeneralPointsEnv(SftrlEnv):
         self._expert_call = None
         if solutions:
             pick = solutions[int(self.np_random.integers(len(solutions)))]
-            self._expert_reply = reply_text(ranks=ranks, numbers=values, formula=f"{pick}={cfg.target}")
+            if cfg.prompt_style == "compact":
+                shown = ranks if cfg.modality == "vision" else None
+                self._expert_reply = compact.reply(numbers=values, formula=pick, ranks=shown)
+            else:
+                self._expert_reply = reply_text(ranks=ranks, numbers=values, formula=f"{pick}={cfg.target}")
             self._expert_call = {
                 "name": "submit",
                 "args": {"cards": list(ranks), "numbers": list(values), "formula": f"{pick}={cfg.target}"},
             }
         assert cfg.face_cards is not None
-        text = task_prompt(
-            modality=cfg.modality, ranks=ranks, target=cfg.target, face_rule=face_rule_text(cfg.face_cards)
-        )
+        if cfg.prompt_style == "compact":
+            text = compact.prompt(
+                ranks=None if cfg.modality == "vision" else ranks,
+                face_values=[rank_value(r, cfg.face_cards) for r in ("J", "Q", "K")],
+                target=cfg.target,
+            )
+        else:
+            text = task_prompt(
+                modality=cfg.modality,
+                ranks=ranks,
+                target=cfg.target,
+                face_rule=face_rule_text(cfg.face_cards),
+            )
         if cfg.protocol == "tools":
             text = text[: text.index("[Output]")] + TOOLS_OUTPUT.format(target=cfg.target)
         images = []
@@ -200,6 +272,7 @@ class GeneralPointsEnv(SftrlEnv):
             "target": self._state.target,
             "face_cards": self.config.face_cards,
             "modality": self.config.modality,
+            "prompt_style": self.config.prompt_style,
             "attempt": self._attempts,
             "remaining_attempts": self.config.verify_iter - self._attempts,
             "num_solutions": len(self._state.solutions),
@@ -216,7 +289,10 @@ class GeneralPointsEnv(SftrlEnv):
     def step(self, action: str) -> StepResult:
         if self._done or self._state is None:
             raise RuntimeError("the episode is over: call reset() before step()")
-        verdict: Verdict = verify(self._state, action if isinstance(action, str) else str(action))
+        style = self.config.prompt_style
+        verdict: Verdict = verify(
+            self._state, action if isinstance(action, str) else str(action), style=style
+        )
         self._attempts += 1
         if "cards_correct" in verdict.details:
             self._cards_checked += 1
@@ -226,8 +302,12 @@ class GeneralPointsEnv(SftrlEnv):
         self._done = terminated
         info = self._info()
         info.update({"verdict": verdict, "success": self._success})
+        if style == "compact":
+            text = compact.feedback(verdict.category, verdict.details)
+        else:
+            text = feedback_text(verdict.message) if not verdict.correct else verdict.message
         obs = Observation(
-            text=feedback_text(verdict.message) if not verdict.correct else verdict.message,
+            text=text,
             kind="feedback",
             env_id=self.env_id,
             info=self._info(),
@@ -269,4 +349,7 @@ class GeneralPointsEnv(SftrlEnv):
             f"{a}{o1}({b}{o2}({c}{o3}{d}))",
         )
         target = observation.info.get("target", 24)
+        if observation.info.get("prompt_style") == "compact":
+            shown = ranks if observation.info.get("modality") == "vision" else None
+            return compact.reply(numbers=values, formula=rng.choice(shapes), ranks=shown)
         return reply_text(ranks=ranks, numbers=values, formula=f"{rng.choice(shapes)}={target}")

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from sftrl.environments.base import Verdict
+from sftrl.environments.generalpoints import compact
 from sftrl.environments.generalpoints.cards import Card, FaceRule, rank_value
 from sftrl.environments.generalpoints.formula import (
     MAX_RAW_CHARS,
@@ -35,6 +36,7 @@ REWARDS: dict[str, float] = {
     "illegal_formula": -3.0,
 }
 FIELDS: tuple[str, ...] = ("cards", "number", "formula")
+PromptStyle = Literal["paper", "compact"]
 
 
 class GPState(BaseModel):
@@ -174,10 +176,14 @@ def _count_mismatch(got: Sequence[Any], want: Sequence[Any]) -> list[Any]:
     return sorted(extra)
 
 
-def verify(state: GPState, reply: str) -> Verdict:
-    """Judge one reply against ``state`` (pure: same inputs, same verdict). Never raises."""
+def verify(state: GPState, reply: str, *, style: PromptStyle = "paper") -> Verdict:
+    """Judge one reply against ``state`` (pure: same inputs, same verdict). Never raises.
+
+    ``style`` says how the reply is read: the paper's JSON-like object, or the ``compact`` answer
+    (:mod:`~sftrl.environments.generalpoints.compact`); everything after reading is the same.
+    """
     reply = reply if isinstance(reply, str) else str(reply)
-    fields = extract_fields(reply, FIELDS)
+    fields = compact.parse_reply(reply) if style == "compact" else extract_fields(reply, FIELDS)
     action: dict[str, Any] = {}
     details: dict[str, Any] = {}
     cards = as_list(fields.get("cards"))

@@ -1,0 +1,193 @@
+"""Periodic evaluation during training, and the FLOP budget both trainers count the same way.
+
+``--eval-env`` specs name an env and its options (``[NAME=]ENV[:KEY=VALUE,...]``, e.g.
+``ood=gp:split=rule-ood,prompt_style=compact,hand_pool=pools/ood.json,pool_draw=by_index,episodes=796``);
+run options such as ``episodes``, ``seed`` and ``concurrency`` may be given in the spec too. Each
+evaluation plays the specs' episodes greedily with the weights being trained, through the ordinary
+runner and agent loop, so every evaluated episode is a normal run directory
+(``OUT/eval/step-K/NAME``) that ``agent eval`` reads back; the summary lines go to ``OUT/eval.jsonl``
+and a curve to ``OUT/eval_curve.png`` (success vs training FLOPs).
+
+FLOPs: 6·N per token of a forward+backward pass, 2·N per token of a forward-only pass (rollout
+generation, scoring), N = the model's parameter count; padding is not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EVAL_FILE = "eval.jsonl"
+EVAL_DIR = "eval"
+EVAL_PNG = "eval_curve.png"
+
+
+class EvalError(ValueError):
+    """An evaluation spec that cannot be used (one line for the CLI)."""
+
+
+class EvalSpec(BaseModel):
+    """One evaluation env: its name in the metrics, and the flat options ``agent run`` would take."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    values: dict[str, Any] = Field(default_factory=dict)
+
+
+def parse_eval_env(spec: str) -> EvalSpec:
+    """``[NAME=]ENV[:KEY=VALUE,...]`` -> EvalSpec (the name defaults to ENV plus its split)."""
+    text = spec.strip()
+    name = None
+    head, sep, rest = text.partition(":")
+    if "=" in head:
+        name, _, head = head.partition("=")
+        name = name.strip()
+    env = head.strip()
+    if not env:
+        raise EvalError(f"--eval-env {spec!r}: expected [NAME=]ENV[:KEY=VALUE,...]")
+    values: dict[str, Any] = {"env": env}
+    for item in rest.split(",") if sep and rest.strip() else []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise EvalError(f"--eval-env {spec!r}: {item!r} is not KEY=VALUE")
+        values[key.strip().replace("-", "_")] = value.strip()
+    if name is None:
+        name = env + (f"-{values['split']}" if "split" in values else "")
+    if not name or any(c in name for c in "/\\ "):
+        raise EvalError(f"--eval-env {spec!r}: the name must be a plain word")
+    return EvalSpec(name=name, values=values)
+
+
+def validate_specs(specs: list[EvalSpec]) -> None:
+    """Check every spec against the env's and the runner's config models before training starts."""
+    from sftrl.agents.runner import split_config
+    from sftrl.config import ConfigError
+
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise EvalError(f"--eval-env names must differ (got {', '.join(names)}); prefix them with NAME=")
+    for s in specs:
+        try:
+            split_config({**s.values, "out": "unused"})
+        except ConfigError as exc:
+            raise EvalError(f"--eval-env {s.name}: {exc}") from None
+
+
+class FlopCounter:
+    """Training compute as the experiment counts it (see the module docstring)."""
+
+    def __init__(self, n_params: int, total: float = 0.0) -> None:
+        self.n_params = n_params
+        self.total = total
+
+    def train(self, tokens: float) -> None:
+        self.total += 6.0 * self.n_params * tokens
+
+    def forward(self, tokens: float) -> None:
+        self.total += 2.0 * self.n_params * tokens
+
+
+def n_params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def evaluate(
+    policy: Any,
+    specs: list[EvalSpec],
+    out: Path,
+    *,
+    step: int,
+    flops: float,
+    episodes: int,
+    seed: int,
+    max_new_tokens: int,
+) -> dict[str, Any]:
+    """Play every spec greedily with ``policy``; append one line to ``out/eval.jsonl`` and return it.
+
+    A spec's own ``episodes`` / ``seed`` override the defaults given here.
+    """
+    from sftrl.agents.policy import SamplingParams
+    from sftrl.agents.runner import RunConfig, run_async, split_config
+
+    model = getattr(policy, "model", None)
+    was_training = bool(getattr(model, "training", False))
+    if model is not None:
+        model.eval()
+    row: dict[str, Any] = {"step": step, "flops": flops}
+    t0 = time.perf_counter()
+    try:
+        for spec in specs:
+            values = {"episodes": episodes, "seed": seed, **spec.values}
+            n = int(values["episodes"])
+            values["concurrency"] = values.get("concurrency") or min(n, getattr(policy, "max_batch_size", 8))
+            values["out"] = out / EVAL_DIR / f"step-{step:06d}" / spec.name
+            values["resume"] = values["out"].exists()
+            run, env_cfg = split_config(values)
+            run = RunConfig.model_validate(
+                {
+                    **run.model_dump(),
+                    "policy": "hf",
+                    "sampling": SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens),
+                }
+            )
+            summary = asyncio.run(run_async(run, env_cfg, policy=policy))
+            row[spec.name] = {
+                k: summary.get(k)
+                for k in (
+                    "episodes",
+                    "errors",
+                    "success_rate",
+                    "first_try_success_rate",
+                    "mean_reward",
+                    "recognition_accuracy",
+                    "verdicts",
+                    "out",
+                )
+                if k in summary
+            }
+    finally:
+        if model is not None and was_training:
+            model.train()
+    row["seconds"] = round(time.perf_counter() - t0, 3)
+    with (out / EVAL_FILE).open("a") as fh:
+        fh.write(json.dumps(row, default=str) + "\n")
+    return row
+
+
+def read_evals(out: Path) -> list[dict[str, Any]]:
+    path = out / EVAL_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_evals(out: Path, title: str) -> Path | None:
+    """Success rate of each eval env against training FLOPs (the paper's Fig. 5 axes)."""
+    rows = read_evals(out)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k, v in rows[0].items() if isinstance(v, dict)]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name in names:
+        pts = [(r["flops"], r[name]["success_rate"]) for r in rows if isinstance(r.get(name), dict)]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("success rate")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path = out / EVAL_PNG
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
