@@ -426,7 +426,8 @@ CHAR_SCRIPT = textwrap.dedent(
     model, out = sys.argv[1], Path(sys.argv[2])
     policy = VLLMOfflinePolicy(model, max_model_len=512, dtype="float32")
     run, env_cfg = split_config(
-        {"env": "gp", "prompt_style": "compact", "verify_iter": 2, "episodes": 4, "concurrency": 4, "out": out}
+        {"env": "gp", "prompt_style": "compact", "verify_iter": 2, "episodes": 4, "concurrency": 4,
+         "out": out}
     )
     run = RunConfig.model_validate(
         {**run.model_dump(), "policy": "vllm-offline", "model": model,
