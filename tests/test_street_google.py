@@ -201,10 +201,10 @@ def test_server_errors_exhaust_retries_with_growing_backoff(google: FakeGoogle) 
     assert_no_secret(str(err.value))
     assert len(google.calls("/maps/api/streetview/metadata")) == 4
     assert google.calls("/maps/api/streetview") == []
-    # backoff * 2^attempt with +-50 % jitter
-    assert len(delays) == 3
-    for attempt, d in enumerate(delays):
-        assert 0.05 * 2**attempt <= d <= 0.15 * 2**attempt
+    # urllib3's rule: first retry at once, then backoff * 2^n plus up to one backoff of jitter
+    assert len(delays) == 3 and delays[0] == 0
+    for n, d in enumerate(delays[1:], start=1):
+        assert 0.1 * 2**n <= d <= 0.1 * 2**n + 0.1
 
 
 def test_other_4xx_are_not_retried(google: FakeGoogle) -> None:

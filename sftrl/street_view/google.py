@@ -23,13 +23,11 @@ scrubs ``key=``/``signature=`` from urllib3's debug log of request lines.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import io
 import json
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -43,6 +41,7 @@ import requests
 from googlemaps.client import sign_hmac, urlencode_params
 from PIL import Image, UnidentifiedImageError
 
+from sftrl.net import RETRY_STATUSES, DeadlineSession
 from sftrl.street_view.provider import ProviderError, ViewRequest
 
 __all__ = ["GoogleStreetViewProvider", "PanoMetadata", "redact", "sign_url_path"]
@@ -53,9 +52,7 @@ IMAGE_PATH: Final = "/maps/api/streetview"
 # The Static API serves at most 640x640 (without a Premium plan); larger requests are fetched at the
 # largest size with the same aspect ratio and scaled up, so callers always get the size they asked for.
 MAX_SIDE: Final = 640
-MAX_RETRY_AFTER_S: Final = 60.0  # never sleep longer than this on one Retry-After
 CACHE_KEY_VERSION: Final = 1
-_RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 _SECRET_PARAM = re.compile(r"(?i)\b(key|signature|client)=[^&#\s'\"<>]*")
 
 log = logging.getLogger(__name__)
@@ -104,7 +101,7 @@ _FILTER = _RedactingFilter()
 
 
 def _install_log_filter() -> None:
-    for name in ("urllib3.connectionpool", "requests"):
+    for name in ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.poolmanager", "requests"):
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
@@ -128,8 +125,9 @@ class GoogleStreetViewProvider:
     optional URL-signing secret from ``signing_secret`` / ``signing_secret_env``. Both are read when the
     first view is requested, not at construction, so a cache replaying Google views offline never needs
     them. ``source="outdoor"`` keeps indoor panoramas out; ``radius_m`` is how far a position may snap.
-    Transient failures (HTTP 429, 5xx, connection errors, timeouts) are retried ``max_retries`` times with
-    exponential backoff (``backoff`` × 2^attempt, ±50 % jitter), waiting ``Retry-After`` when given.
+    Transient failures (HTTP 408, 429, 5xx, connection and read errors) are retried ``max_retries`` times
+    by :class:`sftrl.net.DeadlineSession` (exponential backoff from ``backoff``, ``Retry-After`` honoured),
+    and each call, retries included, ends by a total deadline (:func:`sftrl.net.deadline_for`).
     """
 
     name = "google"
@@ -287,7 +285,7 @@ class GoogleStreetViewProvider:
         try:
             img = Image.open(io.BytesIO(response.content))
             img.load()
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise ProviderError(f"Street View returned an undecodable image: {exc}") from None
         img = img.convert("RGB")
         if img.size != (w, h):
@@ -314,44 +312,42 @@ class GoogleStreetViewProvider:
             return self._session
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = requests.Session()
+            session = self._local.session = DeadlineSession(
+                timeout=self.timeout, max_retries=self.max_retries, backoff=self.backoff, sleep=self._sleep
+            )
         return session
 
     def _get(self, path: str, params: list[tuple[str, Any]], what: str) -> requests.Response:
-        """GET with retries on 429/5xx/connection errors; any other non-200 is a ProviderError at once."""
+        """GET with retries on 429/5xx/connection errors (the session's); any other non-200 fails at once."""
         url = self._url(path, params)
         shown = self._redact(url)
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            retry_after: float | None = None
-            try:
-                with self._lock:
-                    self.requests_sent += 1
-                response = self._http().get(url, timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                # requests puts the full URL (key included) into these messages: keep only a redacted copy
-                # and do not chain the original exception.
-                last = f"{type(exc).__name__}: {self._redact(str(exc))}"
-            else:
-                status = response.status_code
-                if status == 200:
-                    return response
-                if status not in _RETRY_STATUSES:
-                    raise self._http_error(response, what, shown)
-                last = f"HTTP {status}"
-                retry_after = _parse_retry_after(response.headers.get("Retry-After"))
-                response.close()
-            if attempt == self.max_retries:
-                break
-            delay = retry_after if retry_after is not None else self._backoff_delay(attempt)
-            log.info("Street View %s request failed (%s); retry %d in %.2fs", what, last, attempt + 1, delay)
-            self._sleep(delay)
-        raise ProviderError(
-            f"Street View {what} request failed after {self.max_retries + 1} attempts ({last}): {shown}"
-        )
+        session = self._http()
+        before = getattr(session, "attempts", 0)
+        try:
+            response = session.get(url, timeout=self.timeout)
+        except requests.RequestException as exc:
+            # requests puts the full URL (key included) into these messages: keep only a redacted copy
+            # and do not chain the original exception.
+            last = f"{type(exc).__name__}: {self._redact(str(exc))}"
+            status = None
+        else:
+            status = response.status_code
+            if status == 200:
+                self._count(session, before)
+                return response
+            if status not in RETRY_STATUSES:
+                self._count(session, before)
+                raise self._http_error(response, what, shown)
+            last = f"HTTP {status}"
+            response.close()
+        attempts = self._count(session, before)
+        raise ProviderError(f"Street View {what} request failed after {attempts} attempts ({last}): {shown}")
 
-    def _backoff_delay(self, attempt: int) -> float:
-        return min(MAX_RETRY_AFTER_S, self.backoff * 2**attempt * random.uniform(0.5, 1.5))
+    def _count(self, session: requests.Session, before: int) -> int:
+        attempts = max(1, getattr(session, "attempts", before + 1) - before)
+        with self._lock:
+            self.requests_sent += attempts
+        return attempts
 
     def _http_error(self, response: requests.Response, what: str, shown: str) -> ProviderError:
         status = response.status_code
@@ -374,6 +370,8 @@ class GoogleStreetViewProvider:
             raise ProviderError(
                 f"Street View metadata was not JSON: {self._redact(response.text[:200])}"
             ) from None
+        if not isinstance(body, dict):
+            raise ProviderError(f"Street View metadata was JSON but not an object: {type(body).__name__}")
         status = body.get("status", "")
         where = f"pano {request.pano_id!r}" if request.pano_id else f"({request.lat:.6f}, {request.lng:.6f})"
         detail = self._redact(str(body.get("error_message", "")))
@@ -405,19 +403,3 @@ class GoogleStreetViewProvider:
             )
         failure = f"Street View metadata for {where} failed: {status or 'no status'} {detail}"
         raise ProviderError(failure.strip())
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), capped; None if absent."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))

@@ -9,9 +9,11 @@ project requires around it:
   signs every request with Google's documented HMAC-SHA1 over path and query — ``googlemaps`` signs only
   Premium ``client=`` credentials, so signing happens in the HTTP session handed to the client.
 * **Retries**: ``googlemaps`` retries 500/503/504 and ``OVER_QUERY_LIMIT`` bodies, but not HTTP 429,
-  502, connection errors or timeouts. The session retries those (and 5xx) ``max_retries`` times with
-  exponential backoff and jitter, honouring ``Retry-After``; the client's own ``OVER_QUERY_LIMIT`` retry
-  (``retry_over_query_limit=True``) stays on and is bounded by ``retry_timeout``.
+  502, connection errors or timeouts, and its timeouts are per read. The session is a
+  :class:`sftrl.net.DeadlineSession`: urllib3 retries 408/429/5xx, connection and read errors
+  ``max_retries`` times (``Retry-After`` honoured) and every call ends by a total deadline; the
+  client's own ``OVER_QUERY_LIMIT`` retry (``retry_over_query_limit=True``) stays on and is bounded by
+  ``retry_timeout``.
 * **Errors**: every failure is a :class:`MapsError` that says what to do (missing key, key rejected
   with ``REQUEST_DENIED``, quota with ``OVER_QUERY_LIMIT``, network), with the API status in ``status``.
   No message ever holds the key or the signature: URLs and transport texts pass through
@@ -22,7 +24,6 @@ project requires around it:
 from __future__ import annotations
 
 import os
-import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
@@ -32,9 +33,9 @@ import googlemaps
 import googlemaps.exceptions
 import requests
 
+from sftrl.net import RETRY_STATUSES, DeadlineSession
 from sftrl.street_view.google import (
     _install_log_filter,
-    _parse_retry_after,
     redact,
     sign_url_path,
 )
@@ -43,8 +44,6 @@ from sftrl.street_view.provider import ProviderError
 __all__ = ["GoogleMapsClient", "LatLng", "MapsError"]
 
 DEFAULT_BASE_URL: Final = "https://maps.googleapis.com"
-MAX_RETRY_AFTER_S: Final = 60.0
-_RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 # API statuses that fail every later request the same way: a collection stops on them.
 _FATAL_STATUSES: Final = frozenset({"REQUEST_DENIED", "OVER_QUERY_LIMIT", "OVER_DAILY_LIMIT"})
 
@@ -64,8 +63,8 @@ class _GaveUp(Exception):
     """Raised by the session once its retries are spent; ``googlemaps`` wraps it in a TransportError."""
 
 
-class _MapsSession(requests.Session):
-    """The ``requests`` session ``googlemaps.Client`` sends through: signs URLs, retries transient failures.
+class _MapsSession(DeadlineSession):
+    """The session ``googlemaps.Client`` sends through: signs URLs; retries and deadlines are the base's.
 
     ``googlemaps`` calls ``session.get(base_url + path_and_query, **kwargs)``; the signature is computed
     over the URL's path and query exactly as Google's URL-signing documentation describes.
@@ -76,18 +75,19 @@ class _MapsSession(requests.Session):
         secret: Callable[[], str | None],
         redactor: Callable[[str], str],
         *,
+        timeout: float,
         max_retries: int,
         backoff: float,
         sleep: Callable[[float], None],
     ) -> None:
-        super().__init__()
+        super().__init__(timeout=timeout, max_retries=max_retries, backoff=backoff, sleep=sleep)
         self._secret = secret
         self._redact = redactor
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self._sleep = sleep
-        self.requests_sent = 0  # HTTP attempts, retries included
         self.last_api_status: str | None = None  # "status" of the last JSON body seen
+
+    @property
+    def requests_sent(self) -> int:
+        return self.attempts
 
     def get(self, url: str | bytes, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         url = url.decode() if isinstance(url, bytes) else url
@@ -97,30 +97,20 @@ class _MapsSession(requests.Session):
             signature = sign_url_path(f"{parts.path}?{parts.query}", secret)
             url = f"{url}&signature={signature}"
         shown = self._redact(url)
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            retry_after: float | None = None
-            try:
-                self.requests_sent += 1
-                response = super().get(url, **kwargs)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                # requests puts the full URL (key included) into these texts: keep a redacted copy only.
-                last = f"{type(exc).__name__}: {self._redact(str(exc))}"
-            else:
-                if response.status_code not in _RETRY_STATUSES:
-                    self._note_status(response)
-                    return response
-                last = f"HTTP {response.status_code}"
-                retry_after = _parse_retry_after(response.headers.get("Retry-After"))
-                response.close()
-            if attempt == self.max_retries:
-                break
-            delay = retry_after if retry_after is not None else self._backoff_delay(attempt)
-            self._sleep(delay)
-        raise _GaveUp(f"failed after {self.max_retries + 1} attempts ({last}): {shown}")
-
-    def _backoff_delay(self, attempt: int) -> float:
-        return min(MAX_RETRY_AFTER_S, self.backoff * 2**attempt * random.uniform(0.5, 1.5))
+        before = self.attempts
+        try:
+            response = super().get(url, **kwargs)
+        except requests.RequestException as exc:
+            # requests puts the full URL (key included) into these texts: keep a redacted copy only.
+            last = f"{type(exc).__name__}: {self._redact(str(exc))}"
+        else:
+            if response.status_code not in RETRY_STATUSES:
+                self._note_status(response)
+                return response
+            last = f"HTTP {response.status_code}"
+            response.close()
+        # Raised rather than returned so googlemaps does not start a second round of retries on 5xx.
+        raise _GaveUp(f"failed after {max(1, self.attempts - before)} attempts ({last}): {shown}")
 
     def _note_status(self, response: requests.Response) -> None:
         # Remembered so a googlemaps Timeout after OVER_QUERY_LIMIT retries can be reported as a quota
@@ -169,7 +159,12 @@ class GoogleMapsClient:
         self.retry_timeout = float(retry_timeout)
         self.language = language
         self._session = _MapsSession(
-            self._resolve_secret, self._redact, max_retries=max_retries, backoff=backoff, sleep=sleep
+            self._resolve_secret,
+            self._redact,
+            timeout=self.timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            sleep=sleep,
         )
         self._client: googlemaps.Client | None = None
         _install_log_filter()
