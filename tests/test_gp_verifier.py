@@ -57,8 +57,8 @@ def test_reward_table_is_the_papers() -> None:
         (
             "8/(3-8)/3",
             "no_solution",
-            "8/(3-8 is partially correct but the full formula does not match any solution "
-            "(it evaluates to -8/15)",
+            "your formula evaluates to -8/15, not 24 "
+            "(its start 8/(3-8 matches a solution; the rest does not)",
         ),
         ("2**5", "illegal_formula", "invalid sequence: '*' cannot follow '*' ('**')"),
         ("3^3+8+8", "illegal_formula", "illegal characters: '^'"),
@@ -219,8 +219,13 @@ def test_prefixes_are_compared_token_wise() -> None:
     # "1" starts the string "10*2+3+1" but not its first token, so it is no partially correct prefix.
     state = GPState(ranks=("A", "10", "2", "3"), values=(1, 10, 2, 3), target=24, solutions=("10*2+3+1",))
     assert verify(state, reply("1+10+2+3")).message == "your formula evaluates to 16, not 24"
-    assert verify(state, reply("10*2+1-3")).message.startswith("10*2+ is partially correct")
+    assert verify(state, reply("10*2+1-3")).message == (
+        "your formula evaluates to 18, not 24 (its start 10*2 matches a solution; the rest does not)"
+    )
     assert verify(state, reply("10*2+3+1")).correct
+    # A lone bracket or number is no prefix worth naming.
+    state = GPState(ranks=("8", "3", "8", "3"), values=(8, 3, 8, 3), target=24, solutions=("(8/(3-8/3))",))
+    assert verify(state, reply("(8+3)*8/3")).message == "your formula evaluates to 88/3, not 24"
 
 
 # -- properties ---------------------------------------------------------------------------------------

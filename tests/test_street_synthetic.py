@@ -14,7 +14,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sftrl.environments import make_env
 from sftrl.street_view.city import load_city
-from sftrl.street_view.geometry import bearing_deg, haversine_m, heading_delta, relative_name
+from sftrl.street_view.geometry import (
+    RELATIVE_PHRASES,
+    bearing_deg,
+    haversine_m,
+    heading_delta,
+    relative_name,
+)
 from sftrl.street_view.provider import ViewRequest, make_provider
 from sftrl.street_view.synthetic import STYLES, SignPlacement, SyntheticProvider, display_text, layout_sign
 
@@ -234,16 +240,17 @@ def _geocode(marks: tuple[tuple[str, float, float], ...], name: str) -> tuple[fl
 
 
 def _seen_here(obs, marks) -> tuple[str, str] | None:
-    """(landmark, relation) when the expert's observation says "{landmark} is on your {relation}"."""
+    """(landmark, relation) when the expert's observation says "{landmark} is {relation's phrase}"."""
     said = json.loads(obs.oracle["expert_reply"])["current observation"]
     info = obs.info
     for name, lat, lng in sorted(marks, key=lambda m: -len(m[0])):
-        m = re.match(re.escape(name) + r" is on your ([a-z ]+?)(\.|$)", said)
-        if m:
+        m = re.match(re.escape(name) + r" is ([a-z ]+?)(\.|$)", said)
+        relation = {p: r for r, p in RELATIVE_PHRASES.items()}.get(m.group(1)) if m else None
+        if m and relation:
             # Milestone observations are the route generator's text, worked out at its own arrival
             # heading, which can differ from the rail's heading here: keep what geometry agrees with.
             delta = heading_delta(info["heading"], bearing_deg(info["lat"], info["lng"], lat, lng))
-            return (name, m.group(1)) if relative_name(delta) == m.group(1) else None
+            return (name, relation) if relative_name(delta) == relation else None
     return None
 
 

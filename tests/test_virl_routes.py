@@ -19,10 +19,11 @@ from sftrl.environments.virl.routes import (
     split_routes,
 )
 from sftrl.street_view.city import load_city
-from sftrl.street_view.geometry import haversine_m
+from sftrl.street_view.geometry import RELATIVE_PHRASES, haversine_m
 
 FIXTURES = Path(__file__).parent / "fixtures" / "virl"
 REL = r"(front|right front|right|right behind|behind|left behind|left|left front)"
+WHERE = "(" + "|".join(re.escape(p) for p in RELATIVE_PHRASES.values()) + ")"  # how prompts say REL
 TURN = r"(left|right|slightly left|slightly right)"
 DIR = r"(north|northeast|east|southeast|south|southwest|west|northwest)"
 
@@ -100,11 +101,11 @@ def test_instruction_text_format():
         assert re.fullmatch(rf"\d+\. Turn {TURN} to face {DIR}\.", line)
     for line in lines[1:-1:2]:
         assert re.fullmatch(
-            rf"\d+\. Move forward until you reach next intersection where .+ is on your {REL}\.", line
+            rf"\d+\. Move forward until you reach next intersection where .+ is {WHERE}\.", line
         )
     dest = route.dest_place.name
     assert re.fullmatch(
-        rf"\d+\. Move forward until you reach destination where {re.escape(dest)} is on your {REL}\.",
+        rf"\d+\. Move forward until you reach destination where {re.escape(dest)} is {WHERE}\.",
         lines[-1],
     )
 

@@ -46,6 +46,18 @@ RELATIVE_NAMES: Final = (
     "left front",
 )
 
+# How prompts say where a thing lies ("X is behind you", never "X is on your behind").
+RELATIVE_PHRASES: Final = {
+    "front": "in front of you",
+    "right front": "ahead on your right",
+    "right": "on your right",
+    "right behind": "behind you on the right",
+    "behind": "behind you",
+    "left behind": "behind you on the left",
+    "left": "on your left",
+    "left front": "ahead on your left",
+}
+
 # turn_name thresholds on |delta| (degrees). V-IRL's relative action vocabulary only has
 # "slightly left/right" (~45°) and "left/right" (~90°), so each name owns the band around its nominal
 # angle: [0, 22.5) straight, [22.5, 67.5) slightly, [67.5, 157.5] left/right (sharp turns included,
@@ -125,6 +137,11 @@ def relative_name(delta: float) -> str:
     :func:`compass_name`; e.g. +22.5 is "right front" and -22.5 is "front".
     """
     return RELATIVE_NAMES[_sector(delta, 8)]
+
+
+def relative_phrase(relation: str) -> str:
+    """English for "is <relation>" in a prompt: ``behind`` -> "behind you", ``left`` -> "on your left"."""
+    return RELATIVE_PHRASES.get(relation.strip().lower(), f"on your {relation}")
 
 
 def turn_name(delta: float) -> str:

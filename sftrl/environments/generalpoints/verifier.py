@@ -144,15 +144,22 @@ def _solution_prefixes(solutions: tuple[str, ...]) -> frozenset[str]:
 
 
 def _partial_prefix(parsed: ParsedFormula, solutions: tuple[str, ...]) -> str:
-    """The longest token-wise prefix of the formula that starts some solution ("" if none)."""
+    """The longest token-wise prefix of the formula that starts some solution ("" if none).
+
+    Only prefixes worth naming count: ending in a number or ``)`` and holding at least two numbers
+    (a lone "(" or "8" starts almost every solution and tells the model nothing).
+    """
     prefixes = _solution_prefixes(solutions)
     best = ""
     text = ""
+    numbers = 0
     for token in parsed.tokens:
         text += token
         if text not in prefixes:
             break
-        best = text
+        numbers += token.isdigit()
+        if numbers >= 2 and (token.isdigit() or token == ")"):
+            best = text
     return best
 
 
@@ -251,8 +258,8 @@ def verify(state: GPState, reply: str, *, style: PromptStyle = "paper") -> Verdi
     prefix = _partial_prefix(parsed, state.solutions)
     if prefix:
         message = (
-            f"{prefix} is partially correct but the full formula does not match any solution "
-            f"(it evaluates to {parsed.value})"
+            f"your formula evaluates to {parsed.value}, not {state.target} "
+            f"(its start {prefix} matches a solution; the rest does not)"
         )
     else:
         message = f"your formula evaluates to {parsed.value}, not {state.target}"

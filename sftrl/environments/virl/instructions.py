@@ -1,10 +1,13 @@
 """Numbered route instructions in the paper's format, derived from a route's milestones.
 
 1. First, turn {rel} to face {dir}.
-2. Move forward until you reach next intersection where {landmark} is on your {rel}.
+2. Move forward until you reach next intersection where {landmark} is {where it lies}.
 3. Turn {rel} to face {dir}.
 ...
-N. Move forward until you reach destination where {dest} is on your {rel}.
+N. Move forward until you reach destination where {dest} is {where it lies}.
+
+Where a landmark lies is said in plain English (:func:`relative_phrase`: "on your left", "behind you",
+"ahead on your right"), not the paper's "on your {relation}" (which reads "on your behind").
 
 Relative turn words come from :func:`relative_turn`, which wraps around north correctly (350° -> 10°
 is "slightly right"; the official code calls it "left").
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sftrl.street_view.geometry import compass_name
+from sftrl.street_view.geometry import compass_name, relative_phrase
 
 if TYPE_CHECKING:
     from sftrl.environments.virl.routes import RouteInfo
@@ -48,7 +51,9 @@ def instruction_lines(route: RouteInfo) -> list[str]:
         last = k == len(ms) - 1
         name, rel = _landmark_clause(m.landmarks, route.dest_place.name if last else "a landmark")
         where = "destination" if last else "next intersection"
-        lines.append(f"{len(lines) + 1}. Move forward until you reach {where} where {name} is on your {rel}.")
+        lines.append(
+            f"{len(lines) + 1}. Move forward until you reach {where} where {name} is {relative_phrase(rel)}."
+        )
         heading = leg
     return lines
 

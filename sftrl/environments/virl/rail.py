@@ -20,7 +20,14 @@ import numpy as np
 from sftrl.environments.virl.instructions import instruction_lines
 from sftrl.environments.virl.routes import RouteInfo, relative_turn
 from sftrl.street_view.city import CityMap
-from sftrl.street_view.geometry import bearing_deg, compass_name, haversine_m, heading_delta, relative_name
+from sftrl.street_view.geometry import (
+    bearing_deg,
+    compass_name,
+    haversine_m,
+    heading_delta,
+    relative_name,
+    relative_phrase,
+)
 
 ActionSpace = Literal["absolute", "relative"]
 
@@ -158,7 +165,7 @@ def observation_at(
     if best is None:
         return NO_LANDMARK
     rel = relative_name(heading_delta(heading, bearing_deg(lat, lng, best[2], best[3])))
-    return f"{best[1]} is on your {rel}"
+    return f"{best[1]} is {relative_phrase(rel)}"
 
 
 def _milestone_text(
@@ -178,11 +185,14 @@ def _milestone_text(
     from sftrl.environments.virl.routes import _LANDMARK_RE
 
     m = _LANDMARK_RE.match(t)
-    if m is None or at is None or heading is None or not known or m.group(1).strip() not in known:
+    if m is None:
         return t
+    if at is None or heading is None or not known or m.group(1).strip() not in known:
+        return f"{m.group(1).strip()} is {relative_phrase(m.group(2))}"  # the route file's relation
     name = m.group(1).strip()
     la, ln = known[name]
-    return f"{name} is on your {relative_name(heading_delta(heading, bearing_deg(at[0], at[1], la, ln)))}"
+    rel = relative_name(heading_delta(heading, bearing_deg(at[0], at[1], la, ln)))
+    return f"{name} is {relative_phrase(rel)}"
 
 
 def build_rail(
