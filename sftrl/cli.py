@@ -149,7 +149,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     srv.add_argument("--grace-period", type=float, default=30.0, help="seconds between stop and kill")
     srv.add_argument("extra", nargs=argparse.REMAINDER, help="-- extra arguments passed to vLLM")
 
-    routes = sub.add_parser("routes", help="V-IRL route sets: list a split, collect new routes")
+    routes = sub.add_parser("routes", help="V-IRL route sets: list a split, collect or import routes")
     rsub = routes.add_subparsers(dest="routes_command", required=True, parser_class=_Parser)
     rl_list = rsub.add_parser("list", help="the fixed route set of a split (as in the shipped manifest)")
     rl_list.add_argument("--split", default="id", help="id | rule-ood | visual-ood | nyc-unseen")
@@ -157,6 +157,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     rl_list.add_argument("--num-routes", type=int, default=100)
     rl_list.add_argument("--route-seed", type=int, default=0)
     rl_list.add_argument("--json", action="store_true")
+    rl_imp = rsub.add_parser(
+        "import",
+        help="convert an SFTvsRL dataset's gps_pano_mapping.pkl once to gps_pano_mapping.json "
+        "(read safely, bounded); later runs then read no pickle at all",
+    )
+    rl_imp.add_argument("root", type=Path, metavar="DIR", help="dataset root (holds gps_pano_mapping.pkl)")
+    rl_imp.add_argument("--overwrite", action="store_true", help="replace an existing gps_pano_mapping.json")
     rl_col = rsub.add_parser(
         "collect", help="write routes in the official SFTvsRL format (route_infos.json + manifest)"
     )
@@ -495,6 +502,8 @@ def _coverage_line(summary: dict[str, Any]) -> str:
 def cmd_routes(ns: argparse.Namespace) -> int:
     if ns.routes_command == "collect":
         return _cmd_routes_collect(ns)
+    if ns.routes_command == "import":
+        return _cmd_routes_import(ns)
     from sftrl.environments.virl.env import VIRLConfig
     from sftrl.environments.virl.routes import route_fingerprint, route_summary, split_routes
 
@@ -521,6 +530,26 @@ def cmd_routes(ns: argparse.Namespace) -> int:
             *(str(r[c]) for c in ("index", "route_id", "start", "destination", "length_m", "milestones"))
         )
     Console().print(table)
+    return 0
+
+
+def _cmd_routes_import(ns: argparse.Namespace) -> int:
+    """``routes import DIR``: the panorama mapping pickle, read by the bounded reader, as plain JSON."""
+    from sftrl.street_view.safe_pickle import UnsafePickleError, load_pano_mapping, write_pano_mapping_json
+
+    source, target = ns.root / "gps_pano_mapping.pkl", ns.root / "gps_pano_mapping.json"
+    if target.exists() and not ns.overwrite:
+        raise CLIError(f"{target} exists (pass --overwrite to replace it)")
+    try:
+        mapping = load_pano_mapping(source)
+    except (FileNotFoundError, UnsafePickleError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    if not mapping:
+        raise CLIError(f"{source} holds no panoramas")
+    write_pano_mapping_json(mapping, target)
+    print(
+        f"wrote {len(mapping)} panoramas to {target}; --panorama-dir {ns.root} now reads it, not the pickle"
+    )
     return 0
 
 

@@ -26,6 +26,7 @@ import json
 import math
 import re
 import threading
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Final
@@ -43,6 +44,8 @@ __all__ = ["PanoramaDirProvider", "equirect_to_perspective", "perspective_sample
 # Bump when the crop changes, so caches keyed by cache_key() never serve stale pictures.
 CROP_VERSION: Final = 1
 IMAGE_SUFFIXES: Final = (".jpg", ".jpeg", ".png")
+# Street View panoramas are at most 16384 x 8192; larger images are refused before they are decoded.
+MAX_PANORAMA_PIXELS: Final = 16384 * 8192
 # Google panorama ids are URL-safe base64; Touchdown / our own ids are word characters and dashes.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_\-.]{0,199}$")
 
@@ -127,6 +130,7 @@ class PanoramaDirProvider:
         *,
         cache_size: int = 8,
         require_metadata: bool = True,
+        max_pixels: int = MAX_PANORAMA_PIXELS,
         **ignored: Any,
     ) -> None:
         if radius_m <= 0:
@@ -135,13 +139,16 @@ class PanoramaDirProvider:
         if not self.root.is_dir():
             raise ProviderError(f"panorama directory not found: {self.root}")
         self.mapping_path = self._under_root(mapping)
-        if not self.mapping_path.is_file() and str(mapping) == "gps_pano_mapping.pkl":
+        if str(mapping) == "gps_pano_mapping.pkl":
+            # `agent routes import` writes the JSON form once: then no pickle is read at all.
             alt = self.root / "gps_pano_mapping.json"
             if alt.is_file():
                 self.mapping_path = alt
         self.views_dir = self._under_root(street_views)
         if not self.views_dir.is_dir():
             raise ProviderError(f"street-view image directory not found: {self.views_dir}")
+        self._views_real = self.views_dir.resolve()
+        self.max_pixels = int(max_pixels)
         self.radius_m = float(radius_m)
         self.require_metadata = require_metadata
         try:
@@ -204,10 +211,17 @@ class PanoramaDirProvider:
         for suffix in IMAGE_SUFFIXES:
             p = self.views_dir / f"{pano_id}{suffix}"
             if p.is_file():
-                return p
+                return self._inside(p)
         if required:
             raise ProviderError(f"panorama image missing: {self.views_dir / (pano_id + '.jpg')}")
         return None
+
+    def _inside(self, path: Path) -> Path:
+        """``path`` if it resolves (symlinks followed) inside the street-view directory."""
+        real = path.resolve()
+        if not real.is_relative_to(self._views_real):
+            raise ProviderError(f"refusing {path}: it links to {real}, outside {self.views_dir}")
+        return real
 
     def rotation(self, pano_id: str) -> float:
         """Compass heading of the panorama's centre column (its ``metadata.json`` ``rotation``)."""
@@ -222,7 +236,7 @@ class PanoramaDirProvider:
             value = 0.0
         else:
             try:
-                meta = json.loads(path.read_text(encoding="utf-8"))
+                meta = json.loads(self._inside(path).read_text(encoding="utf-8"))
                 value = float(meta["rotation"])
                 if not math.isfinite(value):
                     raise ValueError("not finite")
@@ -242,9 +256,20 @@ class PanoramaDirProvider:
         path = self._image_path(pano_id)
         assert path is not None
         try:
-            with Image.open(path) as im:
+            with warnings.catch_warnings(), Image.open(path) as im:
+                # Pillow warns from ~89 Mpx; the limit that counts is ours, checked right here.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                if im.width * im.height > self.max_pixels:
+                    raise ProviderError(
+                        f"refusing panorama {path}: {im.width}x{im.height} pixels is over the limit of "
+                        f"{self.max_pixels} (a decompression bomb, or not a Street View panorama)"
+                    )
                 arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except OSError as exc:
+        except ProviderError:
+            raise
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            # Pillow raises all of these on corrupt or hostile files (DecompressionBombError over its
+            # own pixel limit, before ours is checked).
             raise ProviderError(f"cannot decode panorama {path}: {exc}") from None
         with self._lock:
             self._panos[pano_id] = arr
