@@ -256,15 +256,16 @@ class PanoramaDirProvider:
         path = self._image_path(pano_id)
         assert path is not None
         try:
-            with warnings.catch_warnings(), Image.open(path) as im:
-                # Pillow warns from ~89 Mpx; the limit that counts is ours, checked right here.
+            with warnings.catch_warnings():
+                # Pillow warns from ~89 Mpx; the limit that counts is ours, checked right below.
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                if im.width * im.height > self.max_pixels:
-                    raise ProviderError(
-                        f"refusing panorama {path}: {im.width}x{im.height} pixels is over the limit of "
-                        f"{self.max_pixels} (a decompression bomb, or not a Street View panorama)"
-                    )
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+                with Image.open(path) as im:
+                    if im.width * im.height > self.max_pixels:
+                        raise ProviderError(
+                            f"refusing panorama {path}: {im.width}x{im.height} pixels is over the limit "
+                            f"of {self.max_pixels} (a decompression bomb, or not a Street View panorama)"
+                        )
+                    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
         except ProviderError:
             raise
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
