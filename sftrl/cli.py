@@ -383,6 +383,7 @@ def _print_summary(summary: dict[str, Any], title: str = "run summary") -> None:
         "policy",
         "episodes",
         "errors",
+        "error_causes",
         "not_logged",
         "success_rate",
         "success_ci95",
@@ -400,6 +401,8 @@ def _print_summary(summary: dict[str, Any], title: str = "run summary") -> None:
                 value = f"{value:.4f}"
             elif isinstance(value, list):
                 value = "[" + ", ".join(f"{v:.3f}" for v in value) + "]"
+            elif key == "error_causes":  # one line per cause: how many, and one example message
+                value = "\n".join(f"{c}: {e['count']} (e.g. {e['example']})" for c, e in value.items())
             table.add_row(key, str(value))
     Console().print(table)
 

@@ -105,12 +105,37 @@ def summarize(records: Sequence[EpisodeRecord], planned: int | None = None) -> d
         notes.update(r.log_notes)
     if notes:
         summary["log_notes"] = dict(sorted(notes.items()))
+    causes = error_causes(records)
+    if causes:
+        summary["error_causes"] = causes
     if ok:
         summary["env_id"] = ok[0].env_id
         summary["policy"] = ok[0].policy.get("name")
         summary["mean_policy_s"] = sum(r.policy_s for r in ok) / n
         summary["mean_env_s"] = sum(r.env_s for r in ok) / n
     return summary
+
+
+def error_causes(records: Sequence[EpisodeRecord]) -> dict[str, dict[str, Any]]:
+    """Failed episodes grouped by cause: ``{cause: {"count": n, "example": one message}}``.
+
+    The cause is the ``cause: X`` line the runner appends for backend errors (``connect``,
+    ``timeout``, ``server``, ``auth``, ``model``, ``reply``), else the exception's type name.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.error is None:
+            continue
+        lines = [line.strip() for line in r.error.strip().splitlines() if line.strip()]
+        cause = None
+        if lines and lines[-1].startswith("cause: "):
+            cause = lines.pop()[len("cause: ") :]
+        last = lines[-1] if lines else "unknown error"
+        name, _, message = last.partition(": ")
+        cause = cause or name.rsplit(".", 1)[-1] or "unknown"
+        entry = out.setdefault(cause, {"count": 0, "example": f"{name.rsplit('.', 1)[-1]}: {message}"[:300]})
+        entry["count"] += 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["count"]))
 
 
 def paired_difference(

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import re
 import time
 from collections.abc import Sequence
@@ -25,39 +24,65 @@ from typing import Any, ClassVar
 import httpx
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from sftrl.agents.messages import message_text
 from sftrl.agents.policy import Reply, SamplingParams
 from sftrl.agents.tools import openai_tools
 from sftrl.config import ConfigError
 from sftrl.environments.base import Observation
+from sftrl.net import MAX_RETRY_AFTER_S, RETRY_STATUSES, retry_after_s
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 VLLM_BASE_URL = "http://127.0.0.1:8000/v1"
-# Statuses worth another try: rate limits, overload and server-side failures.
-RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-# Cap on a server's Retry-After so one header cannot stall a run for minutes.
-MAX_RETRY_AFTER_S = 60.0
+# A reply body is at most this many bytes per requested token, plus a fixed allowance (headers of the
+# JSON, log-probs): a server that ignores the token budget cannot fill memory or the log.
+BYTES_PER_TOKEN = 256
+BASE_RESPONSE_BYTES = 1 << 20
 _TOKEN_ID = re.compile(r"^token_id:(-?\d+)$")
 
 
 class BackendError(RuntimeError):
-    """A model call that failed for good: retries exhausted, or an error retrying cannot fix."""
+    """A model call that failed for good: retries exhausted, or an error retrying cannot fix.
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    ``cause`` says why (``connect``, ``connection``, ``timeout``, ``server``, ``auth``, ``model``,
+    ``reply``);
+    ``infrastructure`` is true when the model never got to answer, so no episode can succeed while it
+    lasts (the runner stops a run whose episodes all fail that way).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, cause: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         # Bad key, no permission, unknown model: every later call would fail the same way.
         self.fatal = status in (401, 403, 404)
+        self.cause = cause or {401: "auth", 403: "auth", 404: "model"}.get(status or 0, "reply")
+        self.infrastructure = self.cause in ("connect", "connection", "timeout", "server", "auth", "model")
 
 
 class _Retryable(Exception):
     """Internal: one attempt failed in a way another attempt (maybe on another replica) may fix."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, connect: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        connect: bool = False,
+        avoid: set[int] | None = None,
+        cause: str = "server",
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.connect = connect
+        self.avoid = avoid if avoid is not None else set()
+        self.cause = "connect" if connect else cause
 
 
 # --- request building -----------------------------------------------------------------------------
@@ -249,7 +274,15 @@ class OpenAIPolicy:
     max_tokens_field: ClassVar[str] = "max_completion_tokens"
     # policy_options keys accepted by from_run_config (keyword arguments of __init__).
     OPTION_KEYS: ClassVar[frozenset[str]] = frozenset(
-        {"backoff_s", "max_backoff_s", "tool_choice", "extra_body", "require_key", "max_connections"}
+        {
+            "backoff_s",
+            "max_backoff_s",
+            "tool_choice",
+            "extra_body",
+            "require_key",
+            "max_connections",
+            "max_response_bytes",
+        }
     )
 
     def __init__(
@@ -266,9 +299,15 @@ class OpenAIPolicy:
         extra_body: dict[str, Any] | None = None,
         require_key: bool | None = None,
         max_connections: int | None = None,
+        max_response_bytes: int | None = None,
     ) -> None:
         """``require_key=None`` requires the key only for the OpenAI API itself (local servers often
-        run without one); ``extra_body`` adds fields to every request (e.g. vLLM's ``top_k``)."""
+        run without one); ``extra_body`` adds fields to every request (e.g. vLLM's ``top_k``).
+
+        ``timeout`` is a total deadline per attempt (connect and the whole reply), and there are at most
+        ``max_retries`` retries, so a call ends within about ``timeout`` × (``max_retries`` + 1) plus the
+        waits (≤ ``max_backoff_s`` each, or a ``Retry-After`` ≤ 60 s). A reply body is read up to
+        ``max_response_bytes`` (default: 1 MiB + 256 bytes per requested token)."""
         if not model:
             raise ConfigError(f"--policy {self.name} needs --model (the served model name)")
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
@@ -284,6 +323,9 @@ class OpenAIPolicy:
         self.tool_choice = tool_choice
         self.extra_body = dict(extra_body or {})
         self.max_connections = max_connections
+        if max_response_bytes is not None and int(max_response_bytes) < 1:
+            raise ConfigError("--policy-option max_response_bytes must be a positive number of bytes")
+        self.max_response_bytes = int(max_response_bytes) if max_response_bytes is not None else None
         if require_key is None:
             require_key = any(httpx.URL(r.base_url).host == "api.openai.com" for r in self._replicas)
         if require_key and not self._api_key():
@@ -397,44 +439,102 @@ class OpenAIPolicy:
         n = len(self._replicas)
         return min(candidates, key=lambda i: (self._replicas[i].outstanding, (i - self._rotation) % n))
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), MAX_RETRY_AFTER_S)
-        # Exponential backoff with full jitter: concurrent episodes do not retry in lock-step.
-        return random.uniform(0.5, 1.0) * min(self.max_backoff_s, self.backoff_s * 2**attempt)
+    def _wait(self, state: RetryCallState) -> float:
+        """tenacity's wait: none when another replica is healthy, else Retry-After or jittered backoff."""
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, _Retryable):
+            now = asyncio.get_running_loop().time()
+            if exc.connect and any(
+                i not in exc.avoid and r.down_until <= now for i, r in enumerate(self._replicas)
+            ):
+                return 0.0  # fail-over to a live replica is immediate
+            if exc.retry_after is not None:
+                return min(exc.retry_after, MAX_RETRY_AFTER_S)
+        # Full jitter: concurrent episodes do not retry in lock-step.
+        return wait_random_exponential(multiplier=self.backoff_s, max=self.max_backoff_s)(state)
 
-    async def _post_once(self, index: int, body: dict[str, Any]) -> dict[str, Any]:
+    def _response_cap(self, body: dict[str, Any]) -> int:
+        if self.max_response_bytes is not None:
+            return self.max_response_bytes
+        tokens = body.get(self.max_tokens_field)
+        return BASE_RESPONSE_BYTES + BYTES_PER_TOKEN * (tokens if isinstance(tokens, int) else 4096)
+
+    async def _send(self, method: str, url: str, body: dict[str, Any] | None, cap: int) -> httpx.Response:
+        """One HTTP exchange, its body read in full but never beyond ``cap`` bytes."""
+        kwargs: dict[str, Any] = {"headers": self._headers()}
+        if body is not None:
+            kwargs["json"] = body
+        async with self._http().stream(method, url, **kwargs) as response:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    budget = body.get(self.max_tokens_field) if body else None
+                    raise BackendError(
+                        f"{public_url(url)} sent a reply over {cap} bytes for a {budget}-token budget "
+                        "(does the server ignore max_tokens? --policy-option max_response_bytes=N "
+                        "accepts larger replies)"
+                    )
+                chunks.append(chunk)
+        return httpx.Response(
+            response.status_code, headers=response.headers, content=b"".join(chunks), request=response.request
+        )
+
+    async def _post_once(self, index: int, body: dict[str, Any], avoid: set[int]) -> dict[str, Any]:
         replica = self._replicas[index]
         url = f"{replica.base_url}/chat/completions"
         replica.outstanding += 1
         replica.requests += 1
         try:
-            response = await self._http().post(url, json=body, headers=self._headers())
+            # A total deadline per attempt: httpx's own timeouts are per read, so a trickling server
+            # would never trip them.
+            response = await asyncio.wait_for(
+                self._send("POST", url, body, self._response_cap(body)), self.timeout
+            )
+        except TimeoutError:
+            raise _Retryable(
+                f"no complete answer from {public_url(url)} within {self.timeout:g}s",
+                avoid=avoid,
+                cause="timeout",
+            ) from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise _Retryable(
-                f"cannot connect to {public_url(url)}: {type(exc).__name__}", connect=True
+                f"cannot connect to {public_url(url)}: {type(exc).__name__}", connect=True, avoid=avoid
             ) from None
         except httpx.TimeoutException as exc:
             raise _Retryable(
-                f"no answer from {public_url(url)} within {self.timeout:g}s ({type(exc).__name__})"
+                f"no answer from {public_url(url)} within {self.timeout:g}s ({type(exc).__name__})",
+                avoid=avoid,
+                cause="timeout",
             ) from None
-        except httpx.TransportError as exc:
-            raise _Retryable(f"connection to {public_url(url)} failed: {type(exc).__name__}") from None
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise _Retryable(
+                f"connection to {public_url(url)} failed: {type(exc).__name__}",
+                avoid=avoid,
+                cause="connection",
+            ) from None
         finally:
             replica.outstanding -= 1
         if response.status_code == 200:
             try:
                 data = response.json()
             except ValueError:
-                raise _Retryable(f"{public_url(url)} answered 200 with a body that is not JSON") from None
+                raise _Retryable(
+                    f"{public_url(url)} answered 200 with a body that is not JSON", avoid=avoid
+                ) from None
             if not isinstance(data, dict):
-                raise _Retryable(f"{public_url(url)} answered 200 with unexpected JSON")
+                raise _Retryable(f"{public_url(url)} answered 200 with unexpected JSON", avoid=avoid)
             return data
         detail = self._error_detail(response)
         status = response.status_code
         where = public_url(url)
         if status in RETRY_STATUSES:
-            raise _Retryable(f"{status} from {where}: {detail}", retry_after=_retry_after(response))
+            raise _Retryable(
+                f"{status} from {where}: {detail}",
+                retry_after=retry_after_s(response.headers.get("retry-after")),
+                avoid=avoid,
+            )
         if status == 401 or status == 403:
             key_state = (
                 f"the key in ${self.api_key_env} was rejected"
@@ -466,39 +566,45 @@ class OpenAIPolicy:
         """The model ids ``GET /models`` lists (for a clear 'model not found' error)."""
         url = f"{self._replicas[index].base_url}/models"
         try:
-            response = await self._http().get(url, headers=self._headers())
+            response = await asyncio.wait_for(self._send("GET", url, None, BASE_RESPONSE_BYTES), self.timeout)
             data = response.json()
             return [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)][:20]
-        except (httpx.HTTPError, ValueError, AttributeError):
+        except (httpx.HTTPError, ValueError, AttributeError, TimeoutError, BackendError):
             return []
 
     async def _post(self, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """POST with retries and replica fail-over → (response JSON, replica base URL)."""
+        """POST with bounded retries (tenacity) and replica fail-over → (response JSON, replica base URL)."""
         avoid: set[int] = set()
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            index = self._pick(avoid)
-            try:
-                return await self._post_once(index, body), self._replicas[index].base_url
-            except _Retryable as exc:
-                last = str(exc)
-                replica = self._replicas[index]
-                if exc.connect:
-                    # Skip this replica for a while; others take its requests meanwhile.
-                    replica.down_until = asyncio.get_running_loop().time() + max(1.0, self.backoff_s * 4)
-                if len(self._replicas) > 1:
-                    avoid.add(index)
-                    if len(avoid) >= len(self._replicas):
-                        avoid = set()
-                if attempt == self.max_retries:
-                    break
-                healthy_other = exc.connect and any(
-                    i not in avoid and r.down_until <= asyncio.get_running_loop().time()
-                    for i, r in enumerate(self._replicas)
-                )
-                if not healthy_other:  # fail-over to a live replica is immediate; otherwise back off
-                    await asyncio.sleep(self._backoff(attempt, exc.retry_after))
-        raise BackendError(f"model call failed after {self.max_retries + 1} attempt(s): {last}")
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Retryable),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    index = self._pick(avoid)
+                    try:
+                        return await self._post_once(index, body, avoid), self._replicas[index].base_url
+                    except _Retryable as exc:
+                        self._note_failure(index, exc, avoid)
+                        raise
+        except _Retryable as exc:
+            raise BackendError(
+                f"model call failed after {self.max_retries + 1} attempt(s): {exc}", cause=exc.cause
+            ) from None
+        raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+    def _note_failure(self, index: int, exc: _Retryable, avoid: set[int]) -> None:
+        replica = self._replicas[index]
+        if exc.connect:
+            # Skip this replica for a while; others take its requests meanwhile.
+            replica.down_until = asyncio.get_running_loop().time() + max(1.0, self.backoff_s * 4)
+        if len(self._replicas) > 1:
+            avoid.add(index)
+            if len(avoid) >= len(self._replicas):
+                avoid.clear()
 
     # -- the Policy protocol ----------------------------------------------------------------------
 
@@ -643,13 +749,3 @@ def served_model(base_url: str, *, api_key_env: str | None = None, deadline_s: f
             "(--model; agent train rl: --served-model)"
         )
     return ids[0]
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None

@@ -284,6 +284,23 @@ async def run_async(
         raise
 
 
+class RunAborted(RuntimeError):
+    """No episode can succeed (the backend is unreachable or refuses every call): the run stopped."""
+
+    fatal = True
+
+
+def error_cause_line(exc: BaseException) -> str:
+    """The ``cause: X`` line appended to an error record, read back by the summary's error counts."""
+    cause = getattr(exc, "cause", None)
+    return f"cause: {cause}\n" if isinstance(cause, str) and cause.isidentifier() else ""
+
+
+def _one_line_error(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
 def _probe_env(cls: type[SftrlEnv], env_cfg: dict[str, Any]) -> SftrlEnv:
     """An env whose inputs (routes file, street-view data) were opened: a broken one refuses the run."""
     env: SftrlEnv | None = None
@@ -342,12 +359,17 @@ async def _run_locked(
 
     # every env built here (the probe included), closed when the run ends (they hold providers)
     opened: list[SftrlEnv] = list(spare_envs)
+    # Infrastructure failures (nothing answered: refused, DNS, TLS, timeouts, 5xx) while no episode has
+    # succeeded: past a few, the run stops instead of failing every remaining episode the same way.
+    health = {"ok": sum(r.error is None for r in records), "infra": 0}
+    infra_limit = min(len(todo), max(2, run.concurrency))
+    stop: list[str] = []
     with TrajectoryWriter(out, max_string_bytes=run.log_max_string_bytes) as writer:
 
         async def worker() -> None:
             nonlocal finished
             env: SftrlEnv | None = spare_envs.pop() if spare_envs else None
-            while True:
+            while not stop:
                 try:
                     index = queue.get_nowait()
                 except asyncio.QueueEmpty:
@@ -385,8 +407,14 @@ async def _run_locked(
                         env_config=env_cfg,
                         policy=policy.describe(),
                         started_at=time.time(),
-                        error=traceback.format_exc(),
+                        error=traceback.format_exc() + error_cause_line(exc),
                     )
+                    if getattr(exc, "infrastructure", False):
+                        health["infra"] += 1
+                        if health["ok"] == 0 and health["infra"] >= infra_limit and not stop:
+                            stop.append(_one_line_error(exc))
+                else:
+                    health["ok"] += 1
                 writer.write(record)
                 records.append(record)
                 finished += 1
@@ -396,6 +424,11 @@ async def _run_locked(
 
         try:
             await asyncio.gather(*(worker() for _ in range(min(run.concurrency, max(1, len(todo))))))
+            if stop:
+                raise RunAborted(
+                    f"stopped after {health['infra']} episode(s) failed and none succeeded: {stop[0]} "
+                    "(logged episodes are kept; fix the backend, then continue with --resume)"
+                )
         except BaseException as exc:
             publish(listeners, RunFailed(f"{type(exc).__name__}: {exc}"))
             raise
