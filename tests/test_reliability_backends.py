@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,69 @@ def test_a_reply_over_the_byte_cap_fails_that_episode_only(
     summary = json.loads(capsys.readouterr().out)
     assert rc == 0 and summary["errors"] == 1
     assert "over 100000 bytes" in summary["error_causes"]["reply"]["example"]
+
+
+# --- the API key never reaches what is written, in any encoding ------------------------------------
+
+KEY = 'sk-test"odd\\key/with+chars=0123456789'
+
+
+def key_forms(key: str, *, searched: bool = False) -> list[str]:
+    """How a server may echo ``key``; with ``searched``, what of each must not remain after masking."""
+    raw = key.encode()
+    basic = base64.b64encode(b"user:" + raw).decode()  # the key inside a Basic auth string
+    return [
+        key,
+        base64.b64encode(raw).decode().rstrip("=")[: -2 if searched else None],
+        base64.urlsafe_b64encode(raw).decode().rstrip("=")[: -2 if searched else None],
+        basic[8:-4] if searched else basic,  # the characters that depend on the key alone
+        urllib.parse.quote(key, safe=""),
+        urllib.parse.quote_plus(key),
+        json.dumps(key)[1:-1],
+    ]
+
+
+def assert_no_key(text: str, key: str = KEY) -> None:
+    for form in key_forms(key, searched=True):
+        assert form not in text, form
+
+
+def test_a_server_echoing_the_key_encoded_leaks_it_nowhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SFTRL_TEST_KEY", KEY)
+    with HostileServer("echo_key") as server:
+        rc = agent_run(
+            server.base_url + "/v1", tmp_path / "run", "--episodes", "2", "--api-key-env", "SFTRL_TEST_KEY"
+        )
+    captured = capsys.readouterr()
+    log = (tmp_path / "run" / "episodes.jsonl").read_text()
+    assert rc == 0 and "bad key b64=***" in log  # the echo arrived, masked
+    assert_no_key(log + captured.out + captured.err)
+
+
+def test_a_completion_holding_the_key_is_masked_in_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SFTRL_TEST_KEY", KEY)
+    leak = " ".join(key_forms(KEY))
+    with StubServer(reply=lambda body: f"my key: {leak}") as server:
+        rc = agent_run(server.url, tmp_path / "run", "--episodes", "1", "--api-key-env", "SFTRL_TEST_KEY")
+    captured = capsys.readouterr()
+    log = (tmp_path / "run" / "episodes.jsonl").read_text()
+    assert rc == 0 and "my key: ***" in log
+    assert_no_key(log + captured.out + captured.err)
+
+
+def test_street_view_errors_never_hold_the_key_in_any_encoding() -> None:
+    from sftrl.street_view.google import GoogleStreetViewProvider
+    from sftrl.street_view.provider import ProviderError, ViewRequest
+
+    key = "AIza" + KEY
+    with HostileServer("echo_key") as server:
+        p = GoogleStreetViewProvider(api_key=key, base_url=server.base_url, max_retries=0)
+        with pytest.raises(ProviderError) as err:
+            p.get_view(ViewRequest(lat=1.0, lng=2.0, heading=0.0, width=16, height=16))
+    text = str(err.value)
+    assert "HTTP 400" in text and "b64=REDACTED" in text
+    assert_no_key(text, key)

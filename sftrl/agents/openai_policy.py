@@ -38,6 +38,7 @@ from sftrl.agents.tools import openai_tools
 from sftrl.config import ConfigError
 from sftrl.environments.base import Observation
 from sftrl.net import MAX_RETRY_AFTER_S, RETRY_STATUSES, retry_after_s
+from sftrl.scrub import scrub, scrub_json
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 VLLM_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -52,7 +53,7 @@ class BackendError(RuntimeError):
     """A model call that failed for good: retries exhausted, or an error retrying cannot fix.
 
     ``cause`` says why (``connect``, ``connection``, ``timeout``, ``server``, ``auth``, ``model``,
-    ``reply``);
+    ``request`` for other 4xx, ``reply`` for an unusable answer);
     ``infrastructure`` is true when the model never got to answer, so no episode can succeed while it
     lasts (the runner stops a run whose episodes all fail that way).
     """
@@ -62,7 +63,8 @@ class BackendError(RuntimeError):
         self.status = status
         # Bad key, no permission, unknown model: every later call would fail the same way.
         self.fatal = status in (401, 403, 404)
-        self.cause = cause or {401: "auth", 403: "auth", 404: "model"}.get(status or 0, "reply")
+        by_status = {401: "auth", 403: "auth", 404: "model"}
+        self.cause = cause or by_status.get(status or 0) or ("request" if status else "reply")
         self.infrastructure = self.cause in ("connect", "connection", "timeout", "server", "auth", "model")
 
 
@@ -398,11 +400,8 @@ class OpenAIPolicy:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
     def _scrub(self, text: str) -> str:
-        """``text`` with the API key (which servers sometimes echo in errors) masked."""
-        key = self._api_key()
-        if key and len(key) >= 4:
-            text = text.replace(key, "***")
-        return text
+        """``text`` with the API key masked in every form a server may echo it in (base64, URL, JSON)."""
+        return scrub(text, self._api_key())
 
     def _headers(self) -> dict[str, str]:
         key = self._api_key()
@@ -650,6 +649,9 @@ class OpenAIPolicy:
         tools: Sequence[BaseTool] | None = None,
     ) -> Reply:
         data, base_url = await self._post(self.request_body(messages, sampling, tools))
+        if key := self._api_key():
+            # A model or server echoing the key (in any encoding) must not carry it into the log.
+            data = scrub_json(data, key)
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise BackendError(f"{public_url(base_url)} answered without choices")

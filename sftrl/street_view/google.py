@@ -35,13 +35,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 from googlemaps.client import sign_hmac, urlencode_params
 from PIL import Image, UnidentifiedImageError
 
 from sftrl.net import RETRY_STATUSES, DeadlineSession
+from sftrl.scrub import scrub
 from sftrl.street_view.provider import ProviderError, ViewRequest
 
 __all__ = ["GoogleStreetViewProvider", "PanoMetadata", "redact", "sign_url_path"]
@@ -59,11 +60,12 @@ log = logging.getLogger(__name__)
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """``text`` with every ``key=``/``signature=``/``client=`` value and every literal secret removed."""
-    for secret in secrets:
-        if secret:
-            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
-                text = text.replace(form, "REDACTED")
+    """``text`` with every ``key=``/``signature=``/``client=`` value and every secret removed.
+
+    Secrets are removed in every form a server may echo them in (literal, URL-encoded, JSON-escaped,
+    base64: :func:`sftrl.scrub.scrub`).
+    """
+    text = scrub(text, *secrets, mask="REDACTED")
     return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=REDACTED", text)
 
 
