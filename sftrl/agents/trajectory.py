@@ -180,10 +180,14 @@ def encode_record(record: EpisodeRecord, max_string_bytes: int = DEFAULT_MAX_STR
     The common case is one pydantic dump. A line that cannot be encoded (lone surrogates) or may hold
     a string over the limit is rebuilt from cleaned values; ``record`` itself is never changed.
     """
-    try:
-        line = record.model_dump_json().encode("utf-8")
-    except PydanticSerializationError:
-        line = None
+    line: bytes | None = None
+    # A reply longer than the limit (in characters, so surely in bytes) goes straight to cleaning:
+    # dumping it first would build a line several times its size (it is quoted in later prompts).
+    if not any(len(t.reply.text) > max_string_bytes for t in record.turns):
+        try:
+            line = record.model_dump_json().encode("utf-8")
+        except PydanticSerializationError:
+            line = None
     # No string is longer than the line it is part of: a short line needs no cleaning.
     if line is not None and len(line) <= max_string_bytes:
         return line + b"\n"
