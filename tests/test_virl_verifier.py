@@ -92,3 +92,52 @@ def test_verifier_is_pure():
     state = VIRLState("forward()", at_intersection=False)
     r = reply("forward()")
     assert verify(state, r) == verify(state, r)
+
+
+# The exact action grammar (see verifier.py): every accepted spelling and a catalogue of near misses.
+ACCEPTED = {
+    "forward()": "forward()",
+    "FORWARD": "forward()",
+    "stop ( )": "stop()",
+    "`stop()`": "stop()",
+    '"forward()"': "forward()",
+    "turn(east)": "turn_direction(east)",
+    "turn direction(north_west)": "turn_direction(northwest)",
+    "turn-direction( direction = 'south east' )": "turn_direction(southeast)",
+    "turn_direction(\tnorth\t)": "turn_direction(north)",
+}
+REJECTED = [
+    "forward(-)",
+    "-stop()",
+    "forward(\n)",
+    "turn_direction(west.)",
+    "stop().",
+    "forward();",
+    "forward()forward()",
+    "forward(1)",
+    "stop(now)",
+    "turn_direction()",
+    "turn_direction(west",
+    "turn_direction(north\neast)",
+    "turn_direction(north--east)",
+    "turn_direction(x=)",
+    "turn_direction('west\")",
+    "\"forward()'",
+    "forwards()",
+    "go forward()",
+    "turn_direction(west) please",
+    "turn_direction(north)(south)",
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), sorted(ACCEPTED.items()))
+def test_grammar_accepts_exactly_the_documented_spellings(raw: str, expected: str) -> None:
+    assert normalize_action(raw, "absolute") == expected
+
+
+@pytest.mark.parametrize("raw", REJECTED)
+def test_grammar_rejects_malformed_spellings(raw: str) -> None:
+    assert normalize_action(raw, "absolute") is None
+    gt = "turn_direction(west)" if "turn" in raw else raw.strip("-`\"'").split("(")[0] + "()"
+    v = verify(VIRLState(gt, at_intersection=False, check_observation=False), reply(raw))
+    assert (v.category, v.reward, v.correct) == ("unparseable", -1.0, False)  # never rewarded

@@ -21,7 +21,6 @@ REWARD_CORRECT: Final = 1.0
 REWARD_INCORRECT_ACTION: Final = -1.0
 REWARD_INCORRECT_OBSERVATION: Final = -1.5
 
-_CALL_RE = re.compile(r"^([a-z_ ]+?)\s*(?:\((.*)\))?$", re.DOTALL)
 _NEGATED_INTERSECTION_RE = re.compile(
     r"\b(no|not|without|isn't|aren't|none|never)\b[^.;]*\bintersections?\b", re.IGNORECASE
 )
@@ -39,35 +38,62 @@ class VIRLState:
     check_observation: bool = True
 
 
-def _clean(s: str) -> str:
-    s = s.strip().strip("`'\" .").lower()
-    s = re.sub(r"[\"'`]", "", s)
-    return re.sub(r"\s+", " ", s).strip()
+# The action grammar, matched case-insensitively against the whole (stripped) action string:
+#
+#   action    := Q? call Q?                          Q: one of ' " `, the same on both sides
+#   call      := ("forward" | "stop") (S "(" S ")")?
+#              | turn S "(" S (("x" | "direction") S "=" S)? Q? direction Q? S ")"
+#   turn      := "turn_direction" | "turn direction" | "turn-direction" | "turn"
+#   direction := a name of the action space; its words joined by spaces, "-" or "_" (absolute
+#                names also written as one word: "north east", "north-east", "northeast")
+#   S         := spaces or tabs (never a newline)
+#
+# Anything else (stray characters inside the parentheses, signs, trailing punctuation, newlines)
+# is not an action: the reply scores as an incorrect action with the allowed spellings listed.
+_S: Final = r"[ \t]*"
+_SEP: Final = r"(?:[ \t]+|[-_])"
+
+
+def _direction_pattern(name: str, actions: str) -> str:
+    if actions == "absolute" and name not in ("north", "south", "east", "west"):
+        head, tail = name[:5], name[5:]  # northeast -> north + east, southwest -> south + west
+        return f"{head}{_SEP}?{tail}"
+    return _SEP.join(re.escape(word) for word in name.split())
+
+
+def _action_re(actions: Literal["absolute", "relative"]) -> re.Pattern[str]:
+    names = sorted(directions(actions), key=len, reverse=True)
+    direction = "|".join(f"(?P<d{i}>{_direction_pattern(n, actions)})" for i, n in enumerate(names))
+    quoted_dir = rf"(?P<dq>['\"`]?)(?:{direction})(?P=dq)"
+    call = (
+        rf"(?P<plain>forward|stop)(?:{_S}\({_S}\))?"
+        rf"|turn(?:[_ -]direction)?{_S}\({_S}(?:(?:x|direction){_S}={_S})?{quoted_dir}{_S}\)"
+    )
+    return re.compile(rf"(?P<q>['\"`]?)(?:{call})(?P=q)", re.IGNORECASE)
+
+
+_ACTION_RES: Final = {a: _action_re(a) for a in ("absolute", "relative")}
 
 
 def normalize_action(text: Any, actions: Literal["absolute", "relative"] = "absolute") -> str | None:
     """Canonical action string (``forward()``, ``turn_direction(northeast)``, ``stop()``) or None.
 
-    Tolerates quotes, case, extra spaces, a missing ``()`` on forward/stop, ``turn_direction`` spelled
-    with a space or hyphen, and compass names written with a space/hyphen ("north east"). Directions
-    outside the action space (e.g. "north" in relative mode) give None.
+    Exact grammar (above): case, surrounding quotes, spaces, a missing ``()`` on forward/stop,
+    ``turn_direction`` written with a space or hyphen (or as ``turn``), an ``x=`` keyword and
+    direction words joined by space/hyphen are accepted; nothing else is. Directions outside the
+    action space (e.g. "north" in relative mode) give None.
     """
     if not isinstance(text, str):
         return None
-    s = _clean(text).replace("-", " ")
-    m = _CALL_RE.match(s)
-    if not m:
+    m = _ACTION_RES[actions].fullmatch(text.strip())
+    if m is None:
         return None
-    name = m.group(1).strip().replace(" ", "_")
-    arg = _clean(m.group(2) or "").replace("_", " ")
-    if name in ("forward", "stop") and not arg:
-        return f"{name}()"
-    if name in ("turn_direction", "turn") and arg:
-        arg = re.sub(r"^(x\s*=\s*|direction\s*=\s*)", "", arg)
-        compact = arg.replace(" ", "")
-        for d in directions(actions):
-            if arg == d or (actions == "absolute" and compact == d):
-                return f"turn_direction({d})"
+    if m.group("plain"):
+        return f"{m.group('plain').lower()}()"
+    names = sorted(directions(actions), key=len, reverse=True)
+    for i, name in enumerate(names):
+        if m.group(f"d{i}"):
+            return f"turn_direction({name})"
     return None
 
 
