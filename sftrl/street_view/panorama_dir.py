@@ -171,6 +171,17 @@ class PanoramaDirProvider:
         # Envs may share a provider across threads; the caches are the only shared mutable state.
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable for process pools: the lock is rebuilt and decoded panoramas are read again there.
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        state["_panos"] = OrderedDict()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def _under_root(self, p: str | Path) -> Path:
         path = Path(p).expanduser()
         return path if path.is_absolute() else self.root / path

@@ -31,7 +31,7 @@ import threading
 import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -715,6 +715,18 @@ class SyntheticProvider:
         self._scene_cache_size = scene_cache_size
         self._sky: dict[tuple[str, int, int], Image.Image] = {}
         # Envs may share a provider across threads; the caches are the only shared mutable state.
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable for process pools: the lock is rebuilt and the caches refill on the other side.
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        state["_scenes"] = OrderedDict()
+        state["_sky"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._lock = threading.Lock()
 
     # -- public API ------------------------------------------------------------------------------------

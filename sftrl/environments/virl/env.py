@@ -448,6 +448,13 @@ class VIRLEnv(SftrlEnv):
         lat, lng, node, heading, *_ = self._current()
         return self._grid(lat, lng, node, heading)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable for process pools / distributed workers: providers this env opened hold locks,
+        # sessions and SQLite handles, so they are dropped and reopened lazily on first use there.
+        state = self.__dict__.copy()
+        state["_providers"] = {}
+        return state
+
     def close(self) -> None:
         """Close the street-view providers this env opened (a provider passed in stays the caller's)."""
         providers, self._providers = self._providers, {}
