@@ -157,6 +157,8 @@ def test_train_rl_with_trl_grpo_then_run_the_checkpoint(
         "16",
         "--save-every",
         "1",
+        "--report-to",
+        "tensorboard",
         "--json",
     ]
     assert main(args) == 0
@@ -167,6 +169,11 @@ def test_train_rl_with_trl_grpo_then_run_the_checkpoint(
     assert metrics["episode/turns"] == 2.0  # multi-turn: the attempt and the one after feedback
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [1, 2]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()  # --report-to gets TRL's log entries
+    assert [e.value for e in acc.Scalars("loss")] == pytest.approx([r["loss"] for r in logged])
     assert (out / "checkpoint-2" / "model.safetensors").exists()
     episodes = (out / "rollouts" / "step-00000" / "episodes.jsonl").read_text().splitlines()
     assert len(episodes) == 4

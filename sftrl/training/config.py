@@ -7,8 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sftrl.training.tracking import ReportTo
+
 Chains = Literal["success", "full", "corrected"]
-ReportTo = Literal["none", "tensorboard", "wandb", "trackio"]
 
 
 class DatasetBuildConfig(BaseModel):
@@ -119,8 +120,8 @@ class SFTTrainConfig(BudgetEvalOptions):
     """Evaluate on the validation split."""
     gradient_checkpointing: bool | None = None
     """Activation checkpointing; None: on for models of >= 100M parameters, off for small ones."""
-    report_to: ReportTo = "none"
-    """Metrics tracker."""
+    report_to: ReportTo = Field(default_factory=list)
+    """Trackers for the loss curve and sample rows: tensorboard, wandb, trackio (several allowed; none)."""
     resume: bool = False
     """Continue from the latest checkpoint in ``out``."""
     seed: int = Field(default=0, ge=0)

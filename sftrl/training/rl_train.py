@@ -32,6 +32,7 @@ from sftrl.training.evaluation import (
     validate_specs,
 )
 from sftrl.training.rl import Learner, RLConfig
+from sftrl.training.tracking import ReportTo
 from sftrl.training.transitions import EpisodeBatch, Transition, TransitionError, load_episodes
 
 METRICS_FILE = "metrics.jsonl"
@@ -66,6 +67,8 @@ class RLRunConfig(BudgetEvalOptions):
         default_factory=dict,
         description="policy options of the rollout backend (vllm-offline: vllm.LLM arguments, e.g. dtype)",
     )
+    report_to: ReportTo = Field(default_factory=list, description="trackers: tensorboard, wandb, trackio")
+    track_episodes: int = Field(default=4, ge=0, description="sample episodes per update sent to trackers")
     rl: RLConfig = Field(default_factory=RLConfig)
 
 
@@ -242,6 +245,8 @@ def train_rl(
             seed=cfg.eval_seed,
             max_new_tokens=cfg.eval_max_new_tokens,
         )
+        if tracker is not None:
+            tracker.log({"eval": row}, step=update)  # eval/<env>/success_rate, ...
         if progress:
             progress(
                 f"eval update {update}: "
@@ -262,6 +267,7 @@ def train_rl(
             if ckpt is not None:
                 sync.push(policy.model, start)  # the engines still serve the weights they started with
         accelerator.wait_for_everyone()
+    tracker = open_rl_tracker(cfg, resume=ckpt is not None) if main else None
     torch.manual_seed(cfg.seed)
     if start not in evaluated and (start > 0 or cfg.eval_at_start):
         run_eval(start)
@@ -273,7 +279,7 @@ def train_rl(
         if offline_batch is not None:
             batch, rollout_dir = offline_batch, None
         else:
-            rollout_dir, _ = _collect(cfg, rollout_policy, update, progress if main else None, rank)
+            rollout_dir, summary = _collect(cfg, rollout_policy, update, progress if main else None, rank)
             batch = load_episodes([rollout_dir])
         # The logged log-probs are checked against the model that sampled them: online, that is the
         # model right now; offline, only the model before its first update. Later offline updates are
@@ -304,6 +310,9 @@ def train_rl(
         if main:
             with (out / METRICS_FILE).open("a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
+        if tracker is not None:
+            verdicts = summary.get("verdicts") if offline_batch is None else None
+            track_rl_update(tracker, cfg, metrics, rollout_dir, verdicts)
         if progress and main:
             idle = stats["zero_advantage_fraction"]
             progress(
@@ -344,7 +353,40 @@ def train_rl(
         plot_metrics(out)
         if specs:
             plot_evals(out, f"RL ({cfg.rl.algo}) {Path(cfg.model).name}: evaluation")
+    if tracker is not None:
+        tracker.close()
     return metrics
+
+
+def open_rl_tracker(cfg: RLRunConfig, *, resume: bool) -> Any:
+    """The run's :class:`~sftrl.training.tracking.Tracker` (a no-op one without ``--report-to``)."""
+    from sftrl.training.tracking import Tracker
+
+    config = cfg.model_dump(mode="json")
+    return Tracker(cfg.out, cfg.report_to, config=config, run_name=f"rl-{cfg.out.name}", resume=resume)
+
+
+def track_rl_update(
+    tracker: Any,
+    cfg: RLRunConfig,
+    metrics: dict[str, Any],
+    rollout_dir: Path | None,
+    verdicts: dict[str, Any] | None,
+) -> None:
+    """Scalars of one update (with verdict counts and tokens/s) and a table of its first episodes."""
+    from sftrl.agents.trajectory import read_episodes
+    from sftrl.training.tracking import episode_table
+
+    step = int(metrics["update"])
+    extra: dict[str, Any] = {"verdicts": verdicts or {}}
+    if metrics.get("seconds"):
+        extra["tokens_per_s"] = metrics.get("tokens_trained", metrics.get("tokens", 0)) / metrics["seconds"]
+    tracker.log({**metrics, **extra}, step=step)
+    # Offline (from logs) every update sees the same episodes: show them once.
+    dirs = [rollout_dir] if rollout_dir is not None else (cfg.episodes if step == 1 else [])
+    if cfg.track_episodes and dirs:
+        columns, rows = episode_table(read_episodes(dirs[0]), Path(dirs[0]), limit=cfg.track_episodes)
+        tracker.log_table("episodes", columns, rows, step=step)
 
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:

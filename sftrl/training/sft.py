@@ -13,7 +13,6 @@ the final metrics.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -28,6 +27,7 @@ from pydantic import ValidationError
 
 from sftrl.config import validation_message
 from sftrl.training.config import RESUMABLE_KEYS, SFTTrainConfig
+from sftrl.training.tracking import Tracker, TrackingError, check_installed, sample_rows, trainer_callback
 
 RUN_FILE = "sft_run.json"
 METRICS_FILE = "sft_metrics.json"
@@ -37,12 +37,6 @@ CURVE_PNG = "loss_curve.png"
 ADAPTER_DIR = "adapter"
 # Models at least this large get activation checkpointing by default (memory); tiny ones never need it.
 CHECKPOINTING_MIN_PARAMS = 100_000_000
-
-_REPORT_PACKAGES = {
-    "tensorboard": ("tensorboard", "tensorboardX"),
-    "wandb": ("wandb",),
-    "trackio": ("trackio",),
-}
 
 
 class SFTError(ValueError):
@@ -99,16 +93,6 @@ def inspect_data(data_dir: Path | str) -> DataInfo:
     return DataInfo(
         train, validation if validation is not None and len(validation) else None, fmt, "images" in cols
     )
-
-
-def _check_report_to(report_to: str) -> None:
-    if report_to == "none":
-        return
-    packages = _REPORT_PACKAGES[report_to]
-    if not any(importlib.util.find_spec(p) is not None for p in packages):
-        raise SFTError(
-            f"--report-to {report_to} needs the `{packages[0]}` package (pip install {packages[0]})"
-        )
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -244,7 +228,7 @@ def sft_config(
         "save_total_limit": cfg.save_total_limit,
         "eval_strategy": "steps" if info.validation is not None and cfg.eval_steps else "no",
         "eval_steps": cfg.eval_steps,
-        "report_to": [] if cfg.report_to == "none" else [cfg.report_to],
+        "report_to": [],  # trackers are fed by sftrl.training.tracking (one mechanism for sft and rl)
         "seed": cfg.seed,
         "data_seed": cfg.seed,
         "bf16": cuda and torch.cuda.is_bf16_supported(),
@@ -470,7 +454,10 @@ def _save_final(trainer: Any, processing_class: Any, out: Path, lora: bool) -> N
 def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train as ``cfg`` says; returns the metrics also written to ``OUT/sft_metrics.json``."""
     info = inspect_data(cfg.data)
-    _check_report_to(cfg.report_to)
+    try:
+        check_installed(cfg.report_to)
+    except TrackingError as exc:
+        raise SFTError(str(exc)) from None
     resume_from = _prepare_out(cfg)
     model, processing_class = load_model(cfg.model, info.vision)
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -488,7 +475,12 @@ def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) 
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()  # no per-map bars in a training log; progress() reports one line per log step
-    trainer = build_trainer(cfg, info, model, processing_class, callbacks=[callback, budget])
+    tracker = _open_tracker(cfg, resume=resume_from is not None)
+    trainer = build_trainer(
+        cfg, info, model, processing_class, callbacks=[callback, budget, trainer_callback(tracker)]
+    )
+    columns, rows = sample_rows(info.train, limit=4)
+    tracker.log_table("train_samples", columns, rows, step=0)
     if progress is not None:
         from transformers.trainer_callback import PrinterCallback
 
@@ -521,6 +513,7 @@ def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) 
     plot_loss_curve(curve, cfg.out / CURVE_PNG, f"SFT {Path(cfg.model).name} on {cfg.data.name}")
     if specs:
         plot_evals(cfg.out, f"SFT {Path(cfg.model).name}: evaluation")
+    tracker.close()
     metrics.update(
         {
             "out": str(cfg.out),
@@ -537,6 +530,15 @@ def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) 
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
     (cfg.out / METRICS_FILE).write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     return metrics
+
+
+def _open_tracker(cfg: SFTTrainConfig, *, resume: bool) -> Tracker:
+    """The run's trackers, on the main process only (others get a no-op tracker)."""
+    from accelerate import PartialState
+
+    targets = cfg.report_to if PartialState().is_main_process else []
+    config = cfg.model_dump(mode="json")
+    return Tracker(cfg.out, targets, config=config, run_name=f"sft-{cfg.out.name}", resume=resume)
 
 
 def train_config(**values: Any) -> SFTTrainConfig:

@@ -510,6 +510,18 @@ def train_rl_trl(
                     line += f" reward {logs['reward']:.3f} success {logs['rewards/success/mean']:.3f}"
                 progress(line)
 
+    from accelerate import PartialState
+
+    from sftrl.training.tracking import Tracker, trainer_callback
+
+    # TRL's own report_to stays off: the trackers get TRL's log entries (loss, rewards, KL) from here.
+    tracker = Tracker(
+        out,
+        cfg.report_to if PartialState().is_main_process else [],
+        config=cfg.model_dump(mode="json"),
+        run_name=f"rl-{out.name}",
+        resume=ckpt is not None,
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*")
         trainer = GRPOTrainer(
@@ -519,12 +531,13 @@ def train_rl_trl(
             train_dataset=Dataset.from_list(rows),
             processing_class=policy.tokenizer,
             rollout_func=rollout,
-            callbacks=[_Progress()],
+            callbacks=[_Progress(), trainer_callback(tracker)],
         )
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # _Progress prints one line per step instead of a dict
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+    tracker.close()
     metrics: dict[str, Any] = {}
     for entry in trainer.state.log_history:
         if "loss" in entry:
