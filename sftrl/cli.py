@@ -120,6 +120,22 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="a directory written by `agent run` (default: the newest, runs/latest)",
     )
+    replay.add_argument(
+        "--export",
+        type=Path,
+        metavar="FILE",
+        help="write the screen to FILE.svg or FILE.png instead of opening the UI (no terminal needed)",
+    )
+    replay.add_argument(
+        "--episode", type=int, metavar="N", help="--export: episode index (default: the first)"
+    )
+    replay.add_argument("--call", type=int, metavar="K", help="--export: model call 1, 2, … (default: 1)")
+    replay.add_argument(
+        "--size",
+        default="160x50",
+        metavar="COLSxROWS",
+        help="--export: screen size in cells (default: 160x50)",
+    )
 
     ev = sub.add_parser("eval", help="metrics of a logged run; with two runs, their paired difference")
     ev.add_argument(
@@ -367,6 +383,24 @@ def cmd_replay(ns: argparse.Namespace) -> int:
     from sftrl.agents.trajectory import read_episodes
 
     read_episodes(run_dir)  # a missing or corrupt log fails here, in one line, before the UI starts
+    if ns.export is not None:
+        from sftrl.tui.export import ExportError, export_replay
+
+        try:
+            cols, _, rows = ns.size.lower().partition("x")
+            size = (int(cols), int(rows))
+        except ValueError:
+            raise CLIError(f"--size expects COLSxROWS, e.g. 160x50, got {ns.size!r}") from None
+        if not (40 <= size[0] <= 1000 and 12 <= size[1] <= 500):
+            raise CLIError("--size must be between 40x12 and 1000x500 cells")
+        try:
+            out = export_replay(run_dir, ns.export, episode=ns.episode, call=ns.call, size=size)
+        except (ExportError, OSError) as exc:
+            raise CLIError(str(exc)) from exc
+        print(f"wrote {out}")
+        return 0
+    if ns.episode is not None or ns.call is not None:
+        raise CLIError("--episode and --call go with --export")
     _need_terminal("agent replay")
     from sftrl.tui.app import replay_tui
 

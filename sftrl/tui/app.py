@@ -27,6 +27,7 @@ from textual.widgets import DataTable, Footer, Input, Sparkline, Static
 
 from sftrl.agents.events import EventQueue
 from sftrl.agents.trajectory import read_episodes
+from sftrl.street_view.provider import GRID_LAYOUT
 from sftrl.tui.state import EpisodeFilter, EpisodeView, Frame, RunView
 from sftrl.tui.widgets import (
     HalfBlockImage,
@@ -180,6 +181,8 @@ HELP = """\
   [b]← →[/b]     previous / next model call of the episode
   [b]↑ ↓[/b]     previous / next episode (in the filtered list)
   [b]f[/b]       follow the newest episode and call (live run)
+  [b]v[/b]       the observation image full-screen (V-IRL: 1-4 one view, 0 the grid)
+  [b]s[/b]       save a screenshot (SVG) into the run directory
   [b]/[/b]       filter: success | failure | error | all, split=NAME,
           reward>=X, reward<X …; a number (or #N) jumps to episode N;
           empty clears the filter
@@ -189,6 +192,67 @@ HELP = """\
 [b]Mouse[/b]: click an episode in the list; scroll any panel with the wheel.
 
 [dim]esc, q or ? closes this help[/dim]"""
+
+
+class ViewScreen(ModalScreen[None]):
+    """One observation image over the whole terminal; a V-IRL grid can show one view at a time."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,v", "close", "Close"),
+        Binding("0", "part(0)", "Grid", show=False),
+        *(
+            Binding(str(i + 1), f"part({i + 1})", name.capitalize())
+            for i, (name, _) in enumerate(GRID_LAYOUT)
+        ),
+    ]
+    DEFAULT_CSS = """
+    ViewScreen { background: $background; }
+    #view-title { height: 1; padding: 0 1; background: $boost; }
+    #view-image { height: 1fr; width: 1fr; }
+    """
+
+    def __init__(self, image: Any, title: str, grid: bool) -> None:
+        super().__init__()
+        self.image, self.title_text, self.grid = image, title, grid
+        self.part = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="view-title")
+        yield HalfBlockImage(id="view-image")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.action_part(0)
+
+    def action_part(self, part: int) -> None:
+        if part and not self.grid:
+            return  # not a 2x2 grid: only the whole image
+        self.part = part
+        image = self.image if part == 0 else grid_view(self.image, part - 1)
+        name = "" if part == 0 else f" · {GRID_LAYOUT[part - 1][0]} view"
+        keys = " (1-4: one view, 0: grid, esc: back)" if self.grid else " (esc: back)"
+        self.query_one("#view-title", Static).update(Text(f"{self.title_text}{name}{keys}"))
+        self.query_one("#view-image", HalfBlockImage).set_image(image, key=(id(self.image), part))
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+def _unique(folder: Path, stem: str, suffix: str) -> Path:
+    """``folder/stem.suffix``, or ``stem-2``, ``stem-3``… when taken (screenshots never overwrite)."""
+    path = folder / f"{stem}{suffix}"
+    n = 2
+    while path.exists():
+        path = folder / f"{stem}-{n}{suffix}"
+        n += 1
+    return path
+
+
+def grid_view(grid: Any, index: int, gap: int = 4) -> Any:
+    """View ``index`` (GRID_LAYOUT order) cut out of a :func:`~sftrl.street_view.provider.grid_2x2` image."""
+    w, h = (grid.width - gap) // 2, (grid.height - gap) // 2
+    x, y = (index % 2) * (w + gap), (index // 2) * (h + gap)
+    return grid.crop((x, y, x + w, y + h))
 
 
 class HelpScreen(ModalScreen[None]):
@@ -241,6 +305,8 @@ class AgentApp(App[int]):
         Binding("up", "episode(-1)", "▲ Ep", key_display="↑"),
         Binding("down", "episode(1)", "Ep ▼", key_display="↓"),
         Binding("f", "toggle_follow", "Follow"),
+        Binding("v", "view", "View"),
+        Binding("s", "screenshot", "Shot"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("escape", "close_filter", "Close filter", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
@@ -653,6 +719,32 @@ class AgentApp(App[int]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def action_view(self) -> None:
+        ep = self.current_episode()
+        frame = self.run_view.frame(ep, self.turn_pos) if ep is not None else None
+        if frame is None or frame.image is None:
+            self.notify("no image in this call", timeout=2)
+            return
+        assert ep is not None
+        title = f"episode {ep.index} · call {self.turn_pos + 1}/{ep.n_frames}"
+        self.push_screen(ViewScreen(frame.image, title, grid=self.run_view.kind == "virl"))
+
+    def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
+        """Save an SVG of the screen into the run directory (Textual's default folder may not exist)."""
+        run_dir = self.run_view.run_dir or Path.cwd()
+        name = (
+            filename
+            or f"screenshot-{self.selected if self.selected is not None else 'run'}-{self.turn_pos + 1}"
+        )
+        try:
+            saved = self.save_screenshot(
+                filename=_unique(Path(path or run_dir), name, ".svg").name, path=str(path or run_dir)
+            )
+        except OSError as exc:
+            self.notify(f"cannot save a screenshot: {exc.strerror or exc}", severity="error", timeout=4)
+            return
+        self.notify(f"screenshot saved to {saved}", timeout=4)
 
     def action_quit_app(self) -> None:
         self.exit(return_code=self.finish())

@@ -112,16 +112,34 @@ def fit_size(image_size: tuple[int, int], width: int, height: int) -> tuple[int,
     return (w, h)
 
 
-def halfblock_strips(image: Image.Image, width: int, height: int) -> list[Strip]:
+def xterm_palette() -> list[tuple[int, int, int]]:
+    """Colours 16-255 of the xterm 256-colour palette (6×6×6 cube and 24 greys), as terminals define them."""
+    levels = (0, 95, 135, 175, 215, 255)
+    cube = [(r, g, b) for r in levels for g in levels for b in levels]
+    return cube + [(8 + 10 * i,) * 3 for i in range(24)]  # type: ignore[misc]
+
+
+def to_256_colours(image: Image.Image) -> Image.Image:
+    """``image`` dithered onto the xterm palette: a 256-colour terminal shows exactly these colours
+    (mapping each pixel to its nearest palette entry instead would band smooth skies and walls)."""
+    palette = Image.new("P", (1, 1))
+    flat = [c for rgb in xterm_palette() for c in rgb]
+    palette.putpalette(flat + flat[:3] * (256 - len(flat) // 3))
+    return image.convert("RGB").quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).convert("RGB")
+
+
+def halfblock_strips(image: Image.Image, width: int, height: int, colours: int = 1 << 24) -> list[Strip]:
     """``image`` drawn in ``width × height`` cells with upper-half blocks (fg = top, bg = bottom pixel).
 
     The picture is scaled to fit, keeps its aspect ratio and is centred; the returned list always has
-    ``height`` strips of ``width`` cells.
+    ``height`` strips of ``width`` cells. ``colours`` <= 256: dithered onto the xterm palette first.
     """
     w, h = fit_size(image.size, width, height)
     if w == 0 or h == 0:
         return [Strip.blank(max(0, width)) for _ in range(max(0, height))]
     small = image.convert("RGB").resize((w, 2 * h), Image.Resampling.BILINEAR)
+    if colours <= 256:
+        small = to_256_colours(small)
     px = small.load()
     assert px is not None
     left = (width - w) // 2

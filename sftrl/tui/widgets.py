@@ -34,8 +34,17 @@ def verdict_style(category: str) -> str:
     return "cyan"
 
 
+def terminal_colours(color_system: str | None) -> int:
+    """How many colours a Rich colour system shows (``truecolor`` 2^24; ``256``; ``standard`` 16...)."""
+    return {"truecolor": 1 << 24, "256": 256, "standard": 16, "windows": 16}.get(color_system or "", 256)
+
+
 class HalfBlockImage(Widget):
-    """An image drawn with ▀ half blocks (two pixels per cell): works in every colour terminal."""
+    """An image drawn with ▀ half blocks (two pixels per cell): works in every colour terminal.
+
+    Without truecolor (``COLORTERM`` unset, e.g. macOS Terminal) the image is dithered onto the xterm
+    256-colour palette, so what the terminal shows is what was drawn.
+    """
 
     DEFAULT_CSS = "HalfBlockImage { height: 1fr; width: 1fr; }"
 
@@ -62,7 +71,8 @@ class HalfBlockImage(Widget):
         if self._image is None:
             return Strip.blank(width)
         if self._cache is None or self._cache[:3] != (self._key, width, height):
-            self._cache = (self._key, width, height, halfblock_strips(self._image, width, height))
+            colours = terminal_colours(self.app.console.color_system)
+            self._cache = (self._key, width, height, halfblock_strips(self._image, width, height, colours))
         strips = self._cache[3]
         return strips[y] if 0 <= y < len(strips) else Strip.blank(width)
 
@@ -155,25 +165,53 @@ class RouteMap(Widget):
             pos = min(max(agent[3], 0), len(rail) - 1)
             for a, b in zip(rail[: pos + 1], rail[1 : pos + 1], strict=False):
                 canvas.line(*a, *b, _WALKED, 2)
-        for i, (lat, lng) in enumerate(route.get("milestones", [])):
+        # Markers first (one cell each), then landmark labels where they cover no marker and no other label.
+        markers: list[tuple[int, int, str, Style, int]] = []
+        milestones = route.get("milestones", [])
+        for lat, lng in milestones[:-1]:  # the last milestone is the destination, drawn as D
             x, y = project(lat, lng)
-            canvas.text(x // 2, y // 4, "◆" if i < len(route["milestones"]) - 1 else "", _MILESTONE, 11)
+            markers.append((x // 2, y // 4, "◆", _MILESTONE, 11))
+        labels: list[tuple[int, int, str]] = []
         for name, lat, lng in route.get("landmarks", []):
             x, y = project(lat, lng)
-            canvas.text(x // 2, y // 4, "●", _LANDMARK, 12)
-            label = str(name)[: max(0, width - x // 2 - 2)]
-            canvas.text(x // 2 + 1, y // 4, label, Style(color="magenta"), 5)
+            markers.append((x // 2, y // 4, "●", _LANDMARK, 12))
+            labels.append((x // 2, y // 4, str(name)))
         if route.get("start"):
             x, y = project(*route["start"])
-            canvas.text(x // 2, y // 4, "S", _START, 13)
+            markers.append((x // 2, y // 4, "S", _START, 13))
         if route.get("dest"):
             x, y = project(*route["dest"])
-            canvas.text(x // 2, y // 4, "D", _DEST, 13)
+            markers.append((x // 2, y // 4, "D", _DEST, 13))
         if agent is not None:
             x, y = project(agent[0], agent[1])
-            arrow = _ARROWS[int(((agent[2] % 360) + 22.5) // 45) % 8]
-            canvas.text(x // 2, y // 4, arrow, _AGENT, 20)
+            markers.append((x // 2, y // 4, _ARROWS[int(((agent[2] % 360) + 22.5) // 45) % 8], _AGENT, 20))
+        taken = {(cx, cy) for cx, cy, *_ in markers}
+        for cx, cy, ch, style, prio in markers:
+            canvas.text(cx, cy, ch, style, prio)
+        for cx, cy, name in labels:
+            spot = place_label(cx, cy, name, width, height, taken)
+            if spot is not None:
+                lx, ly, text = spot
+                canvas.text(lx, ly, text, Style(color="magenta"), 5)
+                taken |= {(lx + i, ly) for i in range(len(text))}
         return canvas.strips()
+
+
+def place_label(
+    cx: int, cy: int, name: str, width: int, height: int, taken: set[tuple[int, int]]
+) -> tuple[int, int, str] | None:
+    """Where the label of a marker at cell (cx, cy) goes: (x, y, text) covering no ``taken`` cell.
+
+    Tries right of the marker, left, the row above, the row below; shortens the name (with "…") down
+    to 3 characters before giving up (None: no label rather than one hiding a marker).
+    """
+    for n in range(len(name), 2, -1):
+        text = name if n == len(name) else name[: n - 1] + "…"
+        for x, y in ((cx + 1, cy), (cx - n, cy), (cx - n // 2, cy - 1), (cx - n // 2, cy + 1)):
+            cells = [(x + i, y) for i in range(n)]
+            if x >= 0 and x + n <= width and 0 <= y < height and not any(c in taken for c in cells):
+                return x, y, text
+    return None
 
 
 def _streets(
