@@ -164,13 +164,6 @@ def test_official_route_files():
 
 
 def test_cli_run_reports_full_success(capsys, tmp_path):
-    from sftrl.environments.registry import ENTRY_POINTS, env_class
-
-    for env_id in ENTRY_POINTS:
-        try:
-            env_class(env_id)
-        except ImportError as exc:  # the CLI builds flags from every env; another env is mid-edit
-            pytest.skip(f"{env_id} does not import: {exc}")
     from sftrl.cli import main
 
     args = [
