@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -316,7 +317,15 @@ def cmd_run(ns: argparse.Namespace) -> int:
             rate = f"{state['ok'] / state['n']:.1%}" if state["n"] else "–"
             progress.update(task, completed=done, rate=rate)
 
-        summary = asyncio.run(run_async(run, env_cfg, on_progress=on_progress))
+        terminated: list[bool] = []
+        try:
+            running = run_async(run, env_cfg, on_progress=on_progress)
+            summary = asyncio.run(_until_sigterm(running, terminated))
+        except asyncio.CancelledError:
+            if not terminated:
+                raise
+            print("agent: terminated (logged episodes are kept; continue with --resume)", file=sys.stderr)
+            return 143
     if as_json:
         print(json.dumps(summary, sort_keys=True))
     else:
@@ -337,6 +346,26 @@ def _print_next_steps(summary: dict[str, Any], run: Any) -> None:
             f"  agent train rl --episodes {out} --model {run.model} --out ckpt/rl   # RL on these episodes"
         )
     print("\n".join(lines))
+
+
+async def _until_sigterm(coro: Any, terminated: list[bool]) -> Any:
+    """Await ``coro``; SIGTERM cancels it the way asyncio cancels a run on Ctrl-C."""
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    assert task is not None
+
+    def on_term() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+    except (NotImplementedError, RuntimeError, ValueError):  # no signals here (Windows, a thread)
+        return await coro
+    try:
+        return await coro
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _need_terminal(what: str) -> None:

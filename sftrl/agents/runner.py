@@ -421,6 +421,9 @@ async def _run_locked(
                 publish(listeners, EpisodeFinished(record))
                 if on_progress:
                     on_progress(finished, run.episodes, record)
+                # Yield to the loop after every episode: backends that never suspend (expert, random)
+                # would otherwise run every episode before Ctrl-C's cancellation is delivered.
+                await asyncio.sleep(0)
 
         try:
             await asyncio.gather(*(worker() for _ in range(min(run.concurrency, max(1, len(todo))))))
