@@ -15,6 +15,7 @@ from sftrl.cli import main
 from sftrl.tui.app import AgentApp, ViewScreen, grid_view
 from sftrl.tui.canvas import halfblock_strips, xterm_palette
 from sftrl.tui.export import CELL_H, CELL_W
+from sftrl.tui.graphics import detect
 from sftrl.tui.widgets import HalfBlockImage, place_label, terminal_colours
 
 SIZE = (120, 40)
@@ -126,3 +127,29 @@ def test_map_labels_never_cover_a_marker_or_each_other() -> None:
         assert text == "Waterfront Ale House" or text.endswith("…")
         taken |= cells
     assert place_label(0, 0, "Name", 2, 1, {(0, 0)}) is None  # no room: no label, marker stays visible
+
+
+def test_graphics_fall_back_to_half_blocks_without_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SFTRL_TUI_GRAPHICS", raising=False)
+    assert detect() == "halfblock"  # pytest's stdout is no terminal: textual-image finds no protocol
+    assert detect("halfblock") == "halfblock" and detect("sixel") == "sixel"
+    monkeypatch.setenv("SFTRL_TUI_GRAPHICS", "tgp")
+    assert detect() == "tgp"
+    monkeypatch.setenv("SFTRL_TUI_GRAPHICS", "ascii-art")
+    with pytest.raises(ValueError, match="SFTRL_TUI_GRAPHICS must be one of"):
+        detect()
+
+
+@pytest.mark.parametrize("mode", ["sixel", "tgp"])
+async def test_a_graphics_protocol_widget_shows_the_observation_image(virl_vl: Path, mode: str) -> None:
+    from textual_image.widget import SixelImage, TGPImage
+
+    app = AgentApp(run_dir=virl_vl, graphics=mode)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        widget = app.query_one("#obs-image")
+        assert isinstance(widget, SixelImage if mode == "sixel" else TGPImage)
+        assert widget.has_image and widget.image is not None and widget.image.size[0] >= 64
+        await pilot.press("v")
+        await pilot.pause()
+        assert isinstance(app.screen.query_one("#view-image"), SixelImage if mode == "sixel" else TGPImage)

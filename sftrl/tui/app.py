@@ -28,9 +28,9 @@ from textual.widgets import DataTable, Footer, Input, Sparkline, Static
 from sftrl.agents.events import EventQueue
 from sftrl.agents.trajectory import read_episodes
 from sftrl.street_view.provider import GRID_LAYOUT
+from sftrl.tui.graphics import detect, image_widget
 from sftrl.tui.state import EpisodeFilter, EpisodeView, Frame, RunView
 from sftrl.tui.widgets import (
-    HalfBlockImage,
     RouteMap,
     conversation_text,
     gp_text,
@@ -211,14 +211,15 @@ class ViewScreen(ModalScreen[None]):
     #view-image { height: 1fr; width: 1fr; }
     """
 
-    def __init__(self, image: Any, title: str, grid: bool) -> None:
+    def __init__(self, image: Any, title: str, grid: bool, graphics: str = "halfblock") -> None:
         super().__init__()
+        self.graphics = graphics
         self.image, self.title_text, self.grid = image, title, grid
         self.part = 0
 
     def compose(self) -> ComposeResult:
         yield Static(id="view-title")
-        yield HalfBlockImage(id="view-image")
+        yield image_widget(self.graphics, id="view-image")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -232,7 +233,7 @@ class ViewScreen(ModalScreen[None]):
         name = "" if part == 0 else f" · {GRID_LAYOUT[part - 1][0]} view"
         keys = " (1-4: one view, 0: grid, esc: back)" if self.grid else " (esc: back)"
         self.query_one("#view-title", Static).update(Text(f"{self.title_text}{name}{keys}"))
-        self.query_one("#view-image", HalfBlockImage).set_image(image, key=(id(self.image), part))
+        self.query_one("#view-image").set_image(image, key=(id(self.image), part))  # type: ignore[attr-defined]
 
     def action_close(self) -> None:
         self.dismiss(None)
@@ -313,8 +314,12 @@ class AgentApp(App[int]):
         Binding("q", "quit_app", "Quit"),
     ]
 
-    def __init__(self, *, run_dir: Path | None = None, live: LiveRun | None = None) -> None:
+    def __init__(
+        self, *, run_dir: Path | None = None, live: LiveRun | None = None, graphics: str = "halfblock"
+    ) -> None:
+        """``graphics``: how images are drawn (:func:`sftrl.tui.graphics.detect`, run before the app)."""
         super().__init__()
+        self.graphics = graphics
         if (run_dir is None) == (live is None):
             raise ValueError("AgentApp needs exactly one of run_dir (replay) or live (a LiveRun)")
         self.live = live
@@ -343,7 +348,7 @@ class AgentApp(App[int]):
             yield table
             with Vertical(id="observation") as obs:
                 obs.border_title = "Observation"
-                yield HalfBlockImage(id="obs-image")
+                yield image_widget(self.graphics, id="obs-image")
                 with _NoFocusScroll(id="obs-scroll"):
                     yield Static(id="obs-text")
             with Vertical(id="task") as task:
@@ -565,7 +570,7 @@ class AgentApp(App[int]):
                     table.move_cursor(row=row, animate=False)
 
     def _draw_observation(self, ep: EpisodeView | None, frame: Frame | None) -> None:
-        image = self.query_one("#obs-image", HalfBlockImage)
+        image: Any = self.query_one("#obs-image")
         panel = self.query_one("#observation")
         if frame is None:
             image.set_image(None, key="none")
@@ -728,7 +733,9 @@ class AgentApp(App[int]):
             return
         assert ep is not None
         title = f"episode {ep.index} · call {self.turn_pos + 1}/{ep.n_frames}"
-        self.push_screen(ViewScreen(frame.image, title, grid=self.run_view.kind == "virl"))
+        self.push_screen(
+            ViewScreen(frame.image, title, grid=self.run_view.kind == "virl", graphics=self.graphics)
+        )
 
     def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
         """Save an SVG of the screen into the run directory (Textual's default folder may not exist)."""
@@ -772,7 +779,7 @@ def run_tui(run: Any, env_cfg: dict[str, Any], policy: Any = None) -> tuple[int,
     key fails before the terminal is taken).
     """
     live = LiveRun(run, env_cfg, policy=policy, owns_policy=policy is not None)
-    app = AgentApp(live=live)
+    app = AgentApp(live=live, graphics=detect())
     app.run()
     # Ctrl+C or a crash of the UI: still stop the rollout cleanly before returning.
     status = app.finish() if app.return_code is None or not live.done.is_set() else app.return_code
@@ -782,6 +789,6 @@ def run_tui(run: Any, env_cfg: dict[str, Any], policy: Any = None) -> tuple[int,
 def replay_tui(run_dir: Path) -> int:
     """``agent replay RUN_DIR``: browse a logged run."""
     read_episodes(run_dir)  # fail early (LogError) with one clear line, before taking the terminal
-    app = AgentApp(run_dir=run_dir)
+    app = AgentApp(run_dir=run_dir, graphics=detect())
     app.run()
     return app.return_code or EXIT_OK
