@@ -224,8 +224,15 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             message["tool_calls"] = calls
             finish = spec.get("finish_reason", "tool_calls")
-        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
         toks = _tokens(content or "")
+        budget = body.get("max_tokens", body.get("max_completion_tokens"))
+        # Like a real server, the reply stops at the token budget (a reply dict with
+        # "ignore_max_tokens" plays a broken server that does not).
+        if isinstance(budget, int) and len(toks) > budget and not spec.get("ignore_max_tokens"):
+            toks = toks[:budget]
+            message["content"] = "".join(toks)
+            finish = "length"
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
         if body.get("logprobs"):
             scripted = spec.get("logprobs")  # a reply dict may script them (NaN/-inf, as broken servers)
             as_ids = bool(body.get("return_tokens_as_token_ids"))

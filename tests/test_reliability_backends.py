@@ -180,3 +180,14 @@ def test_street_view_errors_never_hold_the_key_in_any_encoding() -> None:
     text = str(err.value)
     assert "HTTP 400" in text and "b64=REDACTED" in text
     assert_no_key(text, key)
+
+
+def test_a_server_ignoring_the_token_budget_fails_the_episode_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = {"content": " ".join(["word"] * 200), "ignore_max_tokens": True}
+    with StubServer(reply=lambda body: broken) as server:
+        rc = agent_run(server.url, tmp_path / "run", "--episodes", "1", "--max-new-tokens", "16", "--json")
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 0 and summary["errors"] == 1
+    assert "for a budget of 16" in summary["error_causes"]["reply"]["example"]

@@ -661,13 +661,22 @@ class OpenAIPolicy:
         if isinstance(content, list):  # some servers answer with content parts
             content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
         token_ids, logprobs = parse_logprobs(choice) if sampling.logprobs else (None, None)
+        usage = _usage(data.get("usage"))
+        produced = len(token_ids or logprobs or ()) or (usage or {}).get("completion_tokens")
+        if produced is not None and produced > sampling.max_new_tokens:
+            # The token budget is the reply cap: a server that ignores it must not grow the log or RL
+            # batches past what was asked for.
+            raise BackendError(
+                f"{public_url(base_url)} sent {produced} tokens for a budget of {sampling.max_new_tokens} "
+                "(max_new_tokens): the server ignores the token cap"
+            )
         return Reply(
             text=content if isinstance(content, str) else "",
             token_ids=token_ids,
             logprobs=logprobs,
             finish_reason=choice.get("finish_reason"),
             model=str(data.get("model") or self.model),
-            usage=_usage(data.get("usage")),
+            usage=usage,
             tool_calls=parse_tool_calls(message.get("tool_calls")),
             extra={"base_url": public_url(base_url)},
         )
