@@ -22,22 +22,38 @@ if [[ -f "$MARKER" ]] && [[ "$(cat "$MARKER")" == "$VLLM_SPEC" ]] \
     exit 0
 fi
 
+start=$(date +%s)
+log=$(mktemp /tmp/vllm-venv.XXXXXX.log)
+trap 'status=$?; if [[ $status -ne 0 && $status -ne 3 ]]; then echo "vllm-venv: FAILED (exit $status); end of $log:"; tail -n 30 "$log"; fi' EXIT
+rm -rf "$VENV"
+
 # Does the registry serve the pinned version at all? `pip index versions` lists what it serves for
-# this interpreter and platform, without downloading anything.
+# this interpreter and platform, downloading nothing (python3's pip; the new venv's if it has none).
+# Only a clear "not served" (no such version, or 404) is exit 3; an index pip could not reach or that
+# answered with an error (its -vvv "Could not fetch URL" lines) is a failure like any other.
 name=${VLLM_SPEC%%==*}
 version=${VLLM_SPEC##*==}
-listing=$(python3 -m pip index versions "$name" 2>&1) || true
-if ! grep -E "^Available versions:(.*[ ,])?${version//./\\.}(,|$)" <<<"$listing" >/dev/null; then
+ask=(python3 -m pip)
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m venv "$VENV"
+    ask=("$VENV/bin/pip")
+fi
+listing=$("${ask[@]}" index versions "$name" -vvv 2>&1) || true
+if ! grep -qE "^Available versions:(.*[ ,])?${version//./\\.}(,|$)" <<<"$listing"; then
+    unreachable=$(grep -E "^Could not fetch URL" <<<"$listing" | grep -vE ": 404 Client Error" || true)
+    if [[ -n "$unreachable" ]]; then
+        echo "vllm-venv: cannot ask the package registry about $name:"
+        head -n 3 <<<"$unreachable" | cut -c1-300 | sed 's/^/vllm-venv:   /'
+        exit 1
+    fi
     echo "vllm-venv: the package registry does not serve $VLLM_SPEC for this platform:"
-    grep -v '^WARNING' <<<"$listing" | head -n 3 | sed 's/^/vllm-venv:   /'
+    grep -E "^(Available versions|ERROR)" <<<"$listing" | head -n 3 | sed 's/^/vllm-venv:   /'
+    rm -rf "$VENV" "$log"
     exit 3
 fi
 
-start=$(date +%s)
-log=$(mktemp /tmp/vllm-venv.XXXXXX.log)
-trap 'status=$?; if [[ $status -ne 0 ]]; then echo "vllm-venv: FAILED (exit $status); end of $log:"; tail -n 30 "$log"; fi' EXIT
-rm -rf "$VENV"
 echo "vllm-venv: installing $VLLM_SPEC into $VENV (a few minutes, ~3.5 GB; log: $log)"
+rm -rf "$VENV"
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install "$VLLM_SPEC" >>"$log" 2>&1
 "$VENV/bin/pip" install "${SFTRL_DEPS[@]}" >>"$log" 2>&1
