@@ -83,3 +83,29 @@ def test_maps_client_ends_by_its_deadline_on_a_trickling_server() -> None:
             c.geocode("Testville")
         assert time.monotonic() - start < 3.0
         assert KEY not in str(err.value)
+
+
+def test_weight_sync_and_the_serve_health_poll_end_by_their_deadlines(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from sftrl.agents.serve import ServeError, wait_until_ready
+    from sftrl.training.weight_sync import VLLMServerWeightSync, WeightSyncError
+
+    with HostileServer("trickle_headers", interval=0.1) as server:
+        sync = VLLMServerWeightSync([server.base_url + "/v1"], tmp_path, timeout=1.0)
+        start = time.monotonic()
+        with pytest.raises(WeightSyncError, match="cannot reach.*DeadlineExceeded"):
+            sync.check()
+        assert time.monotonic() - start < 3.0
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            start = time.monotonic()
+            with pytest.raises(
+                ServeError, match=r"not ready after 2s \(not listening yet \(DeadlineExceeded\)\)"
+            ):
+                wait_until_ready(server.base_url + "/health", proc, timeout_s=2.0, poll_s=1.0)
+            assert time.monotonic() - start < 5.0
+        finally:
+            proc.kill()
+            proc.wait()

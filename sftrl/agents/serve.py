@@ -131,12 +131,17 @@ def wait_until_ready(
     log: Callable[[str], None] = lambda msg: None,
 ) -> None:
     """Poll ``health_url`` until it answers 200; fail if the process exits or ``timeout_s`` passes."""
-    import httpx  # only here: keeps `agent --help` fast
+    import requests  # only here: keeps `agent --help` fast
+
+    from sftrl.net import DeadlineSession
 
     started = time.monotonic()
     next_note = started + progress_every_s
     last = "not listening yet"
-    with httpx.Client(timeout=min(5.0, max(poll_s, 1.0)), trust_env=False) as client:
+    per_call = min(5.0, max(poll_s, 1.0))
+    # A total deadline per poll: a server trickling its /health answer cannot stall the wait.
+    with DeadlineSession(timeout=per_call, max_retries=0, deadline=per_call) as client:
+        client.trust_env = False
         while True:
             code = proc.poll()
             if code is not None:
@@ -150,7 +155,7 @@ def wait_until_ready(
                 if response.status_code == 200:
                     return
                 last = f"/health answered {response.status_code}"
-            except httpx.HTTPError as exc:
+            except requests.RequestException as exc:
                 last = f"not listening yet ({type(exc).__name__})"
             now = time.monotonic()
             if now - started > timeout_s:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
+import requests
 
 LIVE_WEIGHTS_DIR = "live-weights"
 RELOAD_METHOD = "reload_weights"
@@ -165,11 +165,13 @@ class VLLMServerWeightSync:
             "(see docs/gpu_recipe.md, 'Rollouts on vLLM with weight sync')"
         )
 
-    def _request(self, client: httpx.Client, index: int, method: str, path: str, **kw: Any) -> httpx.Response:
+    def _request(
+        self, client: requests.Session, index: int, method: str, path: str, **kw: Any
+    ) -> requests.Response:
         url = f"{self.roots[index]}{path}"
         try:
             response = client.request(method, url, headers=self._headers(), **kw)
-        except httpx.HTTPError as exc:
+        except requests.RequestException as exc:
             raise WeightSyncError(
                 f"cannot reach vLLM server {self._public[index]} ({path}): {type(exc).__name__}"
             ) from None
@@ -191,7 +193,7 @@ class VLLMServerWeightSync:
         """Every replica is up and in dev mode (``GET /is_sleeping`` exists only there); picks the
         reload method: :class:`VLLMWorkerExtension`'s where the server loaded it, else vLLM's own."""
         methods = []
-        with httpx.Client(timeout=60.0) as client:
+        with _session(min(60.0, self.timeout)) as client:
             for i in range(len(self.roots)):
                 self._request(client, i, "GET", "/is_sleeping")
                 try:
@@ -212,14 +214,14 @@ class VLLMServerWeightSync:
         if self.methods is None:
             self.check()
         assert self.methods is not None
-        with httpx.Client(timeout=self.timeout) as client:
+        with _session(self.timeout) as client:
             for i, method in enumerate(self.methods):
                 body = {"method": method, "kwargs": {"weights_path": str(path)}}
                 self._request(client, i, "POST", "/collective_rpc", json=body)
                 self._reset_prefix_cache(client, i)
         self.pushes.append({"step": step, "save_s": t1 - t0, "reload_s": time.perf_counter() - t1})
 
-    def _reset_prefix_cache(self, client: httpx.Client, index: int) -> None:
+    def _reset_prefix_cache(self, client: requests.Session, index: int) -> None:
         for _ in range(_RESET_TRIES):
             response = self._request(client, index, "POST", "/reset_prefix_cache")
             try:
@@ -233,6 +235,14 @@ class VLLMServerWeightSync:
             f"vLLM server {self._public[index]} kept its prefix cache (blocks still in use): "
             "requests were still running during the weight update"
         )
+
+
+def _session(timeout: float) -> requests.Session:
+    # A total deadline per call (a stalled or trickling server cannot hold training), no retries:
+    # a reload is not idempotent enough to repeat blindly.
+    from sftrl.net import DeadlineSession
+
+    return DeadlineSession(timeout=timeout, max_retries=0, deadline=timeout)
 
 
 class VLLMEngineWeightSync:
