@@ -376,10 +376,11 @@ def _need_terminal(what: str) -> None:
 def _run_with_tui(run: Any, env_cfg: dict[str, Any]) -> int:
     _need_terminal("agent run --tui")
     from sftrl.agents.factory import make_policy
-    from sftrl.agents.runner import with_run_dir
+    from sftrl.agents.runner import check_run_dir, with_run_dir
     from sftrl.tui.app import EXIT_CANCELLED, run_tui
 
-    # A missing model or API key fails here, in one line, before the UI takes the terminal.
+    # A used run directory, a missing model or API key fail here, in one line, before the UI starts.
+    check_run_dir(run, env_cfg)
     policy = make_policy(run)
     run = with_run_dir(run)
     status, live = run_tui(run, env_cfg, policy=policy)

@@ -69,3 +69,17 @@ def test_tui_run_with_a_bad_policy_fails_before_the_ui(capsys, tmp_path: Path, m
     err = _error(capsys, "run", "--policy", "hf", "--model", "./no-such-model", "--tui")
     assert "no such model directory: ./no-such-model" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_tui_run_into_a_used_directory_fails_before_the_ui(capsys, tmp_path: Path, monkeypatch):
+    out = str(tmp_path / "used")
+    assert main(["run", "--episodes", "1", "--out", out, "--quiet"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+
+    def no_ui(*args, **kwargs):
+        raise AssertionError("the TUI started although the run directory is in use")
+
+    monkeypatch.setattr("sftrl.tui.app.run_tui", no_ui)
+    assert "already holds episodes" in _error(capsys, "run", "--episodes", "1", "--out", out, "--tui")

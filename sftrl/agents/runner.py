@@ -184,6 +184,13 @@ def run_id_for(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def check_run_dir(run: RunConfig, env_cfg: dict[str, Any]) -> None:
+    """Raise the :class:`ConfigError` ``run_async`` would raise for ``run.out`` (episodes already there
+    without ``--resume``, a resume with other options), without writing anything: the TUI asks first."""
+    if run.out is not None and run.out.is_dir():
+        _check_resume(run.out, effective_config(run, env_cfg), run.resume, run.force)
+
+
 def _check_resume(
     out: Path, config: dict[str, Any], resume: bool, force: bool = False
 ) -> list[EpisodeRecord]:
