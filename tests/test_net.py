@@ -109,3 +109,25 @@ def test_weight_sync_and_the_serve_health_poll_end_by_their_deadlines(tmp_path) 
         finally:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"status": "OK", "results": 5, "routes": 5}',
+        b'{"status": "OK", "results": [1], "routes": [1]}',
+    ],
+)
+def test_maps_client_turns_malformed_bodies_into_maps_errors(body: bytes) -> None:
+    with HostileServer("json", body=body) as server:
+        c = GoogleMapsClient(KEY, base_url=server.base_url, max_retries=0)
+        for call in (
+            lambda: c.geocode("Testville"),
+            lambda: c.places_nearby((47.37, 8.54), 20),
+            lambda: c.directions((47.37, 8.539), (47.3705, 8.5401)),
+        ):
+            with pytest.raises(MapsError) as err:
+                call()
+            assert KEY not in str(err.value) and err.value.__cause__ is None

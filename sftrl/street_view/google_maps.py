@@ -235,6 +235,11 @@ class GoogleMapsClient:
                 raise MapsError(f"{api}: {base}".replace("Street View ", ""), fatal=True) from None
             text = str(base) if isinstance(base, _GaveUp) else f"failed: {type(base).__name__}: {base}"
             raise MapsError(f"{api} request {self._redact(text)}") from None
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            # googlemaps parses the body itself: a body that is not the API's JSON surfaces here.
+            raise MapsError(
+                f"{api} answered with a body that is not the API's JSON ({type(exc).__name__})"
+            ) from None
         except googlemaps.exceptions.Timeout:
             if self._session.last_api_status == "OVER_QUERY_LIMIT":
                 raise self._api_error(api, "OVER_QUERY_LIMIT", None, retried=True) from None
@@ -262,7 +267,9 @@ class GoogleMapsClient:
 
     def geocode(self, address: str) -> list[dict[str, Any]]:
         """Geocoding API ``results`` for ``address`` (empty when Google finds nothing)."""
-        return list(self._call("Geocoding", lambda c: c.geocode(address, language=self.language)))
+        return _results(
+            "Geocoding", self._call("Geocoding", lambda c: c.geocode(address, language=self.language))
+        )
 
     def places_nearby(
         self, location: LatLng, radius: float, type: str | None = None, keyword: str | None = None
@@ -283,7 +290,7 @@ class GoogleMapsClient:
                 language=self.language,
             ),
         )
-        return list(body.get("results", []))
+        return _results("Places", body.get("results", []) if isinstance(body, dict) else body)
 
     def directions(
         self,
@@ -293,7 +300,8 @@ class GoogleMapsClient:
         avoid: Sequence[str] = ("indoor",),
     ) -> list[dict[str, Any]]:
         """Directions API ``routes`` from ``origin`` to ``destination`` (V-IRL avoids indoor paths)."""
-        return list(
+        return _results(
+            "Directions",
             self._call(
                 "Directions",
                 lambda c: c.directions(
@@ -303,5 +311,12 @@ class GoogleMapsClient:
                     avoid=list(avoid) or None,
                     language=self.language,
                 ),
-            )
+            ),
         )
+
+
+def _results(api: str, value: Any) -> list[dict[str, Any]]:
+    """``value`` as the list of result objects the API documents, or the one error type."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise MapsError(f"{api} answered with results that are not a list of objects")
+    return value
