@@ -779,6 +779,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
         print(json.dumps(metrics, sort_keys=True))
     else:
         err.print(f"saved to {cfg.out}")
+        _next(f"agent run --env {cfg.env} --policy hf --model {cfg.out} --episodes 100   # evaluate it")
     return 0
 
 
@@ -866,7 +867,10 @@ def cmd_data(ns: argparse.Namespace) -> int:
     if ns.data_command == "sft":
         from sftrl.training.sft_data import data_sft_main
 
-        return data_sft_main(ns.runs, ns.out, ns.chains, **options)
+        rc = data_sft_main(ns.runs, ns.out, ns.chains, **options)
+        if rc == 0 and not ns.json:
+            _next(f"agent train sft --data {ns.out} --model MODEL_DIR --out ckpt/sft   # fine-tune on it")
+        return rc
     from sftrl.training.pairs import data_pairs_main
 
     return data_pairs_main(ns.runs, ns.out, **options)
@@ -883,7 +887,18 @@ def _cmd_train_sft(ns: argparse.Namespace) -> int:
         raise CLIError(f"train sft needs {' '.join(missing)}")
     as_json = ns.json or bool(file_values.get("json", False))
     data, model, out = values.pop("data"), values.pop("model"), values.pop("out")
-    return train_sft_main(data, model, out, json_output=as_json, **values)
+    rc = train_sft_main(data, model, out, json_output=as_json, **values)
+    if rc == 0 and not as_json:
+        _next(
+            f"agent run --policy hf --model {out} --episodes 100   # evaluate it (with its env's --env)",
+            f"agent train rl --model {out} --out ckpt/rl   # RL from it",
+        )
+    return rc
+
+
+def _next(*commands: str) -> None:
+    """The commands that naturally follow (stderr, with the command's own report)."""
+    print("next:\n" + "\n".join(f"  {c}" for c in commands), file=sys.stderr)
 
 
 COMMANDS = {
