@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from pathlib import Path
 
 import pytest
 from fuzz_replies import FuzzPolicy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sftrl.agents.runner import run_async, split_config
-from sftrl.agents.trajectory import clean_value, read_episodes
+from sftrl.agents.trajectory import (
+    EpisodeRecord,
+    ReplyRecord,
+    TurnRecord,
+    clean_value,
+    encode_record,
+    read_episodes,
+)
 from sftrl.cli import main
+from sftrl.environments.base import Verdict
 
 LIMIT = 50_000  # log string limit: fuzzed replies go up to 300 kB, so cutting is exercised
 
@@ -54,3 +65,40 @@ def test_fuzzed_replies_never_crash_run_code_or_corrupt_the_log(tmp_path, capsys
     capsys.readouterr()
     assert main(["eval", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["episodes"] == episodes
+
+
+# Any code point, lone surrogates included (hypothesis leaves those out of text() on its own).
+_ANY_CHAR = st.one_of(st.characters(), st.integers(0xD800, 0xDFFF).map(chr))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(_ANY_CHAR, max_size=300),
+    key=st.text(_ANY_CHAR, max_size=5),
+    logprobs=st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=8),
+    limit=st.integers(min_value=256, max_value=400),
+)
+def test_any_reply_text_and_logprobs_read_back_as_promised(tmp_path_factory, text, key, logprobs, limit):
+    """Property: whatever the strings and floats, the written line reads back, cleaned as documented."""
+    turn = TurnRecord(
+        index=0,
+        step=0,
+        attempt=0,
+        prompt=[{"role": "user", "content": text}],
+        reply=ReplyRecord(text=text, logprobs=logprobs, tool_calls=[{"name": key, "args": {key: text}}]),
+        action={key: text},
+        verdict=Verdict(reward=0.0, category="c", message=text, correct=False),
+        reward=0.0,
+    )
+    record = EpisodeRecord(
+        run_id="r", episode_index=0, seed=0, env_id="e", env_config={}, policy={}, turns=[turn]
+    )
+    log = tmp_path_factory.getbasetemp() / "property.jsonl"  # one file, rewritten per example
+    log.write_bytes(encode_record(record, limit))
+    (back,) = read_episodes(log)
+    got = back.turns[0]
+    assert got.reply.text == clean_value(text, {}, limit) == got.verdict.message
+    assert got.reply.tool_calls == [clean_value({"name": key, "args": {key: text}}, {}, limit)]
+    assert len(got.reply.logprobs) == len(logprobs)
+    for a, b in zip(got.reply.logprobs, logprobs, strict=True):
+        assert (math.isnan(a) and math.isnan(b)) or a == b
