@@ -27,7 +27,14 @@ from pydantic import ValidationError
 
 from sftrl.config import validation_message
 from sftrl.training.config import RESUMABLE_KEYS, SFTTrainConfig
-from sftrl.training.tracking import Tracker, TrackingError, check_installed, sample_rows, trainer_callback
+from sftrl.training.tracking import (
+    Tracker,
+    TrackingError,
+    check_installed,
+    process_info,
+    sample_rows,
+    trainer_callback,
+)
 
 RUN_FILE = "sft_run.json"
 METRICS_FILE = "sft_metrics.json"
@@ -334,7 +341,8 @@ def _budget_eval_callback(cfg: SFTTrainConfig, specs: list[Any], progress: Calla
             return 6.0 * self.n * float(state.num_input_tokens_seen)
 
         def _eval(self, state: Any, model: Any, processing_class: Any) -> None:
-            if not specs or self.last_eval == state.global_step:
+            # One process evaluates (the weights are the same on every data-parallel rank).
+            if not specs or self.last_eval == state.global_step or not state.is_world_process_zero:
                 return
             from sftrl.agents.hf_policy import HFPolicy
 
@@ -461,7 +469,9 @@ def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) 
     resume_from = _prepare_out(cfg)
     model, processing_class = load_model(cfg.model, info.vision)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    (cfg.out / RUN_FILE).write_text(cfg.model_dump_json(indent=1) + "\n")
+    main, processes = process_info()
+    if main:
+        (cfg.out / RUN_FILE).write_text(cfg.model_dump_json(indent=1) + "\n")
     from sftrl.training.evaluation import parse_eval_env, plot_evals, validate_specs
 
     try:
@@ -505,14 +515,15 @@ def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) 
     if step_times:
         metrics["step_time_s"] = round(sorted(step_times)[len(step_times) // 2], 4)  # median
         metrics["steps_this_run"] = len(step_times)
-    _save_final(trainer, processing_class, cfg.out, cfg.lora)
-    (cfg.out / CURVE_JSON).write_text(json.dumps(curve, indent=1) + "\n")
-    (cfg.out / LOG_FILE).write_text(
-        "".join(json.dumps(e, sort_keys=True) + "\n" for e in trainer.state.log_history)
-    )
-    plot_loss_curve(curve, cfg.out / CURVE_PNG, f"SFT {Path(cfg.model).name} on {cfg.data.name}")
-    if specs:
-        plot_evals(cfg.out, f"SFT {Path(cfg.model).name}: evaluation")
+    if main:  # data-parallel ranks hold the same weights and logs: one writes them
+        _save_final(trainer, processing_class, cfg.out, cfg.lora)
+        (cfg.out / CURVE_JSON).write_text(json.dumps(curve, indent=1) + "\n")
+        (cfg.out / LOG_FILE).write_text(
+            "".join(json.dumps(e, sort_keys=True) + "\n" for e in trainer.state.log_history)
+        )
+        plot_loss_curve(curve, cfg.out / CURVE_PNG, f"SFT {Path(cfg.model).name} on {cfg.data.name}")
+        if specs:
+            plot_evals(cfg.out, f"SFT {Path(cfg.model).name}: evaluation")
     tracker.close()
     metrics.update(
         {
@@ -525,18 +536,19 @@ def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) 
             "rows_train": len(info.train),
             "rows_validation": len(info.validation) if info.validation is not None else 0,
             "resumed_from": str(resume_from) if resume_from else None,
+            "processes": processes,
         }
     )
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-    (cfg.out / METRICS_FILE).write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    if main:
+        (cfg.out / METRICS_FILE).write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    trainer.accelerator.wait_for_everyone()  # no rank returns before the final model is on disk
     return metrics
 
 
 def _open_tracker(cfg: SFTTrainConfig, *, resume: bool) -> Tracker:
     """The run's trackers, on the main process only (others get a no-op tracker)."""
-    from accelerate import PartialState
-
-    targets = cfg.report_to if PartialState().is_main_process else []
+    targets = cfg.report_to if process_info()[0] else []
     config = cfg.model_dump(mode="json")
     return Tracker(cfg.out, targets, config=config, run_name=f"sft-{cfg.out.name}", resume=resume)
 
@@ -581,6 +593,8 @@ def train_sft_main(
     except SFTError as exc:
         print(f"agent: error: {exc}", file=sys.stderr)
         return 2
+    if not process_info()[0]:
+        return 0  # the main process reports for all
     if json_output:
         print(json.dumps(metrics, sort_keys=True))
     else:

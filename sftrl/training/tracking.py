@@ -74,6 +74,16 @@ def check_installed(targets: Iterable[str]) -> None:
             )
 
 
+def process_info() -> tuple[bool, int]:
+    """(is this the main process, how many data-parallel processes) under ``accelerate launch``."""
+    import torch
+    from accelerate import PartialState
+
+    # cpu= as the trainers' use_cpu: without it a CPU-only process ignores the launcher's ranks.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.is_main_process, state.num_processes
+
+
 def scalars(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """The finite numbers of ``metrics`` (bools as 0/1), nested mappings flattened as ``a/b``."""
     out: dict[str, float] = {}

@@ -510,14 +510,12 @@ def train_rl_trl(
                     line += f" reward {logs['reward']:.3f} success {logs['rewards/success/mean']:.3f}"
                 progress(line)
 
-    from accelerate import PartialState
-
-    from sftrl.training.tracking import Tracker, trainer_callback
+    from sftrl.training.tracking import Tracker, process_info, trainer_callback
 
     # TRL's own report_to stays off: the trackers get TRL's log entries (loss, rewards, KL) from here.
     tracker = Tracker(
         out,
-        cfg.report_to if PartialState().is_main_process else [],
+        cfg.report_to if process_info()[0] else [],
         config=cfg.model_dump(mode="json"),
         run_name=f"rl-{out.name}",
         resume=ckpt is not None,

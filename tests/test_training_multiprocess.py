@@ -1,0 +1,85 @@
+"""Data-parallel ``agent train sft`` under ``accelerate launch`` on CPU (gloo), against one process.
+
+Two processes with half the per-device batch see the same global batches as one process, and DDP
+all-reduces their gradients, so the loss curve and the trained weights must match the single-process
+run (to float tolerance) while training moved the weights by far more than that tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sftrl.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(
+    tiny_text_model: Path, tmp_path: Path
+) -> None:
+    runs, data = tmp_path / "expert", tmp_path / "data"
+    assert main(["run", "--episodes", "16", "--out", str(runs), "--quiet"]) == 0
+    assert main(["data", "sft", str(runs), "--out", str(data), "--val-fraction", "0"]) == 0
+    common = ["train", "sft", "--data", str(data), "--model", str(tiny_text_model), "--max-steps", "4"]
+    common += ["--lr", "1e-3", "--seed", "0", "--json"]
+    one = subprocess.run(
+        [sys.executable, "-m", "sftrl", *common, "--out", str(tmp_path / "one"), "--batch-size", "4"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    # accelerate's own CPU launcher: `--multi_gpu` selects its torchrun path, which on a machine
+    # without GPUs runs MULTI_CPU with gloo (`--cpu --num_processes 2` starts ONE process).
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(_free_port()), "-m", "sftrl"]
+    two = subprocess.run(
+        [*launch, *common, "--out", str(tmp_path / "two"), "--batch-size", "2"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    reports = [json.loads(line) for line in two.stdout.splitlines() if line.startswith("{")]
+    assert len(reports) == 1 and reports[0]["processes"] == 2  # one rank reports (and writes)
+    single = json.loads(one.stdout.strip().splitlines()[-1])
+    assert single["processes"] == 1 and reports[0]["tokens"] == single["tokens"]  # same data seen
+
+    curves = [json.loads((tmp_path / d / "loss_curve.json").read_text())["train"] for d in ("one", "two")]
+    assert [p["step"] for p in curves[0]] == [p["step"] for p in curves[1]] == [1, 2, 3, 4]
+    assert [p["loss"] for p in curves[1]] == pytest.approx([p["loss"] for p in curves[0]], abs=1e-3)
+    assert curves[0][-1]["loss"] < curves[0][0]["loss"] - 0.1  # it did learn
+
+    start, w1, w2 = _weights(tiny_text_model), _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    moved = max((w1[k] - start[k]).abs().max().item() for k in w1 if k in start)
+    apart = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    assert moved > 1e-3 and apart < 1e-4, (moved, apart)
