@@ -33,22 +33,27 @@ Status = Literal["starting", "running", "paused", "finished", "failed", "cancell
 Outcome = Literal["all", "success", "failure", "error"]
 
 
+_LABELS = {"gp": "GP", "virl": "V-IRL"}
+
+
 def env_label(env_id: str, config: dict[str, Any]) -> str:
     """The paper's short name of an env setting: GP-L, GP-VL, V-IRL-L, V-IRL-VL (else the env id)."""
-    suffix = "VL" if config.get("modality") == "vision" else "L"
-    if "GeneralPoints" in env_id:
-        return f"GP-{suffix}"
-    if "VIRL" in env_id:
-        return f"V-IRL-{suffix}"
-    return env_id or "?"
+    kind = env_kind(env_id)
+    if kind == "other":
+        return env_id or "?"
+    return f"{_LABELS[kind]}-{'VL' if config.get('modality') == 'vision' else 'L'}"
 
 
 def env_kind(env_id: str) -> Literal["gp", "virl", "other"]:
-    if "GeneralPoints" in env_id:
-        return "gp"
-    if "VIRL" in env_id:
-        return "virl"
-    return "other"
+    """Which env a log's ``env_id`` names, resolved through the env registry (its CLI alias)."""
+    from sftrl.environments.registry import ENV_ALIASES, UnknownEnvError, resolve_env_id
+
+    try:
+        resolved = resolve_env_id(env_id)
+    except UnknownEnvError:
+        return "other"
+    alias = next((a for a, i in ENV_ALIASES.items() if i == resolved), "")
+    return alias if alias in ("gp", "virl") else "other"  # type: ignore[return-value]
 
 
 @dataclass
