@@ -67,6 +67,12 @@ class RLRunConfig(BudgetEvalOptions):
         default_factory=dict,
         description="policy options of the rollout backend (vllm-offline: vllm.LLM arguments, e.g. dtype)",
     )
+    lora_r: int | None = Field(default=None, ge=1, description="train LoRA adapters of this rank (peft)")
+    lora_alpha: int | None = Field(default=None, ge=1, description="LoRA alpha (default: 2 x rank)")
+    lora_target: list[str] = Field(
+        default_factory=lambda: ["all-linear"], description="modules that get adapters (peft names)"
+    )
+    merge: bool = Field(default=False, description="LoRA: save the merged full model to OUT too")
     report_to: ReportTo = Field(default_factory=list, description="trackers: tensorboard, wandb, trackio")
     track_episodes: int = Field(default=4, ge=0, description="sample episodes per update sent to trackers")
     rl: RLConfig = Field(default_factory=RLConfig)
@@ -87,6 +93,11 @@ def _save(policy: Any, learner: Learner, path: Path, meta: dict[str, Any]) -> No
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)  # a checkpoint is either complete or absent
+
+
+def collects_rollouts(cfg: RLRunConfig) -> bool:
+    """Whether the run samples rollouts itself (not learning from ``--episodes`` logs)."""
+    return not cfg.episodes
 
 
 def rollout_run_config(cfg: RLRunConfig, model_path: str) -> Any:
@@ -202,10 +213,22 @@ def train_rl(
     if ckpt is not None:
         model_path = str(ckpt)
         start = json.loads((ckpt / "trainer_state.json").read_text())["update"]
+    from sftrl.agents.factory import TRAINABLE_POLICY
+
+    if cfg.lora_r and cfg.rollout_policy != TRAINABLE_POLICY and collects_rollouts(cfg):
+        raise TransitionError("--lora-r trains with --rollout-policy hf (vLLM gets no adapter weights yet)")
     if policy is None:
         from sftrl.agents.factory import make_trainable_policy
 
-        policy = make_trainable_policy(model_path)
+        # A LoRA checkpoint holds adapters only: the base model comes from --model.
+        policy = make_trainable_policy(cfg.model if cfg.lora_r else model_path)
+    if cfg.lora_r:
+        from sftrl.training.lora import apply_lora
+
+        try:
+            apply_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_target, ckpt)
+        except ValueError as exc:
+            raise TransitionError(str(exc)) from None
     encode = encode or policy.encode_transition
     ref_model = None
     if cfg.rl.algo == "grpo" and cfg.rl.kl_coef > 0:
@@ -349,7 +372,12 @@ def train_rl(
         # Stopped by the FLOP budget between checkpoints: the final state is a checkpoint too.
         _save(policy, learner, out / f"checkpoint-{last}", {"update": last, "flops": flops.total})
     if main:
-        policy.save_pretrained(out)
+        if cfg.lora_r:
+            from sftrl.training.lora import save_final
+
+            save_final(policy, out, cfg.merge)
+        else:
+            policy.save_pretrained(out)
         plot_metrics(out)
         if specs:
             plot_evals(out, f"RL ({cfg.rl.algo}) {Path(cfg.model).name}: evaluation")

@@ -467,6 +467,8 @@ def train_rl_trl(
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 
+    if cfg.lora_r:
+        raise TRLGRPOError("--lora-r is for --trainer sftrl (the TRL backend trains all weights here)")
     if policy is None:
         from sftrl.agents.factory import make_trainable_policy
 
