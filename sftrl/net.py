@@ -15,7 +15,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 import requests
@@ -80,6 +80,7 @@ class _Scope:
         self.expired = False
         self.attempts = 0
         self._conns: list[HTTPConnection] = []
+        self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
 
     def track(self, conn: HTTPConnection) -> None:
@@ -88,18 +89,22 @@ class _Scope:
         with self._lock:
             if conn not in self._conns:
                 self._conns.append(conn)
+            # Kept apart from the connection: http.client detaches the socket from a connection whose
+            # response will close it (HTTP/1.0, "Connection: close") and hands it to the response.
+            sock = getattr(conn, "sock", None)
+            if isinstance(sock, socket.socket) and sock not in self._socks:
+                self._socks.append(sock)
 
     def expire(self) -> None:
         with self._lock:
             self.expired = True
-            conns = list(self._conns)
-        for conn in conns:
-            sock = getattr(conn, "sock", None)
-            if isinstance(sock, socket.socket):
-                # socket.socket.shutdown, not SSLSocket.shutdown: the latter drops the TLS object under
-                # the thread still reading from it. Shutting down unblocks that thread's recv().
-                with contextlib.suppress(OSError):  # already closed by its owner
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            socks = list(self._socks)
+            socks += [c.sock for c in self._conns if isinstance(getattr(c, "sock", None), socket.socket)]
+        for sock in socks:
+            # socket.socket.shutdown, not SSLSocket.shutdown: the latter drops the TLS object under
+            # the thread still reading from it. Shutting down unblocks that thread's recv().
+            with contextlib.suppress(OSError):  # already closed by its owner
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 _local = threading.local()
@@ -113,9 +118,12 @@ class _Tracked:
     """Mixin for urllib3 connections: each connect and request joins the thread's call in progress."""
 
     def connect(self) -> None:
-        if (scope := _scope()) is not None:
+        scope = _scope()
+        if scope is not None:
             scope.track(self)  # type: ignore[arg-type]
         super().connect()  # type: ignore[misc]
+        if scope is not None:
+            scope.track(self)  # type: ignore[arg-type]  # now with its socket
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         if (scope := _scope()) is not None:
@@ -219,33 +227,43 @@ class DeadlineSession(requests.Session):
         self.mount("http://", adapter)
         self.mount("https://", adapter)
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        if _scope() is not None:  # a redirect inside a call: the outer deadline holds
-            return super().send(request, **kwargs)
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self.timeout
+    @contextlib.contextmanager
+    def within_deadline(self) -> Iterator[None]:
+        """One deadline over everything inside: a call and the reading of a streamed body.
+
+        ``with session.within_deadline(): r = session.get(url, stream=True); r.iter_content(...)``
+        bounds the headers and the body together (calls made inside share this deadline).
+        """
+        if _scope() is not None:  # nested (a redirect, or a call inside a scope): the outer one holds
+            yield
+            return
         scope = _Scope(time.monotonic() + self.deadline)
         timer = threading.Timer(self.deadline, scope.expire)
         timer.daemon = True
         _local.scope = scope
         timer.start()
         try:
-            response = super().send(request, **kwargs)
+            yield
             if scope.expired:  # cut off mid-headers, the parser may still have produced a response
-                response.close()
                 raise _Expired
-            return response
         except Exception as exc:
             if scope.expired:
                 how = "cut off" if isinstance(exc, _Expired) else type(exc).__name__
-                raise self._expired(how) from None
+                raise DeadlineExceeded(
+                    f"no complete answer within the {self.deadline:g} s deadline (retries included): {how}"
+                ) from None
             raise
         finally:
             timer.cancel()
             _local.scope = None
             self.attempts += scope.attempts
 
-    def _expired(self, how: str) -> DeadlineExceeded:
-        return DeadlineExceeded(
-            f"no complete answer within the {self.deadline:g} s deadline (retries included): {how}"
-        )
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        with self.within_deadline():
+            response = super().send(request, **kwargs)
+            scope = _scope()
+            if scope is not None and scope.expired:
+                response.close()
+        return response

@@ -1,7 +1,8 @@
 """A raw-socket HTTP server on 127.0.0.1 that misbehaves on purpose, for the reliability tests.
 
 Modes (``HostileServer(mode)``): ``trickle`` sends a valid status line and headers, then the body one
-byte every ``interval`` seconds (each read succeeds, so per-read timeouts never fire); ``trickle_headers``
+byte every ``interval`` seconds (each read succeeds, so per-read timeouts never fire), as HTTP/1.1 or
+(``trickle_http10``, whose connection the client closes after the response) HTTP/1.0; ``trickle_headers``
 trickles the status line itself; ``reset`` reads the request and resets the connection (RST);
 ``bad_chunk`` sends a chunked body with a malformed chunk size; ``redirect_loop`` answers every request
 with a 302 to itself; ``echo_key`` answers 400 with the request's ``Authorization``/``key=`` secret
@@ -87,10 +88,9 @@ class HostileServer:
     def _handle(self, conn: socket.socket) -> None:
         try:
             head = self._read_request(conn)
-            if self.mode == "trickle":
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
-                )
+            if self.mode in ("trickle", "trickle_http10"):
+                status = b"HTTP/1.0 200 OK" if self.mode == "trickle_http10" else b"HTTP/1.1 200 OK"
+                conn.sendall(status + b"\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
                 self._trickle(conn, b" " * 100000)
             elif self.mode == "trickle_headers":
                 self._trickle(conn, b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 100000)

@@ -17,7 +17,7 @@ KEY = "AIza.TEST-net-secret-key_0123456789"
 VIEW = ViewRequest(lat=40.758, lng=-73.9855, heading=30.0, width=64, height=48)
 
 
-@pytest.mark.parametrize("mode", ["trickle", "trickle_headers"])
+@pytest.mark.parametrize("mode", ["trickle", "trickle_http10", "trickle_headers"])
 def test_a_trickling_server_hits_the_total_deadline(mode: str) -> None:
     # Each byte arrives well within the 1 s read timeout, so only a total deadline can end the call.
     with HostileServer(mode, interval=0.1) as server:
@@ -131,3 +131,14 @@ def test_maps_client_turns_malformed_bodies_into_maps_errors(body: bytes) -> Non
             with pytest.raises(MapsError) as err:
                 call()
             assert KEY not in str(err.value) and err.value.__cause__ is None
+
+
+def test_a_streamed_body_is_bounded_by_the_same_deadline() -> None:
+    with HostileServer("trickle_http10", interval=0.1) as server:
+        session = DeadlineSession(timeout=1.0, max_retries=0, deadline=0.5)
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded), session.within_deadline():
+            response = session.get(server.base_url + "/x", stream=True)
+            for _ in response.iter_content(1 << 16):
+                pass
+        assert time.monotonic() - start < 2.0

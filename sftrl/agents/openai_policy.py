@@ -17,11 +17,11 @@ import contextlib
 import json
 import os
 import re
-import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import httpx
+import requests
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool
 from tenacity import (
@@ -37,7 +37,7 @@ from sftrl.agents.policy import Reply, SamplingParams
 from sftrl.agents.tools import openai_tools
 from sftrl.config import ConfigError
 from sftrl.environments.base import Observation
-from sftrl.net import MAX_RETRY_AFTER_S, RETRY_STATUSES, retry_after_s
+from sftrl.net import MAX_RETRY_AFTER_S, RETRY_STATUSES, DeadlineSession, retry_after_s
 from sftrl.scrub import scrub, scrub_json
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -738,21 +738,19 @@ def served_model(base_url: str, *, api_key_env: str | None = None, deadline_s: f
     url = _normalize_base_url(base_url) + "/models"
     key = os.environ.get(api_key_env) if api_key_env else None
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    end = time.monotonic() + deadline_s
     body = bytearray()
+    # One deadline over headers and body alike (a server trickling either cannot hold us).
+    session = DeadlineSession(timeout=deadline_s, max_retries=0, deadline=deadline_s)
     try:
-        with (
-            httpx.Client(timeout=deadline_s) as client,
-            client.stream("GET", url, headers=headers) as response,
-        ):
+        with session, session.within_deadline():
+            response = session.get(url, headers=headers, stream=True)
             response.raise_for_status()
-            # A server trickling bytes must not hold us past the deadline (httpx times each read).
-            for chunk in response.iter_bytes():
+            for chunk in response.iter_content(1 << 16):
                 body += chunk
-                if time.monotonic() > end or len(body) > 1 << 20:
-                    raise httpx.ReadTimeout("model list too slow or too large")
+                if len(body) > 1 << 20:
+                    raise ValueError("model list larger than 1 MiB")
         ids = [str(m["id"]) for m in json.loads(bytes(body)).get("data", [])]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (requests.RequestException, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"cannot list the models of {public_url(url)}: {type(exc).__name__}") from None
     if len(ids) != 1:
         raise ConfigError(
