@@ -3,7 +3,7 @@
 ``requests`` and ``urllib3`` time out per socket operation only, so a server that trickles one byte a
 second never times out. :class:`DeadlineSession` gives every call (all retries and the whole body
 included) a total deadline: a timer shuts the call's sockets down when it passes, and the call raises
-:class:`DeadlineExceeded`. Retries of connection errors, read errors and 429/5xx (``Retry-After``
+:class:`DeadlineExceeded`. Retries of connection errors, read errors and 408/409/429/5xx (``Retry-After``
 honoured, capped at :data:`MAX_RETRY_AFTER_S`) are urllib3's :class:`~urllib3.util.Retry` mounted on the
 session. The async OpenAI-protocol client shares :data:`RETRY_STATUSES` and :func:`retry_after_s` so
 both stacks retry the same statuses and read ``Retry-After`` with the same (urllib3's) parser.
@@ -34,8 +34,9 @@ __all__ = [
     "retry_after_s",
 ]
 
-# Rate limits, overload and server-side failures: worth another attempt.
-RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
+# Timeouts, conflicts, rate limits, overload and server-side failures: worth another attempt (the
+# statuses the official OpenAI client retries; harmless for Google's APIs).
+RETRY_STATUSES: Final = frozenset({408, 409, 429, 500, 502, 503, 504})
 # One Retry-After header must not stall a run for minutes.
 MAX_RETRY_AFTER_S: Final = 60.0
 _HEADER_PARSER: Final = Retry(total=0)

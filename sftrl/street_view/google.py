@@ -127,7 +127,7 @@ class GoogleStreetViewProvider:
     optional URL-signing secret from ``signing_secret`` / ``signing_secret_env``. Both are read when the
     first view is requested, not at construction, so a cache replaying Google views offline never needs
     them. ``source="outdoor"`` keeps indoor panoramas out; ``radius_m`` is how far a position may snap.
-    Transient failures (HTTP 408, 429, 5xx, connection and read errors) are retried ``max_retries`` times
+    Transient failures (HTTP 408, 409, 429, 5xx, connection and read errors) are retried ``max_retries`` times
     by :class:`sftrl.net.DeadlineSession` (exponential backoff from ``backoff``, ``Retry-After`` honoured),
     and each call, retries included, ends by a total deadline (:func:`sftrl.net.deadline_for`).
     """
