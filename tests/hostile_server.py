@@ -6,7 +6,8 @@ byte every ``interval`` seconds (each read succeeds, so per-read timeouts never 
 trickles the status line itself; ``reset`` reads the request and resets the connection (RST);
 ``bad_chunk`` sends a chunked body with a malformed chunk size; ``redirect_loop`` answers every request
 with a 302 to itself; ``echo_key`` answers 400 with the request's ``Authorization``/``key=`` secret
-echoed base64-, URL- and JSON-escaped in the error message. Every accepted connection is counted.
+echoed base64-, URL- and JSON-escaped in the error message (after ``body``, as padding). Every
+accepted connection is counted.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class HostileServer:
                 secret = line.split(" ", 2)[2]
         if not secret and "key=" in text:
             secret = urllib.parse.unquote(text.split("key=", 1)[1].split("&", 1)[0].split(" ", 1)[0])
-        echoed = (
+        echoed = self.body.decode() + (
             f"bad key b64={base64.b64encode(secret.encode()).decode()} "
             f"url={urllib.parse.quote(secret, safe='')} json={json.dumps(secret)[1:-1]}"
         )

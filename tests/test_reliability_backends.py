@@ -191,3 +191,30 @@ def test_a_server_ignoring_the_token_budget_fails_the_episode_with_the_reason(
     summary = json.loads(capsys.readouterr().out)
     assert rc == 0 and summary["errors"] == 1
     assert "for a budget of 16" in summary["error_causes"]["reply"]["example"]
+
+
+def test_an_echoed_key_is_masked_before_long_error_texts_are_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from sftrl.agents.openai_policy import BackendError, OpenAIPolicy
+    from sftrl.agents.policy import SamplingParams
+    from sftrl.street_view.google import GoogleStreetViewProvider
+    from sftrl.street_view.provider import ProviderError, ViewRequest
+
+    monkeypatch.setenv("SFTRL_TEST_KEY", KEY)
+    # With 280 characters of padding the base64 echo straddles character 300: cutting the text there
+    # before masking would leave the start of the encoded key.
+    with HostileServer("echo_key", body=b"p" * 280) as server:
+        policy = OpenAIPolicy(MODEL, server.base_url + "/v1", api_key_env="SFTRL_TEST_KEY", max_retries=0)
+        with pytest.raises(BackendError) as err:
+            asyncio.run(policy.generate([], SamplingParams()))
+    # Street View quotes the raw JSON body, 23 characters longer before the message.
+    with HostileServer("echo_key", body=b"p" * 257) as server:
+        google = GoogleStreetViewProvider(api_key="AIza" + KEY, base_url=server.base_url, max_retries=0)
+        with pytest.raises(ProviderError) as gerr:
+            google.get_view(ViewRequest(lat=1.0, lng=2.0, heading=0.0, width=16, height=16))
+    for text, key in ((str(err.value), KEY), (str(gerr.value), "AIza" + KEY)):
+        assert "p" * 200 in text and "bad key b64=" in text
+        assert base64.b64encode(key.encode()).decode()[:6] not in text

@@ -558,8 +558,9 @@ class OpenAIPolicy:
             text = err.get("message", json.dumps(err)) if isinstance(err, dict) else str(err)
         except ValueError:
             text = response.text
-        text = " ".join(str(text).split())
-        return self._scrub(text[:300] + ("…" if len(text) > 300 else "")) or response.reason_phrase
+        # Masked before it is cut: half an echoed key is still a leak.
+        text = self._scrub(" ".join(str(text).split()))
+        return (text[:300] + ("…" if len(text) > 300 else "")) or response.reason_phrase
 
     async def _served_models(self, index: int) -> list[str]:
         """The model ids ``GET /models`` lists (for a clear 'model not found' error)."""

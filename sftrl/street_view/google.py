@@ -282,7 +282,7 @@ class GoogleStreetViewProvider:
         if not ctype.startswith("image/"):
             raise ProviderError(
                 f"Street View image request returned {ctype or 'no content type'} instead of an image: "
-                f"{self._redact(response.text[:200])}"
+                f"{self._redact(response.text)[:200]}"
             )
         try:
             img = Image.open(io.BytesIO(response.content))
@@ -353,7 +353,7 @@ class GoogleStreetViewProvider:
 
     def _http_error(self, response: requests.Response, what: str, shown: str) -> ProviderError:
         status = response.status_code
-        body = self._redact(response.text[:300].strip())
+        body = self._redact(response.text).strip()[:300]
         if status == 403:
             hint = (
                 "request denied: check that the key is valid, has the Street View Static API enabled "
@@ -370,7 +370,7 @@ class GoogleStreetViewProvider:
             body = response.json()
         except ValueError:
             raise ProviderError(
-                f"Street View metadata was not JSON: {self._redact(response.text[:200])}"
+                f"Street View metadata was not JSON: {self._redact(response.text)[:200]}"
             ) from None
         if not isinstance(body, dict):
             raise ProviderError(f"Street View metadata was JSON but not an object: {type(body).__name__}")

@@ -19,6 +19,7 @@ fusing (qkv, gate/up) and sharding, so any architecture vLLM can load from a che
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import requests
+
+from sftrl.scrub import scrub
 
 LIVE_WEIGHTS_DIR = "live-weights"
 RELOAD_METHOD = "reload_weights"
@@ -152,10 +155,11 @@ class VLLMServerWeightSync:
         self.methods: list[str] | None = None
         """Per replica: the worker method that reloads (set by :meth:`check`)."""
 
-    def _headers(self) -> dict[str, str]:
-        import os
+    def _key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
 
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+    def _headers(self) -> dict[str, str]:
+        key = self._key()
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def _dev_mode_error(self, index: int, what: str) -> WeightSyncError:
@@ -183,7 +187,8 @@ class VLLMServerWeightSync:
                 f"set ${self.api_key_env or 'VLLM_API_KEY'} to its --api-key"
             )
         if response.status_code != 200:
-            detail = " ".join(response.text.split())[:300]
+            # Masked before it is cut: a server may echo the key, and half a key is still a leak.
+            detail = scrub(" ".join(response.text.split()), self._key())[:300]
             raise WeightSyncError(
                 f"vLLM server {self._public[index]} answered {response.status_code} to {path}: {detail}"
             )
