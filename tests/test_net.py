@@ -54,6 +54,8 @@ def test_street_view_provider_ends_by_its_deadline_on_a_trickling_server() -> No
             p.get_view(VIEW)
         assert time.monotonic() - start < 3.0
         assert KEY not in str(err.value)
+        # An unanswered service: the runner counts it towards stopping a run that cannot succeed.
+        assert err.value.cause == "timeout" and err.value.infrastructure
 
 
 @pytest.mark.parametrize(
@@ -73,6 +75,7 @@ def test_street_view_maps_every_transport_fault_to_provider_error(mode: str, bod
         with pytest.raises(ProviderError, match=match) as err:
             p.get_view(VIEW)
         assert KEY not in str(err.value) and err.value.__cause__ is None
+        assert err.value.infrastructure == (mode != "json")  # a bad body is an answer, not an outage
 
 
 def test_maps_client_ends_by_its_deadline_on_a_trickling_server() -> None:

@@ -331,7 +331,12 @@ class GoogleStreetViewProvider:
             # requests puts the full URL (key included) into these messages: keep only a redacted copy
             # and do not chain the original exception.
             last = f"{type(exc).__name__}: {self._redact(str(exc))}"
-            status = None
+            if isinstance(exc, requests.Timeout):  # DeadlineExceeded included
+                cause = "timeout"
+            elif isinstance(exc, requests.ConnectionError):
+                cause = "connect"
+            else:  # broken bodies, redirect loops, ...
+                cause = "connection"
         else:
             status = response.status_code
             if status == 200:
@@ -341,9 +346,12 @@ class GoogleStreetViewProvider:
                 self._count(session, before)
                 raise self._http_error(response, what, shown)
             last = f"HTTP {status}"
+            cause = "server"
             response.close()
         attempts = self._count(session, before)
-        raise ProviderError(f"Street View {what} request failed after {attempts} attempts ({last}): {shown}")
+        raise ProviderError(
+            f"Street View {what} request failed after {attempts} attempts ({last}): {shown}", cause=cause
+        )
 
     def _count(self, session: requests.Session, before: int) -> int:
         attempts = max(1, getattr(session, "attempts", before + 1) - before)

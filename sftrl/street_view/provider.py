@@ -41,12 +41,16 @@ class ProviderError(RuntimeError):
     """A view could not be produced (missing key, quota, cache miss in offline mode…): says why.
 
     ``fatal`` errors (no key, key rejected) would fail every episode the same way: runs stop on them
-    instead of logging one error episode after another.
+    instead of logging one error episode after another. ``cause`` (``connect``, ``connection``,
+    ``timeout``, ``server``) marks a service that did not answer after its retries: ``infrastructure`` errors,
+    on which a run whose episodes all fail so stops early.
     """
 
-    def __init__(self, message: str, *, fatal: bool = False) -> None:
+    def __init__(self, message: str, *, fatal: bool = False, cause: str | None = None) -> None:
         super().__init__(message)
         self.fatal = fatal
+        self.cause = cause
+        self.infrastructure = cause is not None
 
 
 @runtime_checkable
