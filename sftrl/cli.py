@@ -775,6 +775,10 @@ def cmd_train(ns: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from exc
     except (WeightSyncError, LogprobMismatchError) as exc:
         raise CLIError(str(exc)) from exc
+    from sftrl.training.tracking import process_info
+
+    if not process_info()[0]:
+        return 0  # under accelerate launch the main process reports for all
     if ns.json:
         print(json.dumps(metrics, sort_keys=True))
     else:

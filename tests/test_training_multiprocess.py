@@ -1,8 +1,9 @@
-"""Data-parallel ``agent train sft`` under ``accelerate launch`` on CPU (gloo), against one process.
+"""Data-parallel ``agent train sft|rl`` under ``accelerate launch`` on CPU (gloo), against one process.
 
-Two processes with half the per-device batch see the same global batches as one process, and DDP
-all-reduces their gradients, so the loss curve and the trained weights must match the single-process
-run (to float tolerance) while training moved the weights by far more than that tolerance.
+Two processes with half the per-device batch see the same global batches as one process (RL: each
+rank plays its share of the same episodes), and DDP all-reduces their gradients, so the loss curve
+and the trained weights must match the single-process run (to float tolerance) while training moved
+the weights by far more than that tolerance.
 """
 
 from __future__ import annotations
@@ -38,6 +39,20 @@ def _weights(path: Path) -> dict:
     return load_file(str(path / "model.safetensors"))
 
 
+def _launch(n: int) -> list[str]:
+    # accelerate's own CPU launcher: `--multi_gpu` selects its torchrun path, which on a machine
+    # without GPUs runs MULTI_CPU with gloo (`--cpu --num_processes 2` starts ONE process).
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n)]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [*launch, "--main_process_port", str(_free_port()), "-m", "sftrl"]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_two_processes_train_like_one_with_the_same_global_batch(
     tiny_text_model: Path, tmp_path: Path
 ) -> None:
@@ -55,13 +70,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(
         timeout=300,
     )
     assert one.returncode == 0, one.stderr[-3000:]
-    # accelerate's own CPU launcher: `--multi_gpu` selects its torchrun path, which on a machine
-    # without GPUs runs MULTI_CPU with gloo (`--cpu --num_processes 2` starts ONE process).
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launch += ["--main_process_port", str(_free_port()), "-m", "sftrl"]
     two = subprocess.run(
-        [*launch, *common, "--out", str(tmp_path / "two"), "--batch-size", "2"],
+        [*_launch(2), *common, "--out", str(tmp_path / "two"), "--batch-size", "2"],
         capture_output=True,
         text=True,
         env=_env(),
@@ -83,3 +93,38 @@ def test_two_processes_train_like_one_with_the_same_global_batch(
     moved = max((w1[k] - start[k]).abs().max().item() for k in w1 if k in start)
     apart = max((w1[k] - w2[k]).abs().max().item() for k in w1)
     assert moved > 1e-3 and apart < 1e-4, (moved, apart)
+
+
+def test_rl_on_two_processes_plays_the_same_episodes_and_trains_like_one(
+    tiny_text_model: Path, tmp_path: Path
+) -> None:
+    common = ["train", "rl", "--model", str(tiny_text_model), "--algo", "grpo", "--max-steps", "2"]
+    common += ["--episodes-per-update", "4", "--group-size", "2", "--verify-iter", "1", "--concurrency", "1"]
+    common += ["--max-new-tokens", "8", "--ppo-epochs", "1", "--lr", "1e-3", "--json"]
+    one = _run(
+        [sys.executable, "-m", "sftrl", *common, "--out", str(tmp_path / "one"), "--minibatch-size", "4"]
+    )
+    two = _run([*_launch(2), *common, "--out", str(tmp_path / "two"), "--minibatch-size", "2"])
+    assert len([line for line in two.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 reports
+    assert json.loads(one.stdout.strip().splitlines()[-1])["update"] == 2
+
+    from sftrl.agents.trajectory import read_episodes
+
+    def seeds(path: Path) -> list[tuple[int, int]]:
+        return sorted((r.episode_index, r.seed) for r in read_episodes(path))
+
+    for update in (0, 1):
+        solo = seeds(tmp_path / "one" / "rollouts" / f"update-{update:05d}")
+        rank0 = seeds(tmp_path / "two" / "rollouts" / f"update-{update:05d}")
+        rank1 = seeds(tmp_path / "two" / "rollouts" / f"update-{update:05d}-rank1")
+        assert len(rank0) == len(rank1) == 2 and sorted(rank0 + rank1) == solo  # split, not doubled
+    rows = [
+        [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        for d in ("one", "two")
+    ]
+    for key in ("reward", "entropy", "policy_loss", "transitions", "flops"):
+        assert [r[key] for r in rows[1]] == pytest.approx([r[key] for r in rows[0]], rel=1e-4, abs=1e-5), key
+    start, w1, w2 = _weights(tiny_text_model), _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    moved = max((w1[k] - start[k]).abs().max().item() for k in w1 if k in start)
+    apart = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    assert moved > 1e-3 and apart < 1e-5, (moved, apart)

@@ -136,21 +136,36 @@ def rollout_backend(cfg: RLRunConfig, policy: Any, model_path: str, main: bool) 
     return rollout, weight_sync_for(rollout, policy, cfg.out / LIVE_WEIGHTS_DIR, main=main)
 
 
+def rank_share(episodes: int, group: int, rank: int, world: int) -> list[int] | None:
+    """The episode indices rank ``rank`` of ``world`` collects: whole groups, dealt round-robin, so
+    the ranks together play exactly the episodes (seeds, sampling seeds) one process would."""
+    if world <= 1:
+        return None
+    return [i for i in range(episodes) if (i // group) % world == rank]
+
+
 def _collect(
-    cfg: RLRunConfig, policy: Any, update: int, progress: Callable[[str], None] | None, rank: int = 0
+    cfg: RLRunConfig,
+    policy: Any,
+    update: int,
+    progress: Callable[[str], None] | None,
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[Path, dict[str, Any]]:
     from sftrl.agents.runner import RunConfig, run_async, split_config
 
-    # Each data-parallel process collects its own episodes (own seeds, own run directory).
+    # Each data-parallel process collects its share of the update's episodes into its own run dir.
     out = cfg.out / "rollouts" / (f"update-{update:05d}" + (f"-rank{rank}" if rank else ""))
+    group = cfg.group_size if cfg.rl.algo == "grpo" else 1
     values: dict[str, Any] = {
         **cfg.env_options,
         "env": cfg.env,
         "episodes": cfg.episodes_per_update,
-        "seed": cfg.seed * 1_000_003 + update * 1009 + rank,
+        "only": rank_share(cfg.episodes_per_update, group, rank, world),
+        "seed": cfg.seed * 1_000_003 + update * 1009,
         "out": out,
         "concurrency": cfg.concurrency,
-        "group_size": cfg.group_size if cfg.rl.algo == "grpo" else 1,
+        "group_size": group,
         "resume": out.exists(),
     }
     run, env_cfg = split_config({k: v for k, v in values.items() if k != "policy"})
@@ -200,7 +215,9 @@ def train_rl(
     import torch
     from accelerate import Accelerator
 
-    accelerator = Accelerator()
+    # cpu=: without it a process on a machine without GPUs ignores the launcher's ranks (gloo).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    world = accelerator.num_processes
     rank = accelerator.process_index
     main = accelerator.is_main_process
     out = cfg.out
@@ -302,8 +319,12 @@ def train_rl(
         if offline_batch is not None:
             batch, rollout_dir = offline_batch, None
         else:
-            rollout_dir, summary = _collect(cfg, rollout_policy, update, progress if main else None, rank)
+            rollout_dir, summary = _collect(
+                cfg, rollout_policy, update, progress if main else None, rank, world
+            )
             batch = load_episodes([rollout_dir])
+        if world > 1:
+            check_equal_shares(accelerator, len(batch.transitions))
         # The logged log-probs are checked against the model that sampled them: online, that is the
         # model right now; offline, only the model before its first update. Later offline updates are
         # off-policy on purpose and use the logged log-probs as the behaviour policy (clipped ratios).
@@ -311,6 +332,8 @@ def train_rl(
         if offline_batch is None or update == 0:
             gap = learner.check_consistency(batch.transitions)
         stats = learner.update(batch)
+        if world > 1:
+            stats = reduce_stats(accelerator, stats)
         sync_s = 0.0
         if sync is not None:
             t_sync = time.perf_counter()
@@ -320,9 +343,11 @@ def train_rl(
             flops.forward(stats["rollout_tokens"])
         flops.forward(stats["tokens_scored"])
         flops.train(stats["tokens_trained"])
+        if world > 1 and gap is not None:
+            gap = float(accelerator.gather(torch.tensor([gap])).max())
         metrics = {
             "update": update + 1,
-            **_batch_metrics(batch),
+            **(reduce_stats(accelerator, _batch_metrics(batch)) if world > 1 else _batch_metrics(batch)),
             **stats,
             "logprob_gap": gap,
             "weight_sync_s": sync_s,
@@ -384,6 +409,36 @@ def train_rl(
     if tracker is not None:
         tracker.close()
     return metrics
+
+
+# Per-rank counts that add up over the ranks; every other statistic is averaged (equal shares).
+_SUMMED_STATS = ("tokens", "transitions", "tokens_trained", "tokens_scored", "rollout_tokens")
+
+
+def check_equal_shares(accelerator: Any, transitions: int) -> None:
+    """Every rank must hold as many transitions (so as many mini-batches, so as many all-reduces);
+    otherwise all ranks stop together with one message instead of hanging in a collective."""
+    import torch
+
+    counts = [int(c) for c in accelerator.gather(torch.tensor([transitions]))]
+    if len(set(counts)) > 1:
+        raise TransitionError(
+            f"the ranks collected different numbers of transitions ({counts}): multi-process RL needs "
+            "equal shares; use --verify-iter 1 (one model call per episode) or one process"
+        )
+
+
+def reduce_stats(accelerator: Any, stats: dict[str, Any]) -> dict[str, Any]:
+    """``stats`` over all ranks: counts summed, the rest averaged (every rank holds an equal share)."""
+    import torch
+
+    keys = [k for k, v in stats.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    local = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64)
+    total = accelerator.reduce(local, reduction="sum")
+    out = dict(stats)
+    for k, v in zip(keys, total.tolist(), strict=True):
+        out[k] = v if k in _SUMMED_STATS else v / accelerator.num_processes
+    return out
 
 
 def open_rl_tracker(cfg: RLRunConfig, *, resume: bool) -> Any:
