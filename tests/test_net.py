@@ -6,12 +6,12 @@ import time
 
 import pytest
 import requests
+from hostile_server import HostileServer
 
 from sftrl.net import DeadlineExceeded, DeadlineSession, retry_after_s
 from sftrl.street_view.google import GoogleStreetViewProvider
 from sftrl.street_view.google_maps import GoogleMapsClient, MapsError
 from sftrl.street_view.provider import ProviderError, ViewRequest
-from tests.hostile_server import HostileServer
 
 KEY = "AIza.TEST-net-secret-key_0123456789"
 VIEW = ViewRequest(lat=40.758, lng=-73.9855, heading=30.0, width=64, height=48)

@@ -10,10 +10,10 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from hostile_server import HostileServer
+from openai_stub_server import StubServer
 
 from sftrl.cli import main
-from tests.hostile_server import HostileServer
-from tests.openai_stub_server import StubServer
 
 MODEL = "stub-model"
 
