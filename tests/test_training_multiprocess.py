@@ -98,13 +98,15 @@ def test_two_processes_train_like_one_with_the_same_global_batch(
 def test_rl_on_two_processes_plays_the_same_episodes_and_trains_like_one(
     tiny_text_model: Path, tmp_path: Path
 ) -> None:
-    common = ["train", "rl", "--model", str(tiny_text_model), "--algo", "grpo", "--max-steps", "2"]
+    common = ["train", "rl", "--model", str(tiny_text_model), "--algo", "grpo"]
     common += ["--episodes-per-update", "4", "--group-size", "2", "--verify-iter", "1", "--concurrency", "1"]
     common += ["--max-new-tokens", "8", "--ppo-epochs", "1", "--lr", "1e-3", "--json"]
-    one = _run(
-        [sys.executable, "-m", "sftrl", *common, "--out", str(tmp_path / "one"), "--minibatch-size", "4"]
-    )
-    two = _run([*_launch(2), *common, "--out", str(tmp_path / "two"), "--minibatch-size", "2"])
+    one_args = [*common, "--out", str(tmp_path / "one"), "--minibatch-size", "4", "--max-steps", "2"]
+    one = _run([sys.executable, "-m", "sftrl", *one_args])
+    # Two processes, stopped after update 1 and resumed from its checkpoint for update 2.
+    two_args = [*common, "--out", str(tmp_path / "two"), "--minibatch-size", "2", "--save-every", "1"]
+    _run([*_launch(2), *two_args, "--max-steps", "1"])
+    two = _run([*_launch(2), *two_args, "--max-steps", "2", "--resume"])
     assert len([line for line in two.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 reports
     assert json.loads(one.stdout.strip().splitlines()[-1])["update"] == 2
 
