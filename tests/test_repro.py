@@ -116,10 +116,10 @@ def test_a_bad_hand_pool_is_refused_with_one_line(tmp_path: Path, bad: str) -> N
 def test_compact_style_is_scored_by_the_same_verifier_and_rewards() -> None:
     state = GPState.for_hand(["3", "3", "8", "8"], check_cards=False)
     cases = {
-        "3 3 8 8: 8/(3-8/3)": ("correct", 5.0),
-        "3 3 8 8: 8+8+3+3": ("no_solution", -1.0),
-        "3 3 8 8: 8+8+3+4": ("incorrect_numbers", -2.0),
-        "3 3 8 8: 8/(3-8/3": ("partial_solution", 1.0),
+        "3=3 3=3 8=8 8=8: 8/(3-8/3)": ("correct", 5.0),
+        "3=3 3=3 8=8 8=8: 8+8+3+3": ("no_solution", -1.0),
+        "3=3 3=3 8=8 8=8: 8+8+3+4": ("incorrect_numbers", -2.0),
+        "3=3 3=3 8=8 8=8: 8/(3-8/3": ("partial_solution", 1.0),
         "garbage": ("illegal_formula", -3.0),
     }
     for reply, (category, reward) in cases.items():
@@ -127,8 +127,15 @@ def test_compact_style_is_scored_by_the_same_verifier_and_rewards() -> None:
         assert (verdict.category, verdict.reward) == (category, reward), reply
     assert compact.feedback("no_solution", {"formula_value": "22"}) == "no solution 22"
     vision = GPState.for_hand(["3", "3", "8", "8"], check_cards=True)
-    assert verify(vision, "3 3 8 8 = 3 3 8 8: 8/(3-8/3)", style="compact").correct
-    assert verify(vision, "3 3 8 9 = 3 3 8 8: 8/(3-8/3)", style="compact").category == "incorrect_vision"
+    assert verify(vision, "3=3 3=3 8=8 8=8: 8/(3-8/3)", style="compact").correct
+    assert verify(vision, "3=3 3=3 8=8 9=8: 8/(3-8/3)", style="compact").category == "incorrect_vision"
+    assert verify(vision, "3 3 8 8: 8/(3-8/3)", style="compact").category == "incorrect_vision"
+    assert compact.reply(ranks=["A", "J"], numbers=[1, 11], formula="1+11") == "A=1 J=11: 1+11"
+    assert compact.parse_reply("A=1 J=11: 1+11") == {
+        "formula": "1+11",
+        "number": [1, 11],
+        "cards": ["A", "J"],
+    }
 
 
 @pytest.mark.parametrize("modality", ["language", "vision"])
@@ -141,7 +148,7 @@ def test_compact_env_episode_expert_and_feedback_turns(modality: str, split: str
     faces = "J=10 Q=10 K=10" if split == "id" else "J=11 Q=12 K=13"
     assert obs.text.endswith(f"{faces} | 24")
     assert (" ".join(info["ranks"]) in obs.text) == (modality == "language")
-    feedback, reward, done, _, _ = env.step("1 2 3 4: 1+2+3+4")
+    feedback, reward, done, _, _ = env.step("A=1 2=2 3=3 4=4: 1+2+3+4")
     assert not done and feedback.kind == "feedback" and reward < 0
     assert feedback.text in {"incorrect numbers", "incorrect vision"} or feedback.text.startswith(
         "no solution"

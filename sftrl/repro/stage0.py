@@ -76,7 +76,7 @@ def _wrong_attempts(state: GPState, n: int, rng: random.Random) -> list[tuple[st
         if rng.random() < 0.25:
             nums[rng.randrange(len(nums))] = rng.randint(1, 13)
         formula, _ = random_expression(nums, rng)
-        attempt = compact.reply(numbers=values, formula=formula)
+        attempt = compact.reply(ranks=state.ranks, numbers=values, formula=formula)
         verdict = verify(state, attempt, style="compact")
         if verdict.correct:
             continue
@@ -97,7 +97,7 @@ def make_target_item(rng: random.Random, n_cards: int, n_wrong: int) -> dict[str
     prompt = [{"role": "user", "content": compact.prompt(ranks=ranks, face_values=face, target=target)}]
     for attempt, feedback in _wrong_attempts(state, n_wrong, rng):
         prompt += [{"role": "assistant", "content": attempt}, {"role": "user", "content": feedback}]
-    answer = compact.reply(numbers=values, formula=formula)
+    answer = compact.reply(ranks=ranks, numbers=values, formula=formula)
     return {
         "prompt": prompt,
         "completion": [{"role": "assistant", "content": answer}],

@@ -2,9 +2,11 @@
 
 Written for small models (a character-level model reads every character): the prompt states the
 cards, the face-card rule in force and the target in one line, ``A 5 J 3 | J=10 Q=10 K=10 | 24``
-(vision mode leaves the cards out: they are only in the image). The answer is
-``[CARDS =] NUMBERS : FORMULA``, e.g. ``1 5 10 3: (5-1)*(10-3)`` (language) or
-``A 5 J 3 = 1 5 10 3: (5-1)*(10-3)`` (vision, where the cards read from the image are judged).
+(vision mode leaves the cards out: they are only in the image). The answer pairs each card with the
+number it counts as, then gives the formula: ``A=1 5=5 J=10 3=3: (5-1)*(10-3)`` (in vision mode the
+cards named are the ones read from the image, and they are judged). Pairs keep each number next to
+its card, so a small model copies the hand card by card (each step looks up the card after the one
+it just wrote) instead of having to count positions.
 :func:`parse_reply` turns it into the same fields the paper-style JSON gives, so one verifier scores
 both styles with one reward table; feedback is the verdict's category and, for a wrong value, the
 value (``no solution 28``). Pure functions, no I/O.
@@ -34,10 +36,10 @@ def prompt(*, ranks: Sequence[str] | None, face_values: Sequence[int], target: i
     return rule if ranks is None else f"{' '.join(ranks)} | {rule}"
 
 
-def reply(*, numbers: Sequence[int], formula: str, ranks: Sequence[str] | None = None) -> str:
-    """An answer in compact form (``ranks`` given in vision mode, where the cards are judged)."""
-    body = f"{' '.join(str(n) for n in numbers)}: {formula}"
-    return body if ranks is None else f"{' '.join(ranks)} = {body}"
+def reply(*, ranks: Sequence[str], numbers: Sequence[int], formula: str) -> str:
+    """An answer in compact form: ``CARD=NUMBER ...: FORMULA``."""
+    pairs = " ".join(f"{r}={n}" for r, n in zip(ranks, numbers, strict=True))
+    return f"{pairs}: {formula}"
 
 
 def feedback(category: str, details: dict[str, Any]) -> str:
@@ -57,8 +59,13 @@ def parse_reply(text: str) -> dict[str, Any]:
     if not sep:
         return {"formula": text}
     fields: dict[str, Any] = {"formula": formula.strip()}
-    cards, eq, numbers = head.rpartition("=")
-    if eq:
-        fields["cards"] = cards.split()
-    fields["number"] = [int(n) if _INT.fullmatch(n) else n for n in numbers.split()]
+    cards, numbers = [], []
+    for item in head.split():
+        card, eq, number = item.rpartition("=")
+        if eq and card:
+            cards.append(card)
+        numbers.append(int(number) if _INT.fullmatch(number) else number)
+    fields["number"] = numbers
+    if cards:
+        fields["cards"] = cards
     return fields

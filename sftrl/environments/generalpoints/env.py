@@ -224,8 +224,7 @@ class GeneralPointsEnv(SftrlEnv):
         if solutions:
             pick = solutions[int(self.np_random.integers(len(solutions)))]
             if cfg.prompt_style == "compact":
-                shown = ranks if cfg.modality == "vision" else None
-                self._expert_reply = compact.reply(numbers=values, formula=pick, ranks=shown)
+                self._expert_reply = compact.reply(ranks=ranks, numbers=values, formula=pick)
             else:
                 self._expert_reply = reply_text(ranks=ranks, numbers=values, formula=f"{pick}={cfg.target}")
             self._expert_call = {
@@ -350,6 +349,5 @@ class GeneralPointsEnv(SftrlEnv):
         )
         target = observation.info.get("target", 24)
         if observation.info.get("prompt_style") == "compact":
-            shown = ranks if observation.info.get("modality") == "vision" else None
-            return compact.reply(numbers=values, formula=rng.choice(shapes), ranks=shown)
+            return compact.reply(ranks=ranks, numbers=values, formula=rng.choice(shapes))
         return reply_text(ranks=ranks, numbers=values, formula=f"{rng.choice(shapes)}={target}")
