@@ -165,7 +165,12 @@ async def _wait_done(pilot: Any, live: LiveRun) -> None:
         if live.done.is_set():
             break
         await pilot.pause(0.05)
-    await pilot.pause(0.3)  # one more UI poll after the rollout ended
+    # The UI polls the run's queue on a timer: on a loaded machine its last poll can come seconds
+    # after the rollout ended, so wait (bounded) for the header to say the run is over.
+    for _ in range(200):
+        await pilot.pause(0.05)
+        if any(w in _header(pilot.app) for w in ("finished", "failed", "interrupted")):
+            break
 
 
 async def test_live_expert_run_shows_progress_and_exits_zero(tmp_path: Path) -> None:
