@@ -131,67 +131,71 @@ def _eval_options(cfg: ReproConfig, specs: list[str]) -> dict[str, Any]:
     return {"eval_env": specs, "eval_seed": 12345, "eval_max_new_tokens": cfg.max_new_tokens}
 
 
-def stage0_train_config(cfg: ReproConfig, data: Path, init: Path, out: Path, specs: list[str]) -> Any:
+def _sft_config(
+    cfg: ReproConfig, data: Path, model: Path, out: Path, specs: list[str], **settings: Any
+) -> Any:
+    """An ``agent train sft`` config with what every SFT job of the recipe shares."""
     from sftrl.training.config import SFTTrainConfig
 
-    return SFTTrainConfig(
-        data=data,
-        model=str(init),
-        out=out,
+    shared = {
+        "batch_size": cfg.batch_size,
+        "group_by_length": True,
+        "save_steps": 10**6,
+        "evaluate": False,
+        "eval_at_start": False,
+        **_eval_options(cfg, specs),
+    }
+    return SFTTrainConfig(data=data, model=str(model), out=out, **{**shared, **settings})
+
+
+def stage0_train_config(cfg: ReproConfig, data: Path, init: Path, out: Path, specs: list[str]) -> Any:
+    return _sft_config(
+        cfg,
+        data,
+        init,
+        out,
+        specs,
         max_steps=cfg.stage0_steps,
-        batch_size=cfg.batch_size,
         lr=cfg.stage0_lr,
         lr_scheduler="cosine",
         warmup_ratio=0.03,
         weight_decay=0.01,
-        group_by_length=True,
         save_steps=1000,
+        evaluate=True,
         seed=0,
         eval_every=max(1, cfg.stage0_steps // 4),
-        eval_at_start=False,
-        **_eval_options(cfg, specs),
     )
 
 
 def stage1_config(cfg: ReproConfig, data: Path, stage0: Path, out: Path, seed: int, specs: list[str]) -> Any:
-    from sftrl.training.config import SFTTrainConfig
-
-    return SFTTrainConfig(
-        data=data,
-        model=str(stage0),
-        out=out,
+    # eval_at_start stays False: the stage-0 model is evaluated once, not once per seed.
+    return _sft_config(
+        cfg,
+        data,
+        stage0,
+        out,
+        specs,
         max_steps=cfg.stage1_steps,
-        batch_size=cfg.batch_size,
         lr=cfg.stage1_lr,
         lr_scheduler="cosine",
-        group_by_length=True,
-        save_steps=10**6,
-        evaluate=False,
         seed=seed,
-        eval_at_start=False,  # the stage-0 model is evaluated once, not once per seed
-        **_eval_options(cfg, specs),
     )
 
 
 def sft_arm_config(cfg: ReproConfig, data: Path, warm: Path, out: Path, seed: int, specs: list[str]) -> Any:
-    from sftrl.training.config import SFTTrainConfig
-
-    return SFTTrainConfig(
-        data=data,
-        model=str(warm),
-        out=out,
-        max_steps=10**6,  # the FLOP budget ends it
-        batch_size=cfg.batch_size,
+    # x = 0 of every arm is the warm start's own evaluation; the FLOP budget ends the run.
+    return _sft_config(
+        cfg,
+        data,
+        warm,
+        out,
+        specs,
+        max_steps=10**6,
         lr=cfg.sft_lr,
         lr_scheduler="constant",
-        group_by_length=True,
-        save_steps=10**6,
-        evaluate=False,
         seed=1000 + seed,  # a different pass over the stage-1 data than the warm start's
         max_flops=cfg.stage2_flops,
         eval_flops=cfg.stage2_flops / cfg.eval_points,
-        eval_at_start=False,  # x = 0 of every arm is the warm start's own evaluation
-        **_eval_options(cfg, specs),
     )
 
 
