@@ -131,6 +131,18 @@ def test_compact_style_is_scored_by_the_same_verifier_and_rewards() -> None:
     assert verify(vision, "3=3 3=3 8=8 9=8: 8/(3-8/3)", style="compact").category == "incorrect_vision"
     assert verify(vision, "3 3 8 8: 8/(3-8/3)", style="compact").category == "incorrect_vision"
     assert compact.reply(ranks=["A", "J"], numbers=[1, 11], formula="1+11") == "A=1 J=11: 1+11"
+    # Pairs follow the formula's numbers (equal values take cards in hand order; unused cards last),
+    # and the reordered answer is judged exactly as the hand-ordered one.
+    hand = dict(ranks=["A", "8", "5", "4"], numbers=[1, 8, 5, 4])
+    assert compact.reply(**hand, formula="8-4*(1-5)") == "8=8 4=4 A=1 5=5: 8-4*(1-5)"
+    tens = dict(ranks=["10", "J", "2", "2"], numbers=[10, 10, 2, 2])
+    assert compact.reply(**tens, formula="(10+2)*2") == "10=10 2=2 2=2 J=10: (10+2)*2"
+    assert compact.reply(**tens, formula="7*3") == "10=10 J=10 2=2 2=2: 7*3"
+    assert compact.in_hand_order([1, 8, 5, 4], "1+8*(5-4)") and not compact.in_hand_order(
+        [1, 8, 5, 4], "8-4*(1-5)"
+    )
+    vision_hand = GPState.for_hand(["A", "8", "5", "4"], check_cards=True)
+    assert verify(vision_hand, compact.reply(**hand, formula="8-4*(1-5)"), style="compact").correct
     assert compact.parse_reply("A=1 J=11: 1+11") == {
         "formula": "1+11",
         "number": [1, 11],
@@ -238,3 +250,29 @@ def test_repro_rejects_vision_until_it_exists(capsys: pytest.CaptureFixture[str]
 
     assert main(["repro", "--modality", "vision", "--quick"]) == 2
     assert "only 'language'" in capsys.readouterr().err
+
+
+def test_compact_expert_and_curriculum_prefer_formulas_in_hand_order() -> None:
+    from sftrl.environments.generalpoints.solver import solve
+
+    env = GeneralPointsEnv(prompt_style="compact")
+    preferred = 0
+    for seed in range(60):
+        obs, info = env.reset(seed=seed)
+        values = info["values"]
+        formula = obs.oracle["expert_reply"].split(": ", 1)[1]
+        has_in_order = any(compact.in_hand_order(values, f) for f in solve(values, 24))
+        assert compact.in_hand_order(values, formula) == has_in_order, (values, formula)
+        preferred += has_in_order
+        assert env.step(obs.oracle["expert_reply"])[1] > 0
+    assert 20 < preferred < 60  # some hands need another order, and then the pairs follow it
+    rng = random.Random(0)
+    rows = [r for r in (stage0.make_target_item(rng, 4, 0) for _ in range(600)) if r is not None]
+    ordered = [
+        compact.in_hand_order(
+            stage0.face_values(r["ranks"].split(), [int(x) for x in r["face"].split()]),
+            r["completion"][0]["content"].split(": ", 1)[1],
+        )
+        for r in rows
+    ]
+    assert 0.65 < sum(ordered) / len(ordered) < 0.9  # 1 - SHUFFLED_SHARE, plus shuffles that kept the order

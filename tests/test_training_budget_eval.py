@@ -109,17 +109,30 @@ def test_offline_rl_keeps_updating_after_the_model_moved(
 
 
 def test_rl_reports_updates_without_learning_signal(
-    char_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    char_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from sftrl.agents import factory
+
+    built: list[object] = []
+    real = factory.make_trainable_policy
+
+    def keep(model: str, **options: object) -> object:
+        built.append(policy := real(model, **options))
+        return policy
+
+    monkeypatch.setattr(factory, "make_trainable_policy", keep)
     out = tmp_path / "rl"
     argv = ["train", "rl", "--env", "gp", "--prompt-style", "compact", "--verify-iter", "1"]
     argv += ["--model", str(char_model), "--out", str(out), "--algo", "grpo", "--max-steps", "1"]
-    argv += ["--episodes-per-update", "4", "--group-size", "4", "--max-new-tokens", "4"]
-    argv += ["--eval-env", EVAL, "--eval-max-new-tokens", "4"]
+    argv += ["--episodes-per-update", "12", "--group-size", "12", "--max-new-tokens", "4"]
+    argv += ["--concurrency", "12", "--eval-env", EVAL, "--eval-max-new-tokens", "4"]
     assert main(argv) == 0
+    # The episodes that run at once share one generate call (rollouts and evaluation alike).
+    (policy,) = built
+    assert max(policy.batches) == 12  # type: ignore[attr-defined]
     err = capsys.readouterr().err
     (row,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    # 4 random-weight replies of 4 characters all fail the same way: one group, equal returns.
+    # 12 random-weight replies of 4 characters all fail the same way: one group, equal returns.
     assert row["zero_advantage_fraction"] == 1.0 and row["policy_loss"] == 0.0
     assert "no learning signal" in err
     evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]

@@ -38,13 +38,22 @@ MIX: tuple[tuple[str, float], ...] = (("M4", 0.55), ("M3", 0.2), ("M2", 0.1), ("
 """Item kinds: make-target with 4 / 3 / 2 cards, expression evaluation."""
 REVISION_MIX: tuple[float, float, float] = (0.7, 0.2, 0.1)
 """Probability of 0, 1, 2 failed attempts before the answer."""
+SHUFFLED_SHARE = 0.25
+"""Share of make-target answers whose formula takes the numbers in a shuffled order; the rest use
+them in hand order (so the answer's pairs are the hand copied, and the formula copies the numbers
+in that order): the skill left to learn is the operators and brackets, as the compact expert's
+preference for hand-order solutions asks of the later stages too."""
 _OPS = "+-*/"
 
 
-def random_expression(values: Sequence[int], rng: random.Random) -> tuple[str, Fraction | None]:
-    """A random formula using each of ``values`` once, with minimal brackets, and its exact value."""
+def random_expression(
+    values: Sequence[int], rng: random.Random, *, shuffle: bool = True
+) -> tuple[str, Fraction | None]:
+    """A random formula using each of ``values`` once (in a shuffled order, or in the given order),
+    with minimal brackets, and its exact value."""
     items: list[tuple[tuple[str, int], Fraction | None]] = [((str(v), 3), Fraction(v)) for v in values]
-    rng.shuffle(items)
+    if shuffle:
+        rng.shuffle(items)
     while len(items) > 1:
         i = rng.randrange(len(items) - 1)
         (left, a), (right, b) = items[i], items[i + 1]
@@ -89,7 +98,7 @@ def make_target_item(rng: random.Random, n_cards: int, n_wrong: int) -> dict[str
     face = [rng.randint(1, 13) for _ in range(3)]
     ranks = [rng.choice(RANKS) for _ in range(n_cards)]
     values = face_values(ranks, face)
-    formula, value = random_expression(values, rng)
+    formula, value = random_expression(values, rng, shuffle=rng.random() < SHUFFLED_SHARE)
     if value is None or value.denominator != 1 or not 1 <= value <= 99 or value == TARGET:
         return None
     target = int(value)

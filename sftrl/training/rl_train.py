@@ -238,7 +238,10 @@ def train_rl(
         from sftrl.agents.factory import make_trainable_policy
 
         # A LoRA checkpoint holds adapters only: the base model comes from --model.
-        policy = make_trainable_policy(cfg.model if cfg.lora_r else model_path)
+        # Batch as many generations as episodes run at once (rollouts and evaluation alike).
+        policy = make_trainable_policy(
+            cfg.model if cfg.lora_r else model_path, max_batch_size=cfg.concurrency
+        )
     if cfg.lora_r:
         from sftrl.training.lora import apply_lora
 

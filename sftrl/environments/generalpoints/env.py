@@ -224,6 +224,11 @@ class GeneralPointsEnv(SftrlEnv):
         if solutions:
             pick = solutions[int(self.np_random.integers(len(solutions)))]
             if cfg.prompt_style == "compact":
+                # A solution over the numbers in hand order when one exists (the compact answer
+                # then copies the hand twice; see compact.in_hand_order).
+                in_order = [f for f in solutions if compact.in_hand_order(values, f)]
+                if in_order:
+                    pick = in_order[int(self.np_random.integers(len(in_order)))]
                 self._expert_reply = compact.reply(ranks=ranks, numbers=values, formula=pick)
             else:
                 self._expert_reply = reply_text(ranks=ranks, numbers=values, formula=f"{pick}={cfg.target}")
