@@ -55,6 +55,7 @@ class ReproConfig:
     # Stage 0 (only when no checkpoint is given or shipped): the shipped checkpoint's recipe.
     model: dict[str, int] = field(default_factory=lambda: {"hidden": 128, "layers": 4, "heads": 4})
     stage0_rows: int = 448_000
+    stage0_shuffled_share: float = 0.25
     stage0_steps: int = 7000
     stage0_lr: float = 1.5e-3
     # Stage 1: SFT warm start on expert GP-L episodes (with revisions) of the training rule.
@@ -412,7 +413,7 @@ def build_stage0(
     init = out / "stage0-init"
     data = out / "data" / "stage0"
     if not data.exists():
-        build_dataset(data, cfg.stage0_rows, seed=0)
+        build_dataset(data, cfg.stage0_rows, seed=0, shuffled_share=cfg.stage0_shuffled_share)
     if not init.exists():
         build_char_model(init, seed=0, **cfg.model)
     config = stage0_train_config(cfg, data, init, out / "stage0", specs)
@@ -430,7 +431,8 @@ def stage0_commands(cfg: ReproConfig, out: Path, specs: list[str]) -> list[str]:
             if m != ReproConfig().model
             else ""
         ),
-        f"python -m sftrl.repro.stage0 --rows {cfg.stage0_rows} --seed 0 --out {out / 'data' / 'stage0'}",
+        f"python -m sftrl.repro.stage0 --rows {cfg.stage0_rows} --seed 0"
+        f" --shuffled-share {cfg.stage0_shuffled_share} --out {out / 'data' / 'stage0'}",
         sft_command(config),
     ]
 

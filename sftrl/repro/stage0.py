@@ -93,12 +93,14 @@ def _wrong_attempts(state: GPState, n: int, rng: random.Random) -> list[tuple[st
     return out
 
 
-def make_target_item(rng: random.Random, n_cards: int, n_wrong: int) -> dict[str, Any] | None:
+def make_target_item(
+    rng: random.Random, n_cards: int, n_wrong: int, shuffled_share: float = SHUFFLED_SHARE
+) -> dict[str, Any] | None:
     """A make-target-T item (random face mapping, T != 24) or None when the draw is unusable."""
     face = [rng.randint(1, 13) for _ in range(3)]
     ranks = [rng.choice(RANKS) for _ in range(n_cards)]
     values = face_values(ranks, face)
-    formula, value = random_expression(values, rng, shuffle=rng.random() < SHUFFLED_SHARE)
+    formula, value = random_expression(values, rng, shuffle=rng.random() < shuffled_share)
     if value is None or value.denominator != 1 or not 1 <= value <= 99 or value == TARGET:
         return None
     target = int(value)
@@ -133,7 +135,7 @@ def eval_item(rng: random.Random) -> dict[str, Any] | None:
     }
 
 
-def item(rng: random.Random) -> dict[str, Any]:
+def item(rng: random.Random, shuffled_share: float = SHUFFLED_SHARE) -> dict[str, Any]:
     """One curriculum row (kinds mixed as MIX, revision depth as REVISION_MIX)."""
     kinds, weights = zip(*MIX, strict=True)
     while True:
@@ -142,7 +144,7 @@ def item(rng: random.Random) -> dict[str, Any]:
             row = eval_item(rng)
         else:
             n_wrong = rng.choices(range(len(REVISION_MIX)), REVISION_MIX)[0]
-            row = make_target_item(rng, int(kind[1]), n_wrong)
+            row = make_target_item(rng, int(kind[1]), n_wrong, shuffled_share)
         if row is not None:
             return row
 
@@ -160,7 +162,13 @@ def task_items(n: int, seed: int = 4321) -> list[dict[str, Any]]:
 
 
 def build_dataset(
-    out: Path, rows: int, *, seed: int = 0, val_rows: int = 512, overwrite: bool = False
+    out: Path,
+    rows: int,
+    *,
+    seed: int = 0,
+    val_rows: int = 512,
+    shuffled_share: float = SHUFFLED_SHARE,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``rows`` training rows (+ ``val_rows`` validation rows) as a DatasetDict at ``out``."""
     from datasets import Dataset, DatasetDict, Features, List, Value
@@ -183,8 +191,10 @@ def build_dataset(
     )
     dd = DatasetDict(
         {
-            "train": Dataset.from_list([item(rng) for _ in range(rows)], features=features),
-            "validation": Dataset.from_list([item(rng) for _ in range(val_rows)], features=features),
+            "train": Dataset.from_list([item(rng, shuffled_share) for _ in range(rows)], features=features),
+            "validation": Dataset.from_list(
+                [item(rng, shuffled_share) for _ in range(val_rows)], features=features
+            ),
         }
     )
     tmp = out.parent / f".{out.name}.tmp"
@@ -195,7 +205,8 @@ def build_dataset(
         "format": ["prompt", "completion"],
         "modality": "text",
         "source": "sftrl.repro.stage0 curriculum",
-        "command": f"python -m sftrl.repro.stage0 --rows {rows} --seed {seed} --val-rows {val_rows}",
+        "command": f"python -m sftrl.repro.stage0 --rows {rows} --seed {seed} --val-rows {val_rows}"
+        + ("" if shuffled_share == SHUFFLED_SHARE else f" --shuffled-share {shuffled_share}"),
         "mix": dict(MIX),
         "revision_mix": list(REVISION_MIX),
         "splits": {"train": {"rows": rows}, "validation": {"rows": val_rows}},
@@ -221,10 +232,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, required=True)
     ap.add_argument("--val-rows", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--shuffled-share",
+        type=float,
+        default=SHUFFLED_SHARE,
+        help=f"share of make-target formulas over shuffled numbers ({SHUFFLED_SHARE}; the rest in hand order)",
+    )
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--overwrite", action="store_true")
     ns = ap.parse_args(argv)
-    build_dataset(ns.out, ns.rows, seed=ns.seed, val_rows=ns.val_rows, overwrite=ns.overwrite)
+    if not 0.0 <= ns.shuffled_share <= 1.0:
+        ap.error("--shuffled-share must be between 0 and 1")
+    build_dataset(
+        ns.out,
+        ns.rows,
+        seed=ns.seed,
+        val_rows=ns.val_rows,
+        shuffled_share=ns.shuffled_share,
+        overwrite=ns.overwrite,
+    )
     print(f"wrote {ns.rows} + {ns.val_rows} rows to {ns.out}")
     return 0
 
