@@ -276,3 +276,10 @@ def test_compact_expert_and_curriculum_prefer_formulas_in_hand_order() -> None:
         for r in rows
     ]
     assert 0.65 < sum(ordered) / len(ordered) < 0.9  # 1 - SHUFFLED_SHARE, plus shuffles that kept the order
+    rng = random.Random(0)
+    rows = [r for r in (stage0.make_target_item(rng, 4, 0, shuffled_share=0.0) for _ in range(200)) if r]
+    for r in rows:
+        ranks = r["ranks"].split()
+        values = stage0.face_values(ranks, [int(x) for x in r["face"].split()])
+        pairs = " ".join(f"{c}={v}" for c, v in zip(ranks, values, strict=True))
+        assert r["completion"][0]["content"].startswith(pairs + ": ")  # the hand, copied in order
