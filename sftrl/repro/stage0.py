@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "--shuffled-share",
         type=float,
         default=SHUFFLED_SHARE,
-        help=f"share of make-target formulas over shuffled numbers ({SHUFFLED_SHARE}; the rest in hand order)",
+        help=f"share of make-target formulas over shuffled numbers ({SHUFFLED_SHARE}; others in hand order)",
     )
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--overwrite", action="store_true")
