@@ -137,3 +137,5 @@ def test_rl_reports_updates_without_learning_signal(
     assert "no learning signal" in err
     evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 1]
+    logged = json.loads((out / "eval" / "step-000001" / "id" / "episodes.jsonl").read_text().splitlines()[0])
+    assert logged["policy"]["model"] == f"{out}@step-1"  # the weights evaluated, not the start model

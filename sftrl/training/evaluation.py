@@ -119,6 +119,10 @@ def evaluate(
     was_training = bool(getattr(model, "training", False))
     if model is not None:
         model.eval()
+    # The logs name the weights evaluated (this run at this step), not the model the run started from.
+    base_name = getattr(policy, "model_name", None)
+    if base_name is not None:
+        policy.model_name = f"{out}@step-{step}"
     row: dict[str, Any] = {"step": step, "flops": flops}
     t0 = time.perf_counter()
     try:
@@ -154,6 +158,8 @@ def evaluate(
     finally:
         if model is not None and was_training:
             model.train()
+        if base_name is not None:
+            policy.model_name = base_name
     row["seconds"] = round(time.perf_counter() - t0, 3)
     with (out / EVAL_FILE).open("a") as fh:
         fh.write(json.dumps(row, default=str) + "\n")
