@@ -454,6 +454,8 @@ def _print_summary(summary: dict[str, Any], title: str = "run summary") -> None:
         "mean_reward",
         "mean_turns",
         "recognition_accuracy",
+        "step_accuracy",
+        "first_try_step_accuracy",
         "verdicts",
         "nonfinite_logprobs",
         "log_notes",

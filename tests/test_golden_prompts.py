@@ -56,6 +56,8 @@ def _wrong_reply(env: str, obs: Any) -> str:
     if env == "gp":  # the expert's reply (in the prompt style's format) with the sum as its formula
         expr = obs.oracle["expert_tool_call"]["args"]["formula"].split("=")[0]
         return obs.oracle["expert_reply"].replace(expr, "+".join(map(str, obs.info["values"])), 1)
+    if obs.info.get("prompt_style") == "compact":  # the compact answer is the bare action
+        return "forward" if obs.oracle["expert_reply"] == "stop" else "stop"
     expert = json.loads(obs.oracle["expert_reply"])
     expert["action"] = "stop()" if expert["action"] != "stop()" else "forward()"
     return json.dumps(expert)

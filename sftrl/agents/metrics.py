@@ -67,6 +67,8 @@ def summarize(records: Sequence[EpisodeRecord], planned: int | None = None) -> d
     attempts = 0
     first_try = 0
     cards_seen = cards_right = 0
+    # Navigation envs judge one action per turn against the step's ground truth ("gt_action").
+    steps_seen = steps_right = first_seen = first_right = 0
     for r in ok:
         for t in r.turns:
             attempts += 1
@@ -75,6 +77,12 @@ def summarize(records: Sequence[EpisodeRecord], planned: int | None = None) -> d
             if "cards_correct" in t.verdict.details:
                 cards_seen += 1
                 cards_right += bool(t.verdict.details["cards_correct"])
+            if "gt_action" in t.verdict.details:
+                steps_seen += 1
+                steps_right += t.verdict.correct
+                if t.attempt == 0:
+                    first_seen += 1
+                    first_right += t.verdict.correct
         if r.success and all(t.attempt == 0 for t in r.turns):
             first_try += 1
     summary: dict[str, Any] = {
@@ -91,6 +99,9 @@ def summarize(records: Sequence[EpisodeRecord], planned: int | None = None) -> d
     }
     if cards_seen:
         summary["recognition_accuracy"] = cards_right / cards_seen
+    if steps_seen:
+        summary["step_accuracy"] = steps_right / steps_seen
+        summary["first_try_step_accuracy"] = first_right / first_seen if first_seen else 0.0
     if planned is not None:
         summary["planned"] = planned
         summary["not_logged"] = max(0, planned - len(records))

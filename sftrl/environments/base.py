@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sftrl.environments.tools import ToolSpec
 
 ObservationKind = Literal["task", "feedback"]
+PromptStyle = Literal["paper", "compact"]
+"""paper: the paper's prompts and answer format; compact: short fixed layouts for small models."""
 
 
 class Verdict(BaseModel):

@@ -150,6 +150,8 @@ def evaluate(
                     "first_try_success_rate",
                     "mean_reward",
                     "recognition_accuracy",
+                    "step_accuracy",
+                    "first_try_step_accuracy",
                     "verdicts",
                     "out",
                 )

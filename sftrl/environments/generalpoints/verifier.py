@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from sftrl.environments.base import Verdict
+from sftrl.environments.base import PromptStyle, Verdict
 from sftrl.environments.generalpoints import compact
 from sftrl.environments.generalpoints.cards import Card, FaceRule, rank_value
 from sftrl.environments.generalpoints.formula import (
@@ -36,7 +36,6 @@ REWARDS: dict[str, float] = {
     "illegal_formula": -3.0,
 }
 FIELDS: tuple[str, ...] = ("cards", "number", "formula")
-PromptStyle = Literal["paper", "compact"]
 
 
 class GPState(BaseModel):

@@ -18,6 +18,10 @@ The official SFTvsRL code renders heading-135/-45/+45/+135 instead (four diagona
 cover 360° but none straight ahead); we follow the prompt text so "front" really is straight ahead.
 In vision mode the current observation is not given as text (the model must read the grid); earlier
 observations appear in the history as the text the expert reported.
+
+Prompt style ``compact`` (:mod:`~sftrl.environments.virl.compact`): a four-line prompt (route, action
+space, current observation, actions so far) and the action alone as the answer, for small models; the
+same verifier and rewards, without the observation check (the answer states no observation).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from typing import Any, ClassVar, Final, Literal
 import gymnasium as gym
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sftrl.environments.base import Observation, SftrlEnv, StepResult
+from sftrl.environments.base import Observation, PromptStyle, SftrlEnv, StepResult, Verdict
 from sftrl.environments.tools import ToolSpec
+from sftrl.environments.virl import compact
 from sftrl.environments.virl.prompts import (
     OUTPUT_BLOCK,
     OUTPUT_BLOCK_VISION,
@@ -133,6 +138,12 @@ class VIRLConfig(BaseModel):
     num_routes: int = Field(default=100, ge=1, le=10_000, description="routes per split")
     route_seed: int = Field(default=0, description="seed of the split's fixed route set")
     max_episode_steps: int | None = Field(default=None, ge=1, description="free mode step budget")
+    prompt_style: PromptStyle = Field(
+        default="paper",
+        description="paper: the paper's prompts and JSON answer; compact: four-line prompt (route, "
+        "action space, observation, actions so far) and the bare action as answer, for small models "
+        "(same verifier and rewards, no observation check)",
+    )
 
     @model_validator(mode="after")
     def _resolve(self) -> VIRLConfig:
@@ -152,6 +163,10 @@ class VIRLConfig(BaseModel):
             object.__setattr__(self, "split", "nyc-unseen")
         if self.split == "nyc-unseen" and city != "nyc":
             raise ValueError("split 'nyc-unseen' exists only for city 'nyc'")
+        if self.prompt_style == "compact" and self.protocol == "tools":
+            raise ValueError(
+                "prompt_style compact answers in text; it cannot be combined with protocol tools"
+            )
         object.__setattr__(self, "city", city)
         return self
 
@@ -307,13 +322,32 @@ class VIRLEnv(SftrlEnv):
             return TOOLS_OUTPUT.format(where=where)
         return OUTPUT_BLOCK_VISION if vision else OUTPUT_BLOCK
 
+    def _judge(self, gt_action: str, at_intersection: bool, instruction: str, reply: str) -> Verdict:
+        """The verifier's verdict on ``reply`` in the configured prompt style."""
+        cfg = self.config
+        assert cfg.actions is not None
+        paper = cfg.prompt_style == "paper"
+        state = VIRLState(
+            gt_action,
+            at_intersection,
+            cfg.actions,
+            instruction,
+            self._output_block() if paper else compact.ANSWER_FORMAT,
+            check_observation=paper,
+        )
+        return verify(state, reply, style=cfg.prompt_style)
+
+    def _verdict_feedback(self, verdict: Verdict) -> Observation:
+        """The feedback observation after ``verdict`` (a failed attempt, or the final correct stop)."""
+        if self.config.prompt_style == "compact":
+            return self._feedback(compact.feedback(verdict.category))
+        return self._feedback(verdict.message if verdict.correct else feedback_text(verdict.message))
+
     def _step_rail(self, reply: str) -> StepResult:
         assert self._rail is not None
         cfg = self.config
         pt = self._point()
-        assert cfg.actions is not None
-        state = VIRLState(pt.action, pt.intersection, cfg.actions, pt.instruction, self._output_block())
-        verdict = verify(state, reply)
+        verdict = self._judge(pt.action, pt.intersection, pt.instruction, reply)
         self._steps += 1
         terminated = False
         if verdict.correct:
@@ -325,14 +359,14 @@ class VIRLEnv(SftrlEnv):
                 self._final_dist = haversine_m(pt.lat, pt.lng, *self._rail.dest)
             else:
                 self._pos += 1
-            obs = self._task_observation() if not terminated else self._feedback(verdict.message)
+            obs = self._task_observation() if not terminated else self._verdict_feedback(verdict)
         else:
             self._wrong_here += 1
             self._wrong_total += 1
             terminated = self._wrong_here >= cfg.verify_iter
             if terminated:
                 self._final_dist = haversine_m(pt.lat, pt.lng, *self._rail.dest)
-            obs = self._feedback(feedback_text(verdict.message))
+            obs = self._verdict_feedback(verdict)
         self._done = terminated
         info = dict(obs.info)
         info.update({"verdict": verdict, "success": self._success})
@@ -361,14 +395,22 @@ class VIRLEnv(SftrlEnv):
         assert cfg.actions is not None
         lat, lng, node, heading, obs_text, _, _, _ = self._current()
         vision = cfg.modality == "vision"
-        current = "the current street view grid (see the image)" if vision else obs_text
-        text = task_prompt(
-            modality=cfg.modality,
-            instruction="\n".join(self._rail.instructions),
-            actions=cfg.actions,
-            observations=[*self._obs_hist, current],
-            actions_taken=self._act_hist,
-        )
+        if cfg.prompt_style == "compact":
+            text = compact.prompt(
+                instructions=self._rail.instructions,
+                actions=cfg.actions,
+                observation=None if vision else obs_text,
+                actions_taken=self._act_hist,
+            )
+        else:
+            current = "the current street view grid (see the image)" if vision else obs_text
+            text = task_prompt(
+                modality=cfg.modality,
+                instruction="\n".join(self._rail.instructions),
+                actions=cfg.actions,
+                observations=[*self._obs_hist, current],
+                actions_taken=self._act_hist,
+            )
         if cfg.protocol == "tools":
             text = text[: text.rindex("[Output]")] + self._output_block()
         images = [self._grid(lat, lng, node, heading)] if vision else []
@@ -476,6 +518,7 @@ class VIRLEnv(SftrlEnv):
             "modality": cfg.modality,
             "action_space": cfg.actions,
             "actions": action_list(cfg.actions),
+            "prompt_style": cfg.prompt_style,
             "rail_length": len(self._rail),
             "position": self._pos,
             "step": self._steps,
@@ -493,8 +536,9 @@ class VIRLEnv(SftrlEnv):
         if self._done:
             return {}
         _, _, _, _, obs_text, _, instr, action = self._current()
+        compact_style = self.config.prompt_style == "compact"
         return {
-            "expert_reply": reply_text(obs_text, instr, action),
+            "expert_reply": compact.reply(action) if compact_style else reply_text(obs_text, instr, action),
             "expert_tool_call": expert_tool_call(obs_text, instr, action),
             "gt_action": action,
         }
@@ -597,8 +641,7 @@ class VIRLEnv(SftrlEnv):
     def _step_free(self, reply: str) -> StepResult:
         assert self._rail is not None and self._city is not None and self.config.actions is not None
         _, _, _, heading, obs_text, inter, instr, gt = self._free_state()
-        state = VIRLState(gt, inter, self.config.actions, instr, self._output_block())
-        verdict = verify(state, reply)
+        verdict = self._judge(gt, inter, instr, reply)
         self._steps += 1
         act = (verdict.action or {}).get("action") if verdict.category != "unparseable" else None
         terminated = truncated = False
@@ -622,10 +665,8 @@ class VIRLEnv(SftrlEnv):
             truncated = True
             self._final_dist = haversine_m(*self._city.latlng(self._node), *self._rail.dest)
         self._done = terminated or truncated
-        if act is None and not self._done:
-            obs = self._feedback(feedback_text(verdict.message))
-        elif self._done:
-            obs = self._feedback(verdict.message if verdict.correct else feedback_text(verdict.message))
+        if act is None or self._done:
+            obs = self._verdict_feedback(verdict)
         else:
             obs = self._task_observation()
         info = dict(obs.info)
@@ -656,4 +697,7 @@ class VIRLEnv(SftrlEnv):
     def random_reply(cls, observation: Observation, rng: random.Random) -> str:
         """A well-formed reply with a random action from ``observation.info["actions"]``."""
         actions = list(observation.info.get("actions") or action_list("absolute"))
-        return reply_text("No landmarks nearby", "", rng.choice(actions))
+        action = rng.choice(actions)
+        if observation.info.get("prompt_style") == "compact":
+            return compact.reply(action)
+        return reply_text("No landmarks nearby", "", action)

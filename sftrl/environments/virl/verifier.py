@@ -3,6 +3,8 @@
 Rewards follow the paper: correct action +1, incorrect action -1, incorrect observation -1.5 (the
 reply's "current observation" claims an intersection where there is none, or misses one). An
 unparseable reply counts as an incorrect action (-1) with a message saying what the format must be.
+Replies in the ``compact`` style (:mod:`~sftrl.environments.virl.compact`) are read into the same
+fields and judged the same way; they carry no observation, so their states skip the observation check.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from sftrl.environments.base import Verdict
+from sftrl.environments.base import PromptStyle, Verdict
+from sftrl.environments.virl import compact
 from sftrl.environments.virl.prompts import OUTPUT_BLOCK, directions
 
 FIELDS: Final = ["current observation", "current instruction", "action"]
@@ -136,9 +139,13 @@ def _extract(reply: str) -> dict[str, Any] | None:
     return fields
 
 
-def verify(state: VIRLState, reply: str) -> Verdict:
-    """Judge one reply against the current state (pure: same inputs, same verdict)."""
-    fields = _extract(reply) or {}
+def verify(state: VIRLState, reply: str, *, style: PromptStyle = "paper") -> Verdict:
+    """Judge one reply against the current state (pure: same inputs, same verdict).
+
+    ``style`` says how the reply is read: the paper's JSON-like object, or the ``compact`` answer (the
+    action alone); everything after reading is the same.
+    """
+    fields = compact.parse_reply(reply) if style == "compact" else (_extract(reply) or {})
     raw_action = fields.get("action")
     obs = fields.get("current observation")
     instr = fields.get("current instruction")
