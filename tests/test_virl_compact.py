@@ -363,3 +363,20 @@ def test_fuzzed_replies_in_compact_style_never_crash(tmp_path: Path) -> None:
     assert not [r.error for r in records if r.error] and summary["episodes"] == 6
     assert len(policy.sent) >= 100 and not (tmp_path / "sentinel").exists()
     assert set(summary["verdicts"]) <= {"correct_action", "incorrect_action", "unparseable"}
+
+
+def test_the_documented_example_is_what_the_env_prints() -> None:
+    env = VIRLEnv(split="id", prompt_style="compact")
+    obs, _ = env.reset(seed=3)
+    for _ in range(4):
+        obs, *_ = env.step(obs.oracle["expert_reply"])
+    feedback, *_ = env.step("forward")
+    doc = (Path(__file__).parent.parent / "docs" / "virl.md").read_text(encoding="utf-8")
+    assert f"```text\n{obs.text}\n```" in doc
+    shown = "\n".join(
+        ("user:      " if i == 0 else "           ") + line for i, line in enumerate(obs.text.split("\n"))
+    )
+    expected = (
+        f"{shown}\nassistant: forward\nuser:      {feedback.text}\nassistant: {obs.oracle['expert_reply']}"
+    )
+    assert expected in doc
