@@ -227,9 +227,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="build a tiny random-weight model offline (tests, demos)")
     tiny.add_argument(
         "--kind",
-        choices=("text", "vision", "char"),
+        choices=("text", "vision", "char", "char-vision"),
         default="text",
-        help="text / vision: BPE Llama / Qwen2-VL; char: character-level Llama for compact prompts",
+        help="text / vision: BPE Llama / Qwen2-VL; char: character-level Llama for compact prompts; "
+        "char-vision: the char Llama + a tiny CLIP image encoder (LLaVA)",
     )
     tiny.add_argument("--out", type=Path, required=True, help="directory to write the model to")
     tiny.add_argument("--seed", type=int, default=0)
@@ -812,8 +813,8 @@ def cmd_tiny_model(ns: argparse.Namespace) -> int:
 
     try:
         sizes = {k: getattr(ns, k) for k in ("hidden", "layers", "heads") if getattr(ns, k) is not None}
-        if sizes and ns.kind != "char":
-            raise CLIError("--hidden/--layers/--heads size the char model only (--kind char)")
+        if sizes and ns.kind not in ("char", "char-vision"):
+            raise CLIError("--hidden/--layers/--heads size the char models only (--kind char, char-vision)")
         out = build_tiny_model(ns.kind, ns.out, seed=ns.seed, overwrite=ns.overwrite, **sizes)
     except TinyModelError as exc:
         raise CLIError(str(exc)) from exc

@@ -10,6 +10,8 @@ write, and saved with a real chat template:
   character) with a minimal chat template (``<|user|>…<|assistant|>…<|end|>``, ``{% generation %}``
   markers for TRL's assistant-only loss): the from-scratch model of ``agent repro``, which reads the
   envs' ``compact`` prompts. Sizes are arguments (default ~1M parameters).
+* ``char-vision``: ``LlavaForConditionalGeneration`` whose language tower is the ``char`` model and
+  whose image encoder is a tiny CLIP ViT (:mod:`sftrl.agents.tiny_vlm`).
 * ``vision``: ``Qwen2VLForConditionalGeneration`` with the same tiny text tower, a 1-layer vision tower,
   TRL's Qwen2.5-VL chat template and :class:`ImageOnlyQwen2VLProcessor`: the stock Qwen2-VL processor
   also builds a video processor that needs torchvision, which cannot be installed next to a CPU torch
@@ -23,11 +25,11 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["text", "vision", "char"]
+Kind = Literal["text", "vision", "char", "char-vision"]
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -127,30 +129,52 @@ def _text_config_kwargs(tokenizer: Any) -> dict[str, Any]:
 
 
 CHAR_SPECIAL_TOKENS = ("<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>")
-CHAR_CHAT_TEMPLATE = (
-    "{%- for m in messages -%}"
-    "{%- set c = m['content'] if m['content'] is string else "
-    "(m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('')) -%}"
-    "{%- if m['role'] == 'assistant' -%}<|assistant|>{% generation %}{{ c }}<|end|>{% endgeneration %}"
-    "{%- elif m['role'] == 'system' -%}<|system|>{{ c }}"
-    "{%- else -%}<|user|>{{ c }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
-)
+
+
+def char_chat_template(image_token: str | None = None) -> str:
+    """The char model's chat template; with ``image_token``, each ``{"type": "image"}`` content part
+    becomes that placeholder (the processor expands it into the image's tokens), in place."""
+    if image_token is None:
+        content = (
+            "{%- set c = m['content'] if m['content'] is string else "
+            "(m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('')) -%}"
+        )
+    else:
+        content = (
+            "{%- set ns = namespace(c='') -%}"
+            "{%- if m['content'] is string -%}{%- set ns.c = m['content'] -%}"
+            "{%- else -%}{%- for p in m['content'] -%}"
+            "{%- if p['type'] == 'image' -%}{%- set ns.c = ns.c + '" + image_token + "' -%}"
+            "{%- elif p['type'] == 'text' -%}{%- set ns.c = ns.c + p['text'] -%}"
+            "{%- endif -%}{%- endfor -%}{%- endif -%}"
+            "{%- set c = ns.c -%}"
+        )
+    return (
+        "{%- for m in messages -%}" + content + "{%- if m['role'] == 'assistant' -%}"
+        "<|assistant|>{% generation %}{{ c }}<|end|>{% endgeneration %}"
+        "{%- elif m['role'] == 'system' -%}<|system|>{{ c }}"
+        "{%- else -%}<|user|>{{ c }}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+    )
+
+
+CHAR_CHAT_TEMPLATE = char_chat_template()
 """One token of overhead per turn; tool results (role ``tool``) read as user turns."""
 
 
-def char_tokenizer(max_length: int = 2048) -> Any:
+def char_tokenizer(max_length: int = 2048, extra_special_tokens: Sequence[str] = ()) -> Any:
     """A character-level ``PreTrainedTokenizerFast``: printable ASCII plus the chat special tokens;
-    any other character becomes ``?``."""
+    any other character becomes ``?``. ``extra_special_tokens`` (e.g. an image placeholder) come last,
+    so every other token keeps the id it has in the plain char model."""
     import string
 
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
-    vocab = {t: i for i, t in enumerate([*CHAR_SPECIAL_TOKENS, *chars])}
+    vocab = {t: i for i, t in enumerate([*CHAR_SPECIAL_TOKENS, *chars, *extra_special_tokens])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -158,7 +182,7 @@ def char_tokenizer(max_length: int = 2048) -> Any:
         tokenizer_object=tok,
         pad_token="<|pad|>",
         eos_token="<|end|>",
-        additional_special_tokens=list(CHAR_SPECIAL_TOKENS[2:]),
+        additional_special_tokens=[*CHAR_SPECIAL_TOKENS[2:], *extra_special_tokens],
         model_max_length=max_length,
     )
     tokenizer.chat_template = CHAR_CHAT_TEMPLATE
@@ -259,8 +283,12 @@ def build_tiny_model(
 
     if kind == "char":
         return build_char_model(out, seed=seed, overwrite=overwrite, **sizes)
+    if kind == "char-vision":
+        from sftrl.agents.tiny_vlm import build_char_vision_model
+
+        return build_char_vision_model(out, seed=seed, overwrite=overwrite, **sizes)
     if kind not in ("text", "vision"):
-        raise TinyModelError(f"unknown tiny model kind {kind!r}; choose text, vision or char")
+        raise TinyModelError(f"unknown tiny model kind {kind!r}; choose text, vision, char or char-vision")
     out = _empty_out(out, overwrite)
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(seed)
