@@ -165,3 +165,41 @@ def test_sft_on_expert_vision_data_trains_the_image_encoder(vlm: Path, tmp_path:
     for part in ("vision_tower", "multi_modal_projector", "language_model"):
         keys = [k for k in base if f".{part}." in k]
         assert keys and any(not torch.equal(trained[k], base[k]) for k in keys), part
+
+
+def test_ppo_update_on_the_vlm_is_finite(vlm: Path, tmp_path: Path, capsys: Any) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    out = tmp_path / "rl"
+    argv = ["train", "rl", "--env", "gp", "--modality", "vision", "--prompt-style", "compact"]
+    argv += [
+        "--resolution",
+        "64",
+        "--model",
+        str(vlm),
+        "--out",
+        str(out),
+        "--max-steps",
+        "1",
+        "--algo",
+        "ppo",
+    ]
+    argv += [
+        "--episodes-per-update",
+        "4",
+        "--concurrency",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "--verify-iter",
+        "1",
+    ]
+    assert main([*argv, "--no-eval-at-start", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # The <image> token is suppressed (p = 0): its 0 * log 0 must not turn the entropy, and through
+    # it the loss and every weight, into NaN.
+    for key in ("policy_loss", "value_loss", "entropy"):
+        assert metrics[key] == metrics[key], key  # not NaN
+    assert metrics["entropy"] > 0.0 and metrics["logprob_gap"] < 1e-5
+    trained = AutoModelForImageTextToText.from_pretrained(out).state_dict()
+    assert all(torch.isfinite(v).all() for v in trained.values())

@@ -241,7 +241,8 @@ class Learner:
             logp_all = torch.log_softmax(step_logits, dim=-1)
             target = torch.tensor(t.completion_ids, dtype=torch.long, device=logits.device)
             lp = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            ent = -(logp_all.exp() * logp_all).sum(-1)
+            # Suppressed tokens have p = 0, log p = -inf: 0 * -inf would make the entropy (and the loss) NaN.
+            ent = -(logp_all.exp() * logp_all.nan_to_num(neginf=0.0)).sum(-1)
             rows_lp.append(torch.nn.functional.pad(lp, (0, max_c - c)))
             rows_ent.append(torch.nn.functional.pad(ent, (0, max_c - c)))
             mask[i, :c] = 1.0
