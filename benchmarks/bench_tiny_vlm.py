@@ -1,12 +1,12 @@
 """Cost of the tiny VLM (``agent tiny-model --kind char-vision``): image encoding and batched generation.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_tiny_vlm.py [--resolution 64] [--batch 8]
-[--new-tokens 16] [--repeats 5]``. Builds the default model in a temp dir, renders ``--batch`` GP hands
-at ``--resolution`` px, and prints (best of ``--repeats``): the processor's time per image (resize +
-normalise), the encoder's (CLIP ViT + projector, one batch), and the hf backend's generation on one
-batch of compact GP-VL prompts (``HFPolicy._generate_batch``, the call ``agent run --policy hf`` makes,
-EOS suppressed so every row writes ``--new-tokens``), next to the ``char`` text model on the same
-prompts with the cards as text.
+[--new-tokens 16] [--repeats 5] [--image-size 64 --patch-size 8]``. Builds the model in a temp dir,
+renders ``--batch`` GP hands at ``--resolution`` px and prints, best of ``--repeats``: the processor's
+time per image (resize + normalise); the encoder's (CLIP ViT + projector, one batch); the hf backend's
+generation on one batch of compact GP-VL prompts (``HFPolicy._generate_batch``, the call
+``agent run --policy hf`` makes, EOS suppressed so every row writes ``--new-tokens``), next to the
+``char`` text model on the same prompts with the cards as text.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--image-size", type=int, default=64, help="the model's input size (processor resizes)")
+    ap.add_argument("--patch-size", type=int, default=8)
     args = ap.parse_args()
     RESOLUTION = args.resolution
 
@@ -76,7 +78,9 @@ def main() -> None:
     from sftrl.agents.tiny_vlm import build_char_vision_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        vlm = HFPolicy(build_char_vision_model(Path(tmp) / "vlm"))
+        vlm = HFPolicy(
+            build_char_vision_model(Path(tmp) / "vlm", image_size=args.image_size, patch_size=args.patch_size)
+        )
         char = HFPolicy(build_char_model(Path(tmp) / "char"))
     for policy in (vlm, char):
         # EOS never sampled, so every row writes --new-tokens: tokens/s of full-length replies.
