@@ -15,14 +15,12 @@ stock ``AutoModelForImageTextToText`` + ``AutoProcessor`` (``LlavaProcessor`` ov
 
 Why LLaVA: its text tower *is* a ``LlamaForCausalLM`` config (the char model unchanged, so a text
 checkpoint can seed it), one image is a fixed number of tokens, and positions are plain RoPE (the
-rollout/learner log-prob check stays exact, as for text). Qwen2-VL (``--kind vision``) has a Qwen2
-tower with M-RoPE, 14-px patches merged 2x2 (images in multiples of 28 px, two temporal copies of each
-patch) and needs a custom processor class; Idefics3 / SmolVLM tile images and add pixel-shuffle and
-extra image tokens — more machinery than a 64-px image needs.
+rollout/learner log-prob gap is ~1e-7, as for text). Qwen2-VL (``--kind vision``) has a Qwen2 tower
+with M-RoPE, 14-px patches merged 2x2 (sizes in multiples of 28 px, each patch copied twice in time)
+and needs a custom processor class; Idefics3 / SmolVLM tile images and pixel-shuffle them: more
+machinery than a 64-px image needs.
 
-Measured on the 2-core CPU machine (one thread, other jobs running), the default sizes, 64-px GP hands
-batch 8: image processor + encoder + projector 0.55 ms per image; ``generate`` 620 tokens/s (batch 8,
-16 new tokens, 1.45M parameters). See ``tests/test_tiny_vlm.py`` and docs/training.md.
+Sizes, costs and the command line: docs/backends.md (tiny VLM).
 """
 
 from __future__ import annotations
