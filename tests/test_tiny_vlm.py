@@ -203,3 +203,15 @@ def test_ppo_update_on_the_vlm_is_finite(vlm: Path, tmp_path: Path, capsys: Any)
     assert metrics["entropy"] > 0.0 and metrics["logprob_gap"] < 1e-5
     trained = AutoModelForImageTextToText.from_pretrained(out).state_dict()
     assert all(torch.isfinite(v).all() for v in trained.values())
+
+
+def test_cli_sizes_the_decoder(tmp_path: Path, capsys: Any) -> None:
+    from transformers import AutoConfig
+
+    out = tmp_path / "small"
+    argv = ["tiny-model", "--kind", "char-vision", "--out", str(out)]
+    assert main([*argv, "--hidden", "64", "--layers", "2", "--heads", "2"]) == 0
+    text = AutoConfig.from_pretrained(out).text_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads) == (64, 2, 2)
+    assert main(argv) == 2  # not empty
+    assert "--overwrite" in capsys.readouterr().err
