@@ -768,6 +768,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
                 raise CLIError("--trainer trl runs GRPO only (TRL has no PPO trainer); pass --algo grpo")
             if cfg.rollout_policy != "hf":
                 raise CLIError("--rollout-policy vllm/vllm-offline is for --trainer sftrl")
+            if cfg.async_rollouts:
+                raise CLIError("--async-rollouts is for --trainer sftrl (TRL's trainer collects in step)")
             try:
                 metrics = train_rl_trl(cfg, progress=lambda msg: err.print(msg))
             except TRLGRPOError as exc:

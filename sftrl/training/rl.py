@@ -311,14 +311,59 @@ class Learner:
         return items, adv, ret
 
     # -- update -----------------------------------------------------------------------------------
-    def update(self, batch: EpisodeBatch) -> dict[str, float]:
-        """One RL update (``ppo_epochs`` passes over shuffled mini-batches) from ``batch``."""
+    def _proximal(self, items: Sequence[Transition]) -> list[torch.Tensor]:
+        """Each transition's token log-probs under the model as it is before this update."""
+        import torch
+
+        out: list[torch.Tensor] = []
+        with torch.no_grad():
+            for chunk in _chunks(list(items), self.cfg.minibatch_size):
+                s = self.score(chunk, with_values=False)
+                out.extend(s.logprobs[j, : len(t.completion_ids)].clone() for j, t in enumerate(chunk))
+        return out
+
+    def update(self, batch: EpisodeBatch, *, is_cap: float | None = None) -> dict[str, float]:
+        """One RL update (``ppo_epochs`` passes over shuffled mini-batches) from ``batch``.
+
+        ``is_cap`` None: the ratios are taken against the logged behaviour log-probs (on-policy data,
+        or logs read offline). ``is_cap`` set (asynchronous rollouts, data sampled by an older
+        version): decoupled PPO as TRL's vLLM importance-sampling correction does it - the ratios are
+        taken against the model before this update (the "old" / proximal policy) and the loss is
+        weighted by the truncated importance weight ``min(exp(old - behaviour), is_cap)`` (per token
+        for GRPO, per reply for PPO); the weight statistics replace the log-prob consistency check.
+        """
         import torch
 
         cfg = self.cfg
         trained0, scored0 = self.tokens_trained, self.tokens_scored
         self.module.train()
         items, adv, ret = self._advantages(batch)
+        prox: list[torch.Tensor] = []
+        is_w: list[torch.Tensor] = []
+        is_stats: dict[str, float] = {}
+        if is_cap is not None:
+            prox = self._proximal(items)
+            gap_sum, gap_n, seen = 0.0, 0, []
+            for t, p in zip(items, prox, strict=True):
+                if t.behaviour_logprobs is None:
+                    log_w = torch.zeros_like(p)  # no logged log-probs: treated as on-policy
+                else:
+                    log_w = p - torch.tensor(t.behaviour_logprobs, dtype=torch.float32, device=p.device)
+                gap_sum += float(log_w.abs().sum())
+                gap_n += len(t.completion_ids)
+                if cfg.algo == "ppo":
+                    w = torch.exp(log_w.sum().clamp(-20, 20)).reshape(1)
+                else:
+                    w = torch.exp(log_w.clamp(-20, 20))
+                seen.append(w)
+                is_w.append(w.clamp(max=is_cap))
+            raw = torch.cat(seen) if seen else torch.ones(1)
+            is_stats = {
+                "is_weight_mean": float(raw.clamp(max=is_cap).mean()),
+                "is_weight_max": float(raw.max()),
+                "is_capped_fraction": float((raw > is_cap).float().mean()),
+                "logprob_gap": gap_sum / max(gap_n, 1),
+            }
         # Transitions whose advantage is 0 teach nothing (a GRPO group whose episodes all got the same
         # return): reported so that an update without any signal is visible, not a silent no-op.
         zero_adv = sum(1 for a in adv if abs(a) < 1e-8) / max(len(adv), 1)
@@ -339,9 +384,16 @@ class Learner:
                 chunk = [items[i] for i in idx]
                 s = self.score(chunk, with_values=cfg.algo == "ppo")
                 old = torch.zeros_like(s.logprobs)
+                weight = torch.ones_like(s.logprobs) if cfg.algo == "grpo" else torch.ones(len(chunk))
                 for j, t in enumerate(chunk):
                     c = len(t.completion_ids)
-                    if t.behaviour_logprobs is not None:
+                    if prox:
+                        old[j, :c] = prox[idx[j]]
+                        if cfg.algo == "grpo":
+                            weight[j, :c] = is_w[idx[j]]
+                        else:
+                            weight[j] = is_w[idx[j]][0]
+                    elif t.behaviour_logprobs is not None:
                         old[j, :c] = torch.tensor(t.behaviour_logprobs, dtype=torch.float32)
                     else:
                         old[j, :c] = s.logprobs[j, :c].detach()
@@ -353,7 +405,8 @@ class Learner:
                     new_lp = (s.logprobs * s.mask).sum(-1)
                     old_lp = (old * s.mask).sum(-1)
                     ratio = torch.exp((new_lp - old_lp).clamp(-20, 20))
-                    pg = -torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a).mean()
+                    surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a)
+                    pg = -(surrogate * weight.to(dev)).mean() if prox else -surrogate.mean()
                     clipped = ((ratio - 1).abs() > cfg.clip).float().mean()
                     approx_kl = (old_lp - new_lp).mean()
                     assert s.values is not None
@@ -365,6 +418,8 @@ class Learner:
                     ratio = torch.exp((s.logprobs - old).clamp(-20, 20))
                     at = a.unsqueeze(-1)
                     tok = -torch.min(ratio * at, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * at)
+                    if prox:
+                        tok = tok * weight.to(dev)
                     pg = ((tok * s.mask).sum(-1) / n_tok).mean()
                     clipped = (((ratio - 1).abs() > cfg.clip).float() * s.mask).sum() / s.mask.sum().clamp(
                         min=1
@@ -411,6 +466,7 @@ class Learner:
         out["tokens_trained"] = float(self.tokens_trained - trained0)
         out["tokens_scored"] = float(self.tokens_scored - scored0)
         out["rollout_tokens"] = rollout_tokens
+        out.update(is_stats)
         return out
 
     # -- persistence ------------------------------------------------------------------------------

@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from sftrl.agents.policy import SamplingParams
+from sftrl.training.async_rollouts import staleness
 from sftrl.training.config import BudgetEvalOptions
 from sftrl.training.evaluation import (
     FlopCounter,
@@ -75,7 +76,37 @@ class RLRunConfig(BudgetEvalOptions):
     merge: bool = Field(default=False, description="LoRA: save the merged full model to OUT too")
     report_to: ReportTo = Field(default_factory=list, description="trackers: tensorboard, wandb, trackio")
     track_episodes: int = Field(default=4, ge=0, description="sample episodes per update sent to trackers")
+    async_rollouts: bool = Field(
+        default=False, description="keep collecting episodes while the learner updates (bounded staleness)"
+    )
+    max_staleness: int | None = Field(
+        default=None, ge=0, description="async: most policy versions a batch may lag behind (default 1)"
+    )
+    is_cap: float | None = Field(
+        default=None, ge=1.0, description="async: truncation cap of the importance weights (default 2.0)"
+    )
     rl: RLConfig = Field(default_factory=RLConfig)
+
+    @model_validator(mode="after")
+    def _async_flags(self) -> RLRunConfig:
+        if not self.async_rollouts:
+            given = [f for f in ("max_staleness", "is_cap") if getattr(self, f) is not None]
+            if given:
+                flags = " and ".join("--" + f.replace("_", "-") for f in given)
+                raise ValueError(f"{flags} only apply with --async-rollouts")
+        elif self.episodes:
+            raise ValueError("--async-rollouts collects episodes itself: it cannot learn from --episodes")
+        elif self.lora_r:
+            raise ValueError("--async-rollouts does not train LoRA adapters yet; drop --lora-r or run sync")
+        return self
+
+    @property
+    def staleness_bound(self) -> int:
+        return 1 if self.max_staleness is None else self.max_staleness
+
+    @property
+    def importance_cap(self) -> float:
+        return 2.0 if self.is_cap is None else self.is_cap
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
@@ -134,6 +165,37 @@ def rollout_backend(cfg: RLRunConfig, policy: Any, model_path: str, main: bool) 
         return policy, None
     rollout = make_policy(rollout_run_config(cfg, model_path), plain_sampling=True)
     return rollout, weight_sync_for(rollout, policy, cfg.out / LIVE_WEIGHTS_DIR, main=main)
+
+
+def start_producer(
+    cfg: RLRunConfig,
+    policy: Any,
+    rollout_policy: Any,
+    sync: Any,
+    start: int,
+    progress: Callable[[str], None] | None,
+) -> Any:
+    """The :class:`~sftrl.training.async_rollouts.RolloutProducer` of an ``--async-rollouts`` run."""
+    from sftrl.training.async_rollouts import RolloutProducer, hf_rollout_copy
+
+    # Batches a stopped run collected past its last checkpoint were sampled by weights that checkpoint
+    # does not hold (versions of a lost future): collected again.
+    for j in range(start, cfg.updates):
+        stale = cfg.out / "rollouts" / f"update-{j:05d}"
+        if stale.exists():
+            shutil.rmtree(stale)
+    if sync is None:  # hf: the producer samples with its own copy; the learner's model stays its own
+        rollout, push = hf_rollout_copy(policy, cfg.concurrency), None
+    else:
+        rollout, push = rollout_policy, sync.push
+    return RolloutProducer(
+        lambda p, j: _collect(cfg, p, j, progress),
+        rollout,
+        start=start,
+        end=cfg.updates,
+        max_staleness=cfg.staleness_bound,
+        push=push,
+    )
 
 
 def rank_share(episodes: int, group: int, rank: int, world: int) -> list[int] | None:
@@ -315,84 +377,115 @@ def train_rl(
     if start not in evaluated and (start > 0 or cfg.eval_at_start):
         run_eval(start)
         evaluated.add(start)
-    for update in range(start, cfg.updates):
-        if cfg.max_flops is not None and flops.total >= cfg.max_flops:
-            break
-        t0 = time.perf_counter()
-        if offline_batch is not None:
-            batch, rollout_dir = offline_batch, None
-        else:
-            rollout_dir, summary = _collect(
-                cfg, rollout_policy, update, progress if main else None, rank, world
-            )
-            batch = load_episodes([rollout_dir])
+    producer = None
+    if cfg.async_rollouts:
         if world > 1:
-            check_equal_shares(accelerator, len(batch.transitions))
-        # The logged log-probs are checked against the model that sampled them: online, that is the
-        # model right now; offline, only the model before its first update. Later offline updates are
-        # off-policy on purpose and use the logged log-probs as the behaviour policy (clipped ratios).
-        gap: float | None = None
-        if offline_batch is None or update == 0:
-            gap = learner.check_consistency(batch.transitions)
-        stats = learner.update(batch)
-        if world > 1:
-            stats = reduce_stats(accelerator, stats)
-        sync_s = 0.0
-        if sync is not None:
-            t_sync = time.perf_counter()
-            sync.push(policy.model, update + 1)  # the next collection samples from the updated model
-            sync_s = time.perf_counter() - t_sync
-        if offline_batch is None:
-            flops.forward(stats["rollout_tokens"])
-        flops.forward(stats["tokens_scored"])
-        flops.train(stats["tokens_trained"])
-        if world > 1 and gap is not None:
-            gap = float(accelerator.gather(torch.tensor([gap])).max())
-        metrics = {
-            "update": update + 1,
-            **(reduce_stats(accelerator, _batch_metrics(batch)) if world > 1 else _batch_metrics(batch)),
-            **stats,
-            "logprob_gap": gap,
-            "weight_sync_s": sync_s,
-            "flops": flops.total,
-            "seconds": time.perf_counter() - t0,
-            "rollouts": str(rollout_dir) if rollout_dir else None,
-        }
-        if main:
-            with (out / METRICS_FILE).open("a") as fh:
-                fh.write(json.dumps(metrics) + "\n")
-        if tracker is not None:
-            verdicts = summary.get("verdicts") if offline_batch is None else None
-            track_rl_update(tracker, cfg, metrics, rollout_dir, verdicts)
-        if progress and main:
-            idle = stats["zero_advantage_fraction"]
-            progress(
-                f"update {update + 1}/{cfg.updates}: reward {metrics['reward']:.3f} "
-                f"success {metrics['success_rate']:.3f} policy_loss {stats['policy_loss']:.4f}"
-                + (f" zero-advantage {idle:.0%}" if idle > 0 else "")
-                + (
-                    " - no learning signal: every episode's advantage is 0 (all returns equal)"
-                    if idle >= 1.0
-                    else ""
+            raise TransitionError("--async-rollouts runs in one process (not under accelerate launch) yet")
+        producer = start_producer(cfg, policy, rollout_policy, sync, start, progress)
+    try:
+        for update in range(start, cfg.updates):
+            if cfg.max_flops is not None and flops.total >= cfg.max_flops:
+                break
+            t0 = time.perf_counter()
+            async_stats: dict[str, Any] = {}
+            if offline_batch is not None:
+                batch, rollout_dir = offline_batch, None
+            elif producer is not None:
+                got, learner_wait = producer.get(update)
+                rollout_dir, summary = got.rollout_dir, got.summary
+                batch = load_episodes([rollout_dir])
+                async_stats = {
+                    "policy_version": update,
+                    **staleness(batch, update),
+                    "learner_wait_s": learner_wait,
+                    "rollout_wait_s": got.wait_s,
+                    "collect_s": got.collect_s,
+                }
+            else:
+                rollout_dir, summary = _collect(
+                    cfg, rollout_policy, update, progress if main else None, rank, world
                 )
-            )
-        accelerator.wait_for_everyone()
-        due = bool(cfg.eval_every and (update + 1) % cfg.eval_every == 0)
-        if next_flops is not None and flops.total >= next_flops:
-            due = True
-            while next_flops <= flops.total:
-                next_flops += cfg.eval_flops or flops.total
-        past_budget = cfg.max_flops is not None and flops.total >= cfg.max_flops
-        if due and not past_budget:  # the last evaluation runs after the loop
-            run_eval(update + 1)
-            evaluated.add(update + 1)
-        if main and ((update + 1) % cfg.save_every == 0 or update + 1 == cfg.updates):
-            _save(
-                policy,
-                learner,
-                out / f"checkpoint-{update + 1}",
-                {"update": update + 1, "flops": flops.total, **cfg.model_dump(mode="json")},
-            )
+                batch = load_episodes([rollout_dir])
+            if world > 1:
+                check_equal_shares(accelerator, len(batch.transitions))
+            # The logged log-probs are checked against the model that sampled them: online, that is the
+            # model right now; offline, only the model before its first update. Later offline updates are
+            # off-policy on purpose and use the logged log-probs as the behaviour policy (clipped ratios).
+            # Asynchronous batches may be older than the model: the gap is a statistic of the update.
+            gap: float | None = None
+            if producer is None and (offline_batch is None or update == 0):
+                gap = learner.check_consistency(batch.transitions)
+            stats = learner.update(batch, is_cap=cfg.importance_cap if producer is not None else None)
+            if producer is not None:
+                gap = stats.pop("logprob_gap")
+            if world > 1:
+                stats = reduce_stats(accelerator, stats)
+            sync_s = 0.0
+            if producer is not None:
+                sync_s = producer.publish(policy.model, update + 1)  # later batches sample from it
+            elif sync is not None:
+                t_sync = time.perf_counter()
+                sync.push(policy.model, update + 1)  # the next collection samples from the updated model
+                sync_s = time.perf_counter() - t_sync
+            if offline_batch is None:
+                flops.forward(stats["rollout_tokens"])
+            flops.forward(stats["tokens_scored"])
+            flops.train(stats["tokens_trained"])
+            if world > 1 and gap is not None:
+                gap = float(accelerator.gather(torch.tensor([gap])).max())
+            metrics = {
+                "update": update + 1,
+                **(reduce_stats(accelerator, _batch_metrics(batch)) if world > 1 else _batch_metrics(batch)),
+                **stats,
+                "logprob_gap": gap,
+                "weight_sync_s": sync_s,
+                "flops": flops.total,
+                "seconds": time.perf_counter() - t0,
+                "rollouts": str(rollout_dir) if rollout_dir else None,
+                **async_stats,
+            }
+            if producer is not None:
+                # Throughput of the pipeline: one update (and its batch) per loop iteration.
+                metrics["updates_per_s"] = 1.0 / max(metrics["seconds"], 1e-9)
+                metrics["episodes_per_s"] = len(batch) / max(metrics["seconds"], 1e-9)
+            if main:
+                with (out / METRICS_FILE).open("a") as fh:
+                    fh.write(json.dumps(metrics) + "\n")
+            if tracker is not None:
+                verdicts = summary.get("verdicts") if offline_batch is None else None
+                track_rl_update(tracker, cfg, metrics, rollout_dir, verdicts)
+            if progress and main:
+                idle = stats["zero_advantage_fraction"]
+                progress(
+                    f"update {update + 1}/{cfg.updates}: reward {metrics['reward']:.3f} "
+                    f"success {metrics['success_rate']:.3f} policy_loss {stats['policy_loss']:.4f}"
+                    + (f" zero-advantage {idle:.0%}" if idle > 0 else "")
+                    + (
+                        " - no learning signal: every episode's advantage is 0 (all returns equal)"
+                        if idle >= 1.0
+                        else ""
+                    )
+                )
+            accelerator.wait_for_everyone()
+            due = bool(cfg.eval_every and (update + 1) % cfg.eval_every == 0)
+            if next_flops is not None and flops.total >= next_flops:
+                due = True
+                while next_flops <= flops.total:
+                    next_flops += cfg.eval_flops or flops.total
+            past_budget = cfg.max_flops is not None and flops.total >= cfg.max_flops
+            if due and not past_budget:  # the last evaluation runs after the loop
+                run_eval(update + 1)
+                evaluated.add(update + 1)
+            if main and ((update + 1) % cfg.save_every == 0 or update + 1 == cfg.updates):
+                _save(
+                    policy,
+                    learner,
+                    out / f"checkpoint-{update + 1}",
+                    {"update": update + 1, "flops": flops.total, **cfg.model_dump(mode="json")},
+                )
+    finally:
+        if producer is not None:
+            producer.close()  # after the collection in progress: no rollout writes after train_rl
     last = int(metrics.get("update", start))
     if main and last not in evaluated:
         run_eval(last)

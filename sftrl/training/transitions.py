@@ -40,6 +40,8 @@ class Transition:
     index: int
     text: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    policy_version: int | None = None
+    """Asynchronous rollouts: how many updates the sampling weights had seen (None: not recorded)."""
 
 
 @dataclass
@@ -72,6 +74,7 @@ def episode_transitions(
         return []
     out: list[Transition] = []
     key = f"{record.run_id}:{record.episode_index}"
+    version = record.policy.get("policy_version")
     for i, turn in enumerate(record.turns):
         ids = turn.reply.token_ids
         if ids is None:
@@ -96,6 +99,7 @@ def episode_transitions(
                 index=i,
                 text=turn.reply.text,
                 extra={"tools": record.tools} if record.tools else {},
+                policy_version=version if isinstance(version, int) else None,
             )
         )
     return out
