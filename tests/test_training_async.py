@@ -107,8 +107,8 @@ def test_async_checkpoint_resume_continues_the_versions(char_model: Path, tmp_pa
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["--max-staleness", "2"], "--max-staleness only apply with --async-rollouts"),
-        (["--is-cap", "3"], "--is-cap only apply with --async-rollouts"),
+        (["--max-staleness", "2"], "--max-staleness applies only with --async-rollouts"),
+        (["--is-cap", "3"], "--is-cap applies only with --async-rollouts"),
         (["--async-rollouts", "--is-cap", "0.5"], "is-cap: Input should be greater than or equal to 1"),
         (["--async-rollouts", "--max-staleness", "-1"], "max-staleness"),
         (["--async-rollouts", "--lora-r", "4"], "LoRA"),

@@ -4,8 +4,10 @@ Online, each update collects episodes with the model being trained (through the 
 every rollout is a normal run directory under ``OUT/rollouts``), then feeds them to the
 :class:`~sftrl.training.rl.Learner` exactly as logged episodes are fed offline. Rollouts are sampled
 in-process (``hf``) or by vLLM (``vllm`` servers, ``vllm-offline`` engine), which is sent the updated
-weights after every update (:mod:`sftrl.training.weight_sync`). Checkpoints hold the
-model, its processor, the value head and optimizer state; ``--resume`` continues from the latest.
+weights after every update (:mod:`sftrl.training.weight_sync`). With ``--async-rollouts`` the
+collection runs ahead in a producer thread, at most ``--max-staleness`` versions behind the learner
+(:mod:`sftrl.training.async_rollouts`). Checkpoints hold the model, its processor, the value head and
+optimizer state; ``--resume`` continues from the latest.
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ class RLRunConfig(BudgetEvalOptions):
             given = [f for f in ("max_staleness", "is_cap") if getattr(self, f) is not None]
             if given:
                 flags = " and ".join("--" + f.replace("_", "-") for f in given)
-                raise ValueError(f"{flags} only apply with --async-rollouts")
+                verb = "apply" if len(given) > 1 else "applies"
+                raise ValueError(f"{flags} {verb} only with --async-rollouts")
         elif self.episodes:
             raise ValueError("--async-rollouts collects episodes itself: it cannot learn from --episodes")
         elif self.lora_r:
