@@ -189,3 +189,29 @@ def test_truncated_importance_weights_scale_the_grpo_loss(char_model: Path, tmp_
         (math.log(2) * (tokens[0] + tokens[2]) + math.log(3) * (tokens[1] + tokens[3])) / sum(tokens),
         rel=1e-3,
     )
+
+
+def test_a_failing_collection_stops_the_run_with_its_message(
+    char_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error in the producer thread reaches the learner (one line, exit 2) and the thread is gone."""
+    import threading
+
+    from sftrl.training import rl_train
+    from sftrl.training.transitions import TransitionError
+
+    real = rl_train._collect
+
+    def collect(cfg: object, policy: object, update: int, *args: object, **kw: object) -> object:
+        if update == 2:
+            raise TransitionError("batch 2 could not be collected (disk full)")
+        return real(cfg, policy, update, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rl_train, "_collect", collect)
+    out = tmp_path / "rl"
+    argv = _argv(char_model, out, "--algo", "grpo", "--max-steps", "4", "--async-rollouts")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "agent: error: batch 2 could not be collected (disk full)"
+    assert [r["update"] for r in _rows(out)] == [1, 2]
+    assert not any(t.name == "rollout-producer" for t in threading.enumerate())
