@@ -137,6 +137,45 @@ def test_train_rl_rolls_out_on_vllm_and_pushes_weights_after_each_update(
     assert after_ids != before_ids or moved > 1e-2
 
 
+@pytest.mark.slow
+def test_async_rollouts_on_vllm_label_each_batch_with_the_weights_the_server_held(
+    dev_server: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """``--async-rollouts`` with a vLLM server: batches are collected while the learner updates, and
+    a push waits for the collection in progress. A batch labelled with the learner's own version was
+    sampled by exactly those weights: its log-probs match the learner's (the label is right)."""
+    from sftrl.agents.hf_policy import HFPolicy
+    from sftrl.agents.trajectory import read_episodes
+    from sftrl.cli import main
+
+    # The module's server may hold an earlier test's trained weights: start it from the model's own.
+    sync = VLLMServerWeightSync([dev_server], tmp_path / "initial-weights")
+    sync.push(HFPolicy(tiny_model).model, 0)
+
+    out = tmp_path / "rl-async"
+    argv = ["train", "rl", "--env", "gp", "--model", str(tiny_model), "--out", str(out)]
+    argv += ["--rollout-policy", "vllm", "--base-url", dev_server, "--max-steps", "4"]
+    argv += ["--episodes-per-update", "2", "--concurrency", "2", "--max-new-tokens", "12"]
+    argv += ["--temperature", "1.0", "--algo", "ppo", "--lr", "0.003", "--ppo-epochs", "2"]
+    assert main([*argv, "--async-rollouts", "--max-staleness", "1"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        records = read_episodes(Path(r["rollouts"]))
+        assert len(records) == 2 and all(rec.error is None for rec in records)
+        assert {rec.policy["backend"] for rec in records} == {"vllm"}
+        versions = {rec.policy["policy_version"] for rec in records}
+        assert len(versions) == 1  # the weights never change inside a batch
+        (version,) = versions
+        assert r["policy_version"] - version == r["staleness_max"] and 0 <= r["staleness_max"] <= 1
+        if r["staleness_max"] == 0:
+            assert r["logprob_gap"] < 1e-3, r
+            assert r["is_weight_mean"] == pytest.approx(1.0, abs=1e-2)
+    assert rows[0]["staleness_max"] == 0
+    # Batch 1 starts as soon as batch 0 is handed over, while update 1 runs: sampled by version 0.
+    assert rows[1]["staleness_max"] == 1 and rows[1]["policy_version"] == 1
+
+
 # --- the in-process engine (vllm-offline): a script in .venv-vllm, which has vLLM but no accelerate ----
 
 OFFLINE_SCRIPT = """
