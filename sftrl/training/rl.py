@@ -384,7 +384,8 @@ class Learner:
                 chunk = [items[i] for i in idx]
                 s = self.score(chunk, with_values=cfg.algo == "ppo")
                 old = torch.zeros_like(s.logprobs)
-                weight = torch.ones_like(s.logprobs) if cfg.algo == "grpo" else torch.ones(len(chunk))
+                # Truncated importance weights (async only): per token (GRPO) or per reply (PPO).
+                weight = torch.ones_like(s.logprobs if cfg.algo == "grpo" else s.logprobs[:, 0])
                 for j, t in enumerate(chunk):
                     c = len(t.completion_ids)
                     if prox:
@@ -406,7 +407,7 @@ class Learner:
                     old_lp = (old * s.mask).sum(-1)
                     ratio = torch.exp((new_lp - old_lp).clamp(-20, 20))
                     surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a)
-                    pg = -(surrogate * weight.to(dev)).mean() if prox else -surrogate.mean()
+                    pg = -(surrogate * weight).mean() if prox else -surrogate.mean()
                     clipped = ((ratio - 1).abs() > cfg.clip).float().mean()
                     approx_kl = (old_lp - new_lp).mean()
                     assert s.values is not None
@@ -419,7 +420,7 @@ class Learner:
                     at = a.unsqueeze(-1)
                     tok = -torch.min(ratio * at, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * at)
                     if prox:
-                        tok = tok * weight.to(dev)
+                        tok = tok * weight
                     pg = ((tok * s.mask).sum(-1) / n_tok).mean()
                     clipped = (((ratio - 1).abs() > cfg.clip).float() * s.mask).sum() / s.mask.sum().clamp(
                         min=1
