@@ -54,9 +54,9 @@ class ReproConfig:
     max_new_tokens: int = 40
     # Stage 0 (only when no checkpoint is given or shipped): the shipped checkpoint's recipe.
     model: dict[str, int] = field(default_factory=lambda: {"hidden": 128, "layers": 4, "heads": 4})
-    stage0_rows: int = 448_000
+    stage0_rows: int = 224_000
     stage0_shuffled_share: float = 0.25
-    stage0_steps: int = 7000
+    stage0_steps: int = 3500
     stage0_lr: float = 1.5e-3
     # Stage 1: SFT warm start on expert GP-L episodes (with revisions) of the training rule.
     expert_episodes: int = 40_000
@@ -140,7 +140,9 @@ def _sft_config(
 
     shared = {
         "batch_size": cfg.batch_size,
-        "group_by_length": True,
+        # No length grouping: its batches are each nearly one item kind and revision depth, and the
+        # stage-0 model then learned ~2.5x worse per step (docs/repro.md, the 800-step A/B).
+        "group_by_length": False,
         "save_steps": 10**6,
         "evaluate": False,
         "eval_at_start": False,

@@ -98,7 +98,8 @@ class SFTTrainConfig(BudgetEvalOptions):
     lr_scheduler: LRScheduler = "linear"
     """Learning-rate schedule after the warm-up."""
     group_by_length: bool = False
-    """Batch rows of similar length together (less padding, less compute per row)."""
+    """Batch rows of similar length together: less padding, but on data mixing kinds of rows each batch
+    becomes nearly one kind, which can slow learning far more than it saves (docs/repro.md)."""
     weight_decay: float = Field(default=0.0, ge=0.0)
     max_length: int | None = Field(default=None, ge=16)
     """Truncate text rows to this many tokens (None: no truncation; never applied to image rows)."""
