@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sftrl.training.tracking import ReportTo
 
@@ -100,6 +100,9 @@ class SFTTrainConfig(BudgetEvalOptions):
     group_by_length: bool = False
     """Batch rows of similar length together: less padding, but on data mixing kinds of rows each batch
     becomes nearly one kind, which can slow learning far more than it saves (docs/repro.md)."""
+    batch_groups: Literal["none", "turns"] = "none"
+    """turns: each batch holds rows with the same number of conversation turns, mixed at random
+    otherwise (less padding than random batches, kinds still mixed); none: random batches."""
     weight_decay: float = Field(default=0.0, ge=0.0)
     max_length: int | None = Field(default=None, ge=16)
     """Truncate text rows to this many tokens (None: no truncation; never applied to image rows)."""
@@ -133,6 +136,12 @@ class SFTTrainConfig(BudgetEvalOptions):
         if not value.strip():
             raise ValueError("must name a model directory")
         return value
+
+    @model_validator(mode="after")
+    def _one_batching(self) -> SFTTrainConfig:
+        if self.group_by_length and self.batch_groups != "none":
+            raise ValueError("group_by_length and batch_groups both choose the batches: set one")
+        return self
 
 
 # Options that may change between a run and its --resume without changing what is trained.

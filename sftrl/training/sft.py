@@ -284,8 +284,23 @@ def build_trainer(
     if checkpointing is None:
         checkpointing = sum(p.numel() for p in model.parameters()) >= CHECKPOINTING_MIN_PARAMS
     args = sft_config(cfg, info, checkpointing=checkpointing, quiet=quiet)
+    trainer_cls = SFTTrainer
+    if cfg.batch_groups == "turns":
+        from sftrl.training.batching import GroupedBatchSampler, turn_counts
+
+        column = "messages" if info.format == "messages" else "prompt"
+        try:
+            sampler = GroupedBatchSampler(turn_counts(info.train[column]), args.train_batch_size, cfg.seed)
+        except ValueError as exc:
+            raise SFTError(f"--batch-groups turns: {exc}") from None
+
+        class _TurnGroupedTrainer(SFTTrainer):  # type: ignore[misc]
+            def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+                return sampler
+
+        trainer_cls = _TurnGroupedTrainer
     try:
-        return SFTTrainer(
+        return trainer_cls(
             model=model,
             args=args,
             train_dataset=info.train,
