@@ -757,6 +757,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     err = Console(stderr=True)
     from sftrl.training.rl import LogprobMismatchError
+    from sftrl.training.tracking import DistributedSetupError
     from sftrl.training.transitions import TransitionError
     from sftrl.training.weight_sync import WeightSyncError
 
@@ -778,7 +779,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
             metrics = train_rl(cfg, progress=lambda msg: err.print(msg))
     except TransitionError as exc:
         raise CLIError(str(exc)) from exc
-    except (WeightSyncError, LogprobMismatchError) as exc:
+    except (WeightSyncError, LogprobMismatchError, DistributedSetupError) as exc:
         raise CLIError(str(exc)) from exc
     from sftrl.training.tracking import process_info
 

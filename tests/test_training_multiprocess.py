@@ -93,6 +93,13 @@ def test_two_processes_train_like_one_with_the_same_global_batch(
     moved = max((w1[k] - start[k]).abs().max().item() for k in w1 if k in start)
     apart = max((w1[k] - w2[k]).abs().max().item() for k in w1)
     assert moved > 1e-3 and apart < 1e-4, (moved, apart)
+    # The gathered state dict (accelerator.get_state_dict) made a complete from_pretrained checkpoint.
+    from transformers import AutoModelForCausalLM
+
+    loaded, info = AutoModelForCausalLM.from_pretrained(str(tmp_path / "two"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    params = dict(loaded.named_parameters())
+    assert all(params[k].detach().equal(w2[k]) for k in w2 if k in params)
 
 
 def test_rl_on_two_processes_plays_the_same_episodes_and_trains_like_one(
@@ -130,3 +137,33 @@ def test_rl_on_two_processes_plays_the_same_episodes_and_trains_like_one(
     moved = max((w1[k] - start[k]).abs().max().item() for k in w1 if k in start)
     apart = max((w1[k] - w2[k]).abs().max().item() for k in w1)
     assert moved > 1e-3 and apart < 1e-5, (moved, apart)
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="on GPUs accelerate really runs FSDP from this config"
+)
+def test_fsdp_config_on_cpu_is_refused_not_run_as_ddp(tiny_text_model: Path, tmp_path: Path) -> None:
+    """accelerate enables FSDP only on GPUs: on CPU the launch is refused in one line per process."""
+    runs, data = tmp_path / "expert", tmp_path / "data"
+    assert main(["run", "--episodes", "4", "--out", str(runs), "--quiet"]) == 0
+    assert main(["data", "sft", str(runs), "--out", str(data), "--val-fraction", "0"]) == 0
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+    launch += [str(REPO / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "2"]
+    launch += ["--mixed_precision", "no", "--main_process_port", str(_free_port()), "-m", "sftrl"]
+    sft = ["train", "sft", "--data", str(data), "--model", str(tiny_text_model), "--max-steps", "1"]
+    rl = ["train", "rl", "--model", str(tiny_text_model), "--max-steps", "1", "--episodes-per-update", "2"]
+    for name, args in (("sft", sft), ("rl", rl)):
+        out = tmp_path / name
+        proc = subprocess.run(
+            [*launch, *args, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            cwd=REPO,
+            timeout=300,
+        )
+        assert proc.returncode != 0, name
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("agent: error:")]
+        assert len(errors) == 2, proc.stderr[-3000:]  # one line from each process, no traceback of ours
+        assert all("asked for FSDP but accelerate runs this process as MULTI_CPU" in e for e in errors)
+        assert not (out / "model.safetensors").exists()

@@ -34,3 +34,42 @@ def test_trl_trainer_refuses_rl_options_it_cannot_honour(tmp_path, capsys, optio
     assert main([*args, "--group-size", "2", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert f"--trainer trl cannot honour {option}" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("distributed_type", "zero_stage", "refused"),
+    [
+        ("FSDP", None, "FSDP"),
+        ("DEEPSPEED", 3, "DeepSpeed ZeRO-3"),
+        ("DEEPSPEED", 2, None),
+        ("MULTI_GPU", None, None),
+        ("MULTI_CPU", None, None),
+        ("NO", None, None),
+    ],
+)
+def test_rl_refuses_sharded_parameters_it_does_not_gather(distributed_type, zero_stage, refused):
+    from sftrl.training.rl_train import check_full_weights
+    from sftrl.training.transitions import TransitionError
+
+    if refused is None:
+        check_full_weights(distributed_type, zero_stage)
+    else:
+        with pytest.raises(TransitionError, match=f"does not run under {refused}: .*ddp.yaml"):
+            check_full_weights(distributed_type, zero_stage)
+
+
+def test_an_fsdp_request_accelerate_ignores_is_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from sftrl.training.tracking import DistributedSetupError, check_distributed_type
+
+    cpu = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU)
+    check_distributed_type(cpu)  # no FSDP asked: fine
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(
+        DistributedSetupError, match="asked for FSDP but accelerate runs this process as MULTI_CPU"
+    ):
+        check_distributed_type(cpu)
+    check_distributed_type(SimpleNamespace(distributed_type=DistributedType.FSDP))

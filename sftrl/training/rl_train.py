@@ -35,7 +35,7 @@ from sftrl.training.evaluation import (
     validate_specs,
 )
 from sftrl.training.rl import Learner, RLConfig
-from sftrl.training.tracking import ReportTo
+from sftrl.training.tracking import DistributedSetupError, ReportTo, check_distributed_type
 from sftrl.training.transitions import EpisodeBatch, Transition, TransitionError, load_episodes
 
 METRICS_FILE = "metrics.jsonl"
@@ -110,6 +110,24 @@ class RLRunConfig(BudgetEvalOptions):
     @property
     def importance_cap(self) -> float:
         return 2.0 if self.is_cap is None else self.is_cap
+
+
+def check_full_weights(distributed_type: str, zero_stage: int | None) -> None:
+    """Refuse sharded parameters (FSDP, DeepSpeed ZeRO-3), which the own learner does not gather.
+
+    Every process samples its rollouts with the full model (``hf``: ``generate`` on the trained
+    module; vLLM: the weights pushed after each update) and the main process saves it with
+    ``save_pretrained``; with sharded parameters each would see only its shard (or deadlock in the
+    collectives ``generate`` would need). ZeRO-2 and DDP keep full parameters on every process.
+    """
+    if distributed_type == "FSDP" or (distributed_type == "DEEPSPEED" and zero_stage == 3):
+        mode = "FSDP" if distributed_type == "FSDP" else "DeepSpeed ZeRO-3"
+        raise TransitionError(
+            f"agent train rl does not run under {mode}: its rollouts, vLLM weight pushes and checkpoints "
+            "need full parameters on every process, and it does not gather sharded ones; use DDP "
+            "(configs/accelerate/ddp.yaml) or ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml), or "
+            "--trainer trl (TRL gathers ZeRO-3 parameters for generation)"
+        )
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
@@ -282,6 +300,12 @@ def train_rl(
 
     # cpu=: without it a process on a machine without GPUs ignores the launcher's ranks (gloo).
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    try:
+        check_distributed_type(accelerator.state)
+    except DistributedSetupError as exc:
+        raise TransitionError(str(exc)) from None
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    check_full_weights(accelerator.distributed_type.name, getattr(plugin, "zero_stage", None))
     world = accelerator.num_processes
     rank = accelerator.process_index
     main = accelerator.is_main_process

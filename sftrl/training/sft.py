@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from sftrl.config import validation_message
 from sftrl.training.config import RESUMABLE_KEYS, SFTTrainConfig
 from sftrl.training.tracking import (
+    DistributedSetupError,
     Tracker,
     TrackingError,
     check_installed,
@@ -463,14 +464,28 @@ def plot_loss_curve(curve: dict[str, list[dict[str, Any]]], path: Path, title: s
     img.save(path, format="PNG")
 
 
-def _save_final(trainer: Any, processing_class: Any, out: Path, lora: bool) -> None:
-    model = trainer.model
+def _full_state_dict(trainer: Any, lora: bool) -> dict[str, Any] | None:
+    """The trained weights, gathered in full on the main process (``accelerator.get_state_dict``).
+
+    Call on EVERY process: under FSDP (``fsdp_state_dict_type: FULL_STATE_DICT``) or DeepSpeed ZeRO-3
+    the gather is a collective; under DDP or one process it is the unwrapped model's state dict. LoRA
+    runs merge the adapter into the model first, so they keep saving from the model itself (None).
+    """
+    if lora:
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model)
+
+
+def _save_final(
+    trainer: Any, processing_class: Any, out: Path, lora: bool, state_dict: dict[str, Any] | None
+) -> None:
+    model = trainer.accelerator.unwrap_model(trainer.model)
     if lora:
         adapter = out / ADAPTER_DIR
         shutil.rmtree(adapter, ignore_errors=True)
         model.save_pretrained(str(adapter))
         model = model.merge_and_unload()
-    model.save_pretrained(str(out))
+    model.save_pretrained(str(out), state_dict=state_dict)
     processing_class.save_pretrained(str(out))
 
 
@@ -482,9 +497,12 @@ def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) 
     except TrackingError as exc:
         raise SFTError(str(exc)) from None
     resume_from = _prepare_out(cfg)
+    try:
+        main, processes = process_info()
+    except DistributedSetupError as exc:
+        raise SFTError(str(exc)) from None
     model, processing_class = load_model(cfg.model, info.vision)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    main, processes = process_info()
     if main:
         (cfg.out / RUN_FILE).write_text(cfg.model_dump_json(indent=1) + "\n")
     from sftrl.training.evaluation import parse_eval_env, plot_evals, validate_specs
@@ -530,8 +548,9 @@ def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) 
     if step_times:
         metrics["step_time_s"] = round(sorted(step_times)[len(step_times) // 2], 4)  # median
         metrics["steps_this_run"] = len(step_times)
+    state_dict = _full_state_dict(trainer, cfg.lora)  # a collective under FSDP / ZeRO-3: every rank
     if main:  # data-parallel ranks hold the same weights and logs: one writes them
-        _save_final(trainer, processing_class, cfg.out, cfg.lora)
+        _save_final(trainer, processing_class, cfg.out, cfg.lora, state_dict)
         (cfg.out / CURVE_JSON).write_text(json.dumps(curve, indent=1) + "\n")
         (cfg.out / LOG_FILE).write_text(
             "".join(json.dumps(e, sort_keys=True) + "\n" for e in trainer.state.log_history)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -74,6 +75,28 @@ def check_installed(targets: Iterable[str]) -> None:
             )
 
 
+class DistributedSetupError(ValueError):
+    """``accelerate launch`` asked for a distributed mode that accelerate does not run here."""
+
+
+def check_distributed_type(state: Any) -> None:
+    """Refuse a launch whose FSDP request accelerate ignored (instead of training another way).
+
+    accelerate (1.15) turns ``ACCELERATE_USE_FSDP=true`` (``distributed_type: FSDP`` in the launch
+    config) into FSDP only on multi-GPU/accelerator devices; on a machine without GPUs the processes
+    come up as ``MULTI_CPU`` (gloo DDP) or ``NO`` and would train unsharded, each believing it is the
+    configuration asked for.
+    """
+    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+    got = getattr(state.distributed_type, "name", str(state.distributed_type))
+    if asked and got != "FSDP":
+        raise DistributedSetupError(
+            f"accelerate launch asked for FSDP but accelerate runs this process as {got}: accelerate "
+            "enables FSDP only on GPUs/accelerators, not on CPU/gloo; use configs/accelerate/fsdp.yaml on "
+            "GPUs, or plain data-parallel on CPU (accelerate launch --multi_gpu --num_processes N)"
+        )
+
+
 def process_info() -> tuple[bool, int]:
     """(is this the main process, how many data-parallel processes) under ``accelerate launch``."""
     import torch
@@ -81,6 +104,7 @@ def process_info() -> tuple[bool, int]:
 
     # cpu= as the trainers' use_cpu: without it a CPU-only process ignores the launcher's ranks.
     state = PartialState(cpu=not torch.cuda.is_available())
+    check_distributed_type(state)
     return state.is_main_process, state.num_processes
 
 
