@@ -16,7 +16,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny model and budgets: checks the whole pipeline in minutes"
     )
-    parser.add_argument("--modality", default="language", help="language (vision is not implemented yet)")
+    parser.add_argument(
+        "--experiment",
+        default=None,
+        help="gp-l-rule (default), virl-l-rule, gp-vl-visual, virl-vl-visual, or all (one after another)",
+    )
+    parser.add_argument("--modality", default=None, help="alias: language = gp-l-rule, vision = gp-vl-visual")
+    parser.add_argument(
+        "--ablations",
+        default=None,
+        help="comma-separated extra arms: rl-no-sft (PPO from stage 0), rl-verify1 (PPO, verify_iter 1)",
+    )
     parser.add_argument(
         "--seeds", type=int, default=None, help="post-training seeds per arm (5; 1 with --quick)"
     )
@@ -43,25 +53,47 @@ def run_command(ns: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from sftrl.repro.pipeline import SHIPPED_STAGE0, ReproConfig, run, with_overrides
+    from sftrl.repro import experiments
+    from sftrl.repro.pipeline import ABLATIONS, SHIPPED_STAGE0, ReproConfig, run, with_overrides
 
-    if ns.modality != "language":
-        raise ValueError(
-            f"--modality {ns.modality}: only 'language' (GP-L) is implemented; GP-VL is the stretch goal"
+    names = _experiments(ns.experiment, ns.modality)
+    ablations = tuple(a.strip() for a in (ns.ablations or "").split(",") if a.strip())
+    unknown = sorted(set(ablations) - set(ABLATIONS))
+    if unknown:
+        raise ValueError(f"--ablations {','.join(unknown)}: unknown; choose from {', '.join(ABLATIONS)}")
+    plans = []
+    for name in names:
+        exp = experiments.get(name)
+        cfg = ReproConfig.quick(name) if ns.quick else ReproConfig.full(name)
+        cfg = with_overrides(
+            cfg,
+            seeds=ns.seeds,
+            stage0_steps=ns.stage0_steps,
+            stage2_flops=ns.stage2_flops,
+            workers=ns.workers,
+            ablations=ablations or None,
         )
-    cfg = ReproConfig.quick() if ns.quick else ReproConfig.full()
-    cfg = with_overrides(
-        cfg, seeds=ns.seeds, stage0_steps=ns.stage0_steps, stage2_flops=ns.stage2_flops, workers=ns.workers
-    )
-    if cfg.seeds < 1:
-        raise ValueError("--seeds must be at least 1")
-    stage0: Path | None = ns.stage0
-    if stage0 is None and not (ns.quick or ns.from_scratch):
-        if not (SHIPPED_STAGE0 / "config.json").exists():
-            raise ValueError(f"no shipped stage-0 model at {SHIPPED_STAGE0}: use --from-scratch")
-        stage0 = SHIPPED_STAGE0
-    if stage0 is not None and not (Path(stage0) / "config.json").exists():
-        raise ValueError(f"--stage0 {stage0}: not a model directory (no config.json)")
+        if cfg.seeds < 1:
+            raise ValueError("--seeds must be at least 1")
+        stage0: Path | None = ns.stage0
+        if name == "gp-l-rule":
+            if stage0 is None and not (ns.quick or ns.from_scratch):
+                if not (SHIPPED_STAGE0 / "config.json").exists():
+                    raise ValueError(f"no shipped stage-0 model at {SHIPPED_STAGE0}: use --from-scratch")
+                stage0 = SHIPPED_STAGE0
+        elif ns.from_scratch:
+            raise ValueError(f"--experiment {name}: no stage-0 curriculum exists for it yet (--from-scratch)")
+        elif stage0 is None and not ns.quick:
+            raise ValueError(
+                f"--experiment {name}: no stage-0 model exists for it yet; pass --stage0 DIR "
+                f"({'a char or char-vision' if exp.modality == 'vision' else 'a char'} model) or --quick"
+            )
+        if stage0 is not None:
+            problem = experiments.stage0_problem(exp, Path(stage0))
+            if problem:
+                raise ValueError(f"--stage0 {stage0}: {problem}")
+        out = ns.out if len(names) == 1 else ns.out / name
+        plans.append((name, cfg, stage0, out))
     err = Console(stderr=True)
     quiet = ns.json or not sys.stderr.isatty()
     progress = Progress(
@@ -79,28 +111,47 @@ def run_command(ns: argparse.Namespace) -> int:
             tasks[job] = progress.add_task(text, total=None)
         progress.update(tasks[job], description=text)
 
-    t0 = time.time()
-    with progress:
-        results = run(
-            cfg,
-            ns.out,
-            stage0=stage0,
-            on_progress=on_progress,
-            log=(lambda m: None) if ns.json else (lambda m: err.print(m)),
-        )
-    if ns.json:
-        rows = {
-            k: {m: v[m] for m in ("id", "ood", "ood_seen", "ood_unseen")} for k, v in results["rows"].items()
-        }
-        print(
-            json.dumps(
-                {"out": str(ns.out), "rows": rows, "wall_seconds": results["wall_seconds"]}, sort_keys=True
+    for name, cfg, stage0, out in plans:
+        t0 = time.time()
+        with progress:
+            results = run(
+                cfg,
+                out,
+                stage0=stage0,
+                on_progress=on_progress,
+                log=(lambda m: None) if ns.json else (lambda m: err.print(m)),
             )
-        )
-    else:
-        err.print((ns.out / "results.md").read_text())
-        err.print(
-            f"wrote {ns.out}/results.json, results.md, figure.png, commands.md and checkpoints "
-            f"in {time.time() - t0:.0f} s"
-        )
+        if ns.json:
+            splits = experiments.get(name).splits
+            rows = {k: {m: v[m] for m in splits} for k, v in results["rows"].items()}
+            summary = {"out": str(out), "rows": rows, "wall_seconds": results["wall_seconds"]}
+            if len(plans) > 1:
+                summary["experiment"] = name
+            print(json.dumps(summary, sort_keys=True))
+        else:
+            err.print((out / "results.md").read_text())
+            err.print(
+                f"wrote {out}/results.json, results.md, figure.png, commands.md and checkpoints "
+                f"in {time.time() - t0:.0f} s"
+            )
     return 0
+
+
+def _experiments(experiment: str | None, modality: str | None) -> list[str]:
+    """The experiments to run from ``--experiment`` / its alias ``--modality``."""
+    from sftrl.repro.experiments import EXPERIMENTS, MODALITY_ALIAS
+
+    if modality is not None:
+        if modality not in MODALITY_ALIAS:
+            raise ValueError(f"--modality {modality}: choose language (gp-l-rule) or vision (gp-vl-visual)")
+        alias = MODALITY_ALIAS[modality]
+        if experiment is not None and experiment != alias:
+            raise ValueError(f"--modality {modality} means --experiment {alias}, not {experiment}")
+        return [alias]
+    if experiment is None:
+        return ["gp-l-rule"]
+    if experiment == "all":
+        return list(EXPERIMENTS)
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"--experiment {experiment}: unknown; choose from {', '.join(EXPERIMENTS)} or all")
+    return [experiment]

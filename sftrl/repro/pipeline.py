@@ -21,9 +21,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sftrl.repro.hands import Pools, make_pools
+from sftrl.repro import experiments
+from sftrl.repro.experiments import Experiment, RouteSets
+from sftrl.repro.hands import Pools
 
 ARMS: tuple[str, ...] = ("sft", "ppo", "grpo")
+ABLATIONS: tuple[str, ...] = ("rl-no-sft", "rl-verify1")
+"""rl-no-sft: PPO from the stage-0 model (no SFT warm start); rl-verify1: PPO trained with verify_iter 1."""
+RL_ARMS: tuple[str, ...] = ("ppo", "grpo", *ABLATIONS)
+ABLATION_COMPARISONS: tuple[tuple[str, str], ...] = (("rl-no-sft", "ppo"), ("rl-verify1", "ppo"))
 SPLITS: tuple[str, ...] = ("id", "ood", "ood_seen", "ood_unseen")
 COMPARISONS: tuple[tuple[str, str], ...] = (
     ("ppo", "sft"),
@@ -44,12 +50,16 @@ Report = Callable[[float, float, str], None]
 class ReproConfig:
     """Every knob of a run; ``quick()`` and ``full()`` are the two presets the CLI uses."""
 
+    experiment: str = "gp-l-rule"
+    ablations: tuple[str, ...] = ()
     seeds: int = 5
     workers: int = 2
     split_seed: int = 1234
     n_id_eval: int = 200
     n_ood_eval: int | None = None
-    """None: every rule-OOD multiset (796)."""
+    """None: every rule-OOD multiset (796); V-IRL: every route of the OOD split."""
+    virl_routes: int = 100
+    """V-IRL: routes of the id split (held-out ID routes + training routes) and of the OOD split."""
     verify_iter: int = 3
     max_new_tokens: int = 40
     # Stage 0 (only when no checkpoint is given or shipped): the shipped checkpoint's recipe.
@@ -77,11 +87,36 @@ class ReproConfig:
     temperature: float = 1.0
 
     @classmethod
-    def full(cls) -> ReproConfig:
-        return cls()
+    def full(cls, experiment: str = "gp-l-rule") -> ReproConfig:
+        exp = experiments.get(experiment)
+        if exp.env == "virl":
+            return cls(experiment=experiment, verify_iter=exp.verify_iter, n_id_eval=30)
+        return cls(experiment=experiment, verify_iter=exp.verify_iter)
 
     @classmethod
-    def quick(cls) -> ReproConfig:
+    def quick(cls, experiment: str = "gp-l-rule") -> ReproConfig:
+        exp = experiments.get(experiment)
+        if exp.env == "virl":
+            # Routes are multi-step episodes: fewer of them, a shorter id split to generate.
+            return replace(
+                cls._quick(),
+                experiment=experiment,
+                verify_iter=exp.verify_iter,
+                n_id_eval=6,
+                n_ood_eval=6,
+                virl_routes=16,
+                expert_episodes=12,
+                episodes_per_update=4,
+                group_size=2,
+                minibatch_size=16,
+                stage2_flops=2e10 if exp.modality == "vision" else 6e9,
+            )
+        if exp.modality == "vision":
+            return replace(cls._quick(), experiment=experiment, stage2_flops=1.2e10)
+        return cls._quick()
+
+    @classmethod
+    def _quick(cls) -> ReproConfig:
         return cls(
             seeds=1,
             workers=1,
@@ -109,22 +144,21 @@ def with_overrides(cfg: ReproConfig, **kw: Any) -> ReproConfig:
 # -- settings of each job (the same objects give the CLI commands in commands.md) ----------------
 
 
-def _env_options(cfg: ReproConfig, pool: Path, split: str = "id", by_index: bool = False) -> dict[str, Any]:
-    return {
-        "split": split,
-        "prompt_style": "compact",
-        "verify_iter": cfg.verify_iter,
-        "hand_pool": str(pool),
-        **({"pool_draw": "by_index"} if by_index else {}),
-    }
+def _env_options(
+    cfg: ReproConfig, pool: Path, split: str = "id", by_index: bool = False, verify_iter: int | None = None
+) -> dict[str, Any]:
+    exp = experiments.get(cfg.experiment)
+    return experiments.env_options(exp, verify_iter or cfg.verify_iter, pool, split, by_index)
 
 
 def eval_specs(cfg: ReproConfig, pools: dict[str, Path], sizes: dict[str, int]) -> list[str]:
-    """``--eval-env`` specs: every held-out ID multiset and every rule-OOD multiset, once each."""
+    """``--eval-env`` specs: every held-out ID and OOD item (GP: multiset, once each; V-IRL: one route
+    of the held-out file per fixed evaluation seed)."""
+    exp = experiments.get(cfg.experiment)
     out = []
-    for name, split, pool in (("id", "id", "id_eval"), ("ood", "rule-ood", "ood_eval")):
+    for name, split, pool in (("id", "id", "id_eval"), ("ood", exp.ood_split, "ood_eval")):
         opts = {**_env_options(cfg, pools[pool], split, by_index=True), "episodes": sizes[pool]}
-        out.append(f"{name}=gp:" + ",".join(f"{k}={v}" for k, v in opts.items()))
+        out.append(f"{name}={exp.env}:" + ",".join(f"{k}={v}" for k, v in opts.items()))
     return out
 
 
@@ -205,12 +239,15 @@ def sft_arm_config(cfg: ReproConfig, data: Path, warm: Path, out: Path, seed: in
 def rl_arm_config(
     cfg: ReproConfig, arm: str, pools: dict[str, Path], warm: Path, out: Path, seed: int, specs: list[str]
 ) -> Any:
+    """PPO / GRPO from ``warm``; the ablations are PPO with one change (``warm`` is the stage-0 model for
+    rl-no-sft; rl-verify1 trains with one attempt per episode, evaluated as every other arm)."""
     from sftrl.training.rl import RLConfig
     from sftrl.training.rl_train import RLRunConfig
 
+    exp = experiments.get(cfg.experiment)
     return RLRunConfig(
-        env="gp",
-        env_options=_env_options(cfg, pools["train"]),
+        env=exp.env,
+        env_options=_env_options(cfg, pools["train"], verify_iter=1 if arm == "rl-verify1" else None),
         model=str(warm),
         out=out,
         updates=10**6,  # the FLOP budget ends it
@@ -226,7 +263,7 @@ def rl_arm_config(
         eval_at_start=False,
         **_eval_options(cfg, specs),
         rl=RLConfig(
-            algo=arm,
+            algo="grpo" if arm == "grpo" else "ppo",
             lr=cfg.rl_lr,
             value_lr=cfg.value_lr,
             ppo_epochs=cfg.ppo_epochs,
@@ -387,7 +424,7 @@ def expert_dataset(cfg: ReproConfig, pools: dict[str, Path], out: Path) -> Path:
     if data.exists():
         return data
     values = {
-        "env": "gp",
+        "env": experiments.get(cfg.experiment).env,
         "policy": "expert",
         "episodes": cfg.expert_episodes,
         "seed": 1,
@@ -455,20 +492,25 @@ def run(
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    pools_obj = make_pools(cfg.n_id_eval, cfg.split_seed)
-    if cfg.n_ood_eval is not None:
-        import random
-
-        pick = sorted(random.Random(cfg.split_seed).sample(range(len(pools_obj.ood_eval)), cfg.n_ood_eval))
-        pools_obj = Pools(pools_obj.train, pools_obj.id_eval, tuple(pools_obj.ood_eval[i] for i in pick))
-    pools = pools_obj.write(out / "pools")
-    sizes = {"id_eval": len(pools_obj.id_eval), "ood_eval": len(pools_obj.ood_eval)}
+    exp = experiments.get(cfg.experiment)
+    unknown = set(cfg.ablations) - set(ABLATIONS)
+    if unknown:
+        raise ValueError(f"unknown ablation(s) {', '.join(sorted(unknown))}; known: {', '.join(ABLATIONS)}")
+    sets, pools, sizes = experiments.make_sets(
+        exp, cfg.n_id_eval, cfg.n_ood_eval, cfg.split_seed, cfg.virl_routes, out / "pools"
+    )
     specs = eval_specs(cfg, pools, sizes)
     commands: dict[str, list[str]] = {}
-    if stage0 is None:
-        log(f"stage 0: training a {cfg.model} char-level Llama from scratch for {cfg.stage0_steps} steps")
-        commands["stage 0"] = stage0_commands(cfg, out, specs)
-        stage0 = build_stage0(cfg, out, specs, lambda m: on_progress("stage0", 0, 1, f"stage 0: {m}"))
+    if exp.name == "gp-l-rule":
+        if stage0 is None:
+            log(f"stage 0: training a {cfg.model} char-level Llama from scratch for {cfg.stage0_steps} steps")
+            commands["stage 0"] = stage0_commands(cfg, out, specs)
+            stage0 = build_stage0(cfg, out, specs, lambda m: on_progress("stage0", 0, 1, f"stage 0: {m}"))
+    else:
+        # No stage-0 curriculum of these settings exists yet: a given model, or (--quick) an untrained one.
+        log(f"stage 0: {stage0 or 'an untrained ' + exp.model_kind + ' model (pipeline check only)'}")
+        commands["stage 0"] = experiments.stage0_command(exp, stage0, out, cfg.model)
+        stage0 = experiments.prepare_stage0(exp, stage0, out, cfg.model)
     stage0 = Path(stage0).resolve()
     log("stage 0: evaluating")
     stage0_eval = out / "stage0-eval"
@@ -482,21 +524,22 @@ def run(
         warm = out / f"seed{s}" / "warmstart"
         configs[f"stage1-{s}"] = stage1_config(cfg, data, stage0, warm, s, specs)
         configs[f"sft-{s}"] = sft_arm_config(cfg, data, warm, out / f"seed{s}" / "sft", s, specs)
-        for arm in ("ppo", "grpo"):
-            configs[f"{arm}-{s}"] = rl_arm_config(cfg, arm, pools, warm, out / f"seed{s}" / arm, s, specs)
+        for arm in ("ppo", "grpo", *cfg.ablations):
+            init = stage0 if arm == "rl-no-sft" else warm
+            configs[f"{arm}-{s}"] = rl_arm_config(cfg, arm, pools, init, out / f"seed{s}" / arm, s, specs)
     commands["evaluation of a model directory M"] = [
-        "agent run --policy hf --model M --temperature 0 --concurrency 64 --env gp "
+        f"agent run --policy hf --model M --temperature 0 --concurrency 64 --env {exp.env} "
         + " ".join(_spec_flags(spec))
         + f" --out M-eval/{spec.split('=')[0]}"
         for spec in specs
     ]
     for name, c in configs.items():
-        commands[name] = [rl_command(c) if name.split("-")[0] in ("ppo", "grpo") else sft_command(c)]
+        commands[name] = [rl_command(c) if _arm_of(name) in RL_ARMS else sft_command(c)]
     write_commands(out / "commands.md", commands)
 
     def job(name: str) -> Job:
         c = configs[name]
-        fn = rl_job if name.split("-")[0] in ("ppo", "grpo") else sft_job
+        fn = rl_job if _arm_of(name) in RL_ARMS else sft_job
         return (name, fn, (c, name))
 
     _run_jobs(
@@ -504,16 +547,23 @@ def run(
         cfg.workers,
         on_progress,
         then=lambda name: (
-            [job(f"{arm}-{name.split('-')[1]}") for arm in ARMS] if name.startswith("stage1-") else []
+            [job(f"{arm}-{name.split('-')[1]}") for arm in (*ARMS, *cfg.ablations)]
+            if name.startswith("stage1-")
+            else []
         ),
     )
-    results = summarize(cfg, pools_obj, out, seeds)
+    results = summarize(cfg, sets, out, seeds)
     results["wall_seconds"] = time.time() - t0
     results["stage0_checkpoint"] = str(stage0)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "results.md").write_text(markdown(results))
     plot(results, out / "figure.png")
     return results
+
+
+def _arm_of(job: str) -> str:
+    """``rl-no-sft-3`` -> ``rl-no-sft`` (job names are ARM-SEED)."""
+    return job.rsplit("-", 1)[0]
 
 
 def _spec_flags(spec: str) -> list[str]:
@@ -569,8 +619,9 @@ def _outcomes(run_dir: Path) -> tuple[list[int], list[int]]:
     return success, first
 
 
-def _evals(run: Path) -> list[dict[str, Any]]:
-    """Each evaluation point of a training run: flops and per-hand outcomes per split."""
+def _evals(run: Path, metrics: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Each evaluation point of a training run: flops, per-item outcomes per split, and the run
+    summary's ``metrics`` (e.g. step_accuracy) per split, as the evaluation logged them."""
     from sftrl.training.evaluation import read_evals
 
     points = []
@@ -580,22 +631,32 @@ def _evals(run: Path) -> list[dict[str, Any]]:
             success, first = _outcomes(Path(row[name]["out"]))
             point[name] = success
             point[f"{name}_first"] = first
+            for m in metrics:
+                point[f"{name}_{m}"] = float(row[name].get(m) or 0.0)
         points.append(point)
     return points
 
 
-def _split_means(point: dict[str, Any], seen: list[bool]) -> dict[str, float]:
+def _split_means(
+    point: dict[str, Any], seen: list[bool] | None, metrics: Sequence[str] = ()
+) -> dict[str, float]:
+    """Mean success per split (``seen`` None: no seen/unseen OOD split) plus the extra metrics."""
     ood = point["ood"]
-    s_seen = [x for x, m in zip(ood, seen, strict=True) if m]
-    s_unseen = [x for x, m in zip(ood, seen, strict=True) if not m]
-    return {
+    out = {
         "id": sum(point["id"]) / len(point["id"]),
         "ood": sum(ood) / len(ood),
-        "ood_seen": sum(s_seen) / max(len(s_seen), 1),
-        "ood_unseen": sum(s_unseen) / max(len(s_unseen), 1),
-        "id_first": sum(point["id_first"]) / len(point["id_first"]),
-        "ood_first": sum(point["ood_first"]) / len(point["ood_first"]),
     }
+    if seen is not None:
+        s_seen = [x for x, m in zip(ood, seen, strict=True) if m]
+        s_unseen = [x for x, m in zip(ood, seen, strict=True) if not m]
+        out["ood_seen"] = sum(s_seen) / max(len(s_seen), 1)
+        out["ood_unseen"] = sum(s_unseen) / max(len(s_unseen), 1)
+    out["id_first"] = sum(point["id_first"]) / len(point["id_first"])
+    out["ood_first"] = sum(point["ood_first"]) / len(point["ood_first"])
+    for m in metrics:
+        for name in ("id", "ood"):
+            out[f"{name}_{m}"] = point[f"{name}_{m}"]
+    return out
 
 
 def _bootstrap(per_hand: Sequence[float], n_boot: int = 4000, seed: int = 0) -> tuple[float, float]:
@@ -634,30 +695,41 @@ def seed_test(diffs: Sequence[float]) -> dict[str, Any]:
     return out
 
 
-def summarize(cfg: ReproConfig, pools: Pools, out: Path, seeds: list[int]) -> dict[str, Any]:
-    seen = pools.ood_seen()
-    stage0_pts = _evals(out / "stage0-eval")
+def summarize(cfg: ReproConfig, pools: Pools | RouteSets, out: Path, seeds: list[int]) -> dict[str, Any]:
+    exp = experiments.get(cfg.experiment)
+    splits = exp.splits
+    metrics = exp.extra_metrics
+    seen = pools.ood_seen() if isinstance(pools, Pools) and "ood_seen" in splits else None
+    arms = (*ARMS, *cfg.ablations)
+    stage0_pts = _evals(out / "stage0-eval", metrics)
     # final[checkpoint][seed] = the evaluation point at the end of that run
     final: dict[str, list[dict[str, Any]]] = {"stage0": [stage0_pts[-1]]}
     curves: dict[str, list[list[dict[str, float]]]] = {}
     train_logs: dict[str, Any] = {}
-    for name in ("warmstart", *ARMS):
+    for name in ("warmstart", *arms):
         final[name] = []
         for s in seeds:
-            pts = _evals(out / f"seed{s}" / name)
+            pts = _evals(out / f"seed{s}" / name, metrics)
             final[name].append(pts[-1])
-            if name in ARMS:
-                warm = _evals(out / f"seed{s}" / "warmstart")[-1]
+            if name in arms:
+                # x = 0 of an arm is the model it starts from: the warm start, or stage 0 for rl-no-sft.
+                start = stage0_pts if name == "rl-no-sft" else _evals(out / f"seed{s}" / "warmstart", metrics)
                 curves.setdefault(name, []).append(
-                    [{"flops": p["flops"], **_split_means(p, seen)} for p in [{**warm, "flops": 0.0}, *pts]]
+                    [
+                        {"flops": p["flops"], **_split_means(p, seen, metrics)}
+                        for p in [{**start[-1], "flops": 0.0}, *pts]
+                    ]
                 )
-                metrics = out / f"seed{s}" / name / "metrics.jsonl"
-                if metrics.exists():
-                    train_logs[f"{name}-{s}"] = [json.loads(x) for x in metrics.read_text().splitlines() if x]
+                log_file = out / f"seed{s}" / name / "metrics.jsonl"
+                if log_file.exists():
+                    train_logs[f"{name}-{s}"] = [
+                        json.loads(x) for x in log_file.read_text().splitlines() if x
+                    ]
 
     def per_hand(name: str, split: str) -> list[float]:
         runs = final[name]
         if split in ("ood_seen", "ood_unseen"):
+            assert seen is not None
             want = split == "ood_seen"
             cols = [i for i, m in enumerate(seen) if m == want]
             return [sum(r["ood"][i] for r in runs) / len(runs) for i in cols]
@@ -666,18 +738,23 @@ def summarize(cfg: ReproConfig, pools: Pools, out: Path, seeds: list[int]) -> di
     rows: dict[str, dict[str, Any]] = {}
     for name, runs in final.items():
         row: dict[str, Any] = {"n_seeds": len(runs)}
-        for split in SPLITS:
+        for split in splits:
             means = per_hand(name, split)
             row[split] = sum(means) / max(len(means), 1)
             row[f"{split}_ci"] = _bootstrap(means)
             row[f"{split}_per_seed"] = [_split_means(r, seen)[split] for r in runs]
         for split in ("id_first", "ood_first"):
             row[split] = sum(_split_means(r, seen)[split] for r in runs) / len(runs)
+        for m in metrics:
+            for split in ("id", "ood"):
+                per_seed = [r[f"{split}_{m}"] for r in runs]
+                row[f"{split}_{m}"] = sum(per_seed) / len(per_seed)
+                row[f"{split}_{m}_per_seed"] = per_seed
         row["flops_per_seed"] = [r["flops"] for r in runs]
         rows[name] = row
     paired: dict[str, dict[str, Any]] = {}
-    for a, b in COMPARISONS:
-        for split in SPLITS:
+    for a, b in _comparisons(cfg):
+        for split in splits:
             da, db = per_hand(a, split), per_hand(b, split)
             diff = [x - y for x, y in zip(da, db, strict=True)]
             entry: dict[str, Any] = {"diff": sum(diff) / max(len(diff), 1), "ci": _bootstrap(diff)}
@@ -685,12 +762,16 @@ def summarize(cfg: ReproConfig, pools: Pools, out: Path, seeds: list[int]) -> di
                 sa, sb = rows[a][f"{split}_per_seed"], rows[b][f"{split}_per_seed"]
                 entry["seed_level"] = seed_test([x - y for x, y in zip(sa, sb, strict=True)])
             paired[f"{a}-{b}/{split}"] = entry
+    n_eval = {"id": len(pools.id_eval), "ood": len(pools.ood_eval)}
+    if seen is not None:
+        n_eval["ood_seen"] = sum(seen)
     return {
+        "experiment": exp.name,
         "config": asdict(cfg),
         "seeds": seeds,
-        "n_eval": {"id": len(pools.id_eval), "ood": len(pools.ood_eval), "ood_seen": sum(seen)},
-        "n_train_multisets": len(pools.train),
-        "primary_endpoint": "rl - sft rule-OOD success (within the attempts) at the final budget",
+        "n_eval": n_eval,
+        "n_train_multisets" if exp.env == "gp" else "n_train_routes": len(pools.train),
+        "primary_endpoint": f"rl - sft {_ood_word(exp)} success (within the attempts) at the final budget",
         "rows": rows,
         "paired": paired,
         "curves": curves,
@@ -698,8 +779,16 @@ def summarize(cfg: ReproConfig, pools: Pools, out: Path, seeds: list[int]) -> di
     }
 
 
+def _comparisons(cfg: ReproConfig) -> tuple[tuple[str, str], ...]:
+    return COMPARISONS + tuple(c for c in ABLATION_COMPARISONS if c[0] in cfg.ablations)
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
+
+
+def _ood_word(exp: Experiment) -> str:
+    return "rule-OOD" if exp.ood_split == "rule-ood" else "visual-OOD"
 
 
 NAMES = {
@@ -708,7 +797,10 @@ NAMES = {
     "sft": "stage 2a: + SFT",
     "ppo": "stage 2b: + RL (PPO)",
     "grpo": "stage 2b': + RL (GRPO)",
+    "rl-no-sft": "ablation: PPO from stage 0 (no SFT)",
+    "rl-verify1": "ablation: PPO, verify_iter 1",
 }
+METRIC_NAMES = {"step_accuracy": "step acc.", "recognition_accuracy": "recognition"}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -716,16 +808,36 @@ def markdown(results: dict[str, Any]) -> str:
     rows = results["rows"]
     cfg = results["config"]
     n = results["n_eval"]
+    exp = experiments.get(results.get("experiment", "gp-l-rule"))
+    splits, metrics, ood = exp.splits, exp.extra_metrics, _ood_word(exp)
+    if exp.name == "gp-l-rule":
+        intro = (
+            f"Seeds: {results['seeds']}; held-out hands: ID {n['id']}, rule-OOD {n['ood']} "
+            f"({n['ood_seen']} of them seen in training under J/Q/K = 10); {cfg['verify_iter']} attempts "
+            "per episode (greedy). "
+        )
+        header = "| checkpoint | ID | rule-OOD | OOD seen | OOD unseen | ID 1st | OOD 1st | per-seed OOD |"
+    else:
+        item = "hands" if exp.env == "gp" else "episodes (routes of the held-out files)"
+        intro = (
+            f"{exp.title} ({exp.name}); seeds: {results['seeds']}; held-out {item}: ID {n['id']}, {ood} "
+            f"{n['ood']}; {cfg['verify_iter']} attempts per step (greedy). "
+        )
+        extra = "".join(f" ID {METRIC_NAMES[m]} | OOD {METRIC_NAMES[m]} |" for m in metrics)
+        header = f"| checkpoint | ID | {ood} | ID 1st | OOD 1st |{extra} per-seed OOD |"
     lines = [
-        f"Seeds: {results['seeds']}; held-out hands: ID {n['id']}, rule-OOD {n['ood']} ({n['ood_seen']} of "
-        f"them seen in training under J/Q/K = 10); {cfg['verify_iter']} attempts per episode (greedy). "
-        f"Stage-2 budget per arm: {cfg['stage2_flops']:.3g} training FLOPs. Success rates in %, mean over "
-        "seeds, 95% bootstrap interval over hands in brackets.",
+        intro + f"Stage-2 budget per arm: {cfg['stage2_flops']:.3g} training FLOPs. Success rates in %, mean "
+        "over seeds, 95% bootstrap interval over hands in brackets."
+        if exp.name == "gp-l-rule"
+        else intro + f"Stage-2 budget per arm: {cfg['stage2_flops']:.3g} training FLOPs. Success rates and "
+        "metrics in %, mean over seeds, 95% bootstrap interval over held-out items in brackets.",
         "",
-        "| checkpoint | ID | rule-OOD | OOD seen | OOD unseen | ID 1st | OOD 1st | per-seed OOD |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        header,
+        "|" + " --- |" * (header.count("|") - 1),
     ]
     for key, label in NAMES.items():
+        if key not in rows:
+            continue
         r = rows[key]
 
         def cell(name: str, r: dict[str, Any] = r) -> str:
@@ -733,22 +845,26 @@ def markdown(results: dict[str, Any]) -> str:
             return f"{_pct(r[name])} [{_pct(lo)}, {_pct(hi)}]"
 
         per_ood = ", ".join(_pct(x) for x in r["ood_per_seed"])
-        lines.append(
-            f"| {label} | {cell('id')} | {cell('ood')} | {cell('ood_seen')} | {cell('ood_unseen')} "
-            f"| {_pct(r['id_first'])} | {_pct(r['ood_first'])} | {per_ood} |"
-        )
+        cells = [cell(split) for split in splits] + [_pct(r["id_first"]), _pct(r["ood_first"])]
+        cells += [_pct(r[f"{split}_{m}"]) for m in metrics for split in ("id", "ood")]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {per_ood} |")
     lines += [
         "",
         "Paired differences in percentage points. Hand level: per-hand success averaged over seeds, "
         "95% bootstrap interval over hands. Seed level: mean of per-seed differences, 95% t-interval, "
         "exact two-sided sign-flip p-value.",
         "",
-        "| comparison | ID (hands) | rule-OOD (hands) | OOD seen | OOD unseen | rule-OOD (seeds) |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for a, b in COMPARISONS:
+    if exp.name == "gp-l-rule":
+        lines += [
+            "| comparison | ID (hands) | rule-OOD (hands) | OOD seen | OOD unseen | rule-OOD (seeds) |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+    else:
+        lines += [f"| comparison | ID (items) | {ood} (items) | {ood} (seeds) |", "| --- | --- | --- | --- |"]
+    for a, b in _comparisons_of(results):
         cells = []
-        for split in SPLITS:
+        for split in splits:
             p = results["paired"][f"{a}-{b}/{split}"]
             cells.append(f"{100 * p['diff']:+.1f} [{100 * p['ci'][0]:+.1f}, {100 * p['ci'][1]:+.1f}]")
         sl = results["paired"][f"{a}-{b}/ood"].get("seed_level")
@@ -761,24 +877,41 @@ def markdown(results: dict[str, Any]) -> str:
             seed_cell = f"{100 * sl['mean']:+.1f} (1 seed)"
         else:
             seed_cell = "—"
-        lines.append(f"| {a} − {b} | " + " | ".join(cells[:1] + cells[1:]) + f" | {seed_cell} |")
+        lines.append(f"| {a} − {b} | " + " | ".join(cells) + f" | {seed_cell} |")
     return "\n".join(lines) + "\n"
 
 
+def _comparisons_of(results: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (a, b) for a, b in (*COMPARISONS, *ABLATION_COMPARISONS) if f"{a}-{b}/ood" in results["paired"]
+    )
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Success vs stage-2 training FLOPs, ID and rule-OOD panels, one line per arm (thin: seeds, thick:
-    mean; x = 0 is the warm start; dashed: the stage-0 model)."""
+    """Success vs stage-2 training FLOPs, ID and OOD panels, one line per arm (thin: seeds, thick:
+    mean; x = 0 is the arm's starting model; dashed: the stage-0 model)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"sft": "tab:red", "ppo": "tab:blue", "grpo": "tab:green"}
-    labels = {"sft": "SFT", "ppo": "RL (PPO)", "grpo": "RL (GRPO)"}
+    exp = experiments.get(results.get("experiment", "gp-l-rule"))
+    colors = {
+        "sft": "tab:red",
+        "ppo": "tab:blue",
+        "grpo": "tab:green",
+        "rl-no-sft": "tab:purple",
+        "rl-verify1": "tab:orange",
+    }
+    labels = {
+        "sft": "SFT",
+        "ppo": "RL (PPO)",
+        "grpo": "RL (GRPO)",
+        "rl-no-sft": "PPO, no SFT",
+        "rl-verify1": "PPO, verify 1",
+    }
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (key, title) in zip(
-        axes, (("id", "In-distribution (J/Q/K = 10)"), ("ood", "Rule OOD (J/Q/K = 11/12/13)")), strict=True
-    ):
+    for ax, (key, title) in zip(axes, (("id", exp.id_label), ("ood", exp.ood_label)), strict=True):
         for arm, runs in results["curves"].items():
             for run_pts in runs:
                 ax.plot(
@@ -798,7 +931,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("stage-2 training compute (FLOPs)")
         ax.set_ylabel(f"success within {results['config']['verify_iter']} attempts (%)")
         ax.legend(fontsize=8)
-    fig.suptitle(f"GP-L, {len(results['seeds'])} seed(s): SFT vs RL from the same warm start")
+    fig.suptitle(f"{exp.title}, {len(results['seeds'])} seed(s): SFT vs RL from the same warm start")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
