@@ -245,13 +245,6 @@ def _shell_split(text: str) -> list[str]:
     return shlex.split(text)
 
 
-def test_repro_rejects_vision_until_it_exists(capsys: pytest.CaptureFixture[str]) -> None:
-    from sftrl.cli import main
-
-    assert main(["repro", "--modality", "vision", "--quick"]) == 2
-    assert "only 'language'" in capsys.readouterr().err
-
-
 def test_compact_expert_and_curriculum_prefer_formulas_in_hand_order() -> None:
     from sftrl.environments.generalpoints.solver import solve
 

@@ -109,7 +109,7 @@ class ReproConfig:
                 episodes_per_update=4,
                 group_size=2,
                 minibatch_size=16,
-                stage2_flops=2e10 if exp.modality == "vision" else 6e9,
+                stage2_flops=1.2e10 if exp.modality == "vision" else 6e9,
             )
         if exp.modality == "vision":
             return replace(cls._quick(), experiment=experiment, stage2_flops=1.2e10)
@@ -615,7 +615,8 @@ def _outcomes(run_dir: Path) -> tuple[list[int], list[int]]:
     if any(r.error for r in records):
         raise RuntimeError(f"{run_dir}: evaluation episodes ended in errors")
     success = [int(r.success) for r in records]
-    first = [int(bool(r.turns) and r.turns[0].verdict.correct) for r in records]
+    # Solved without a failed attempt (GP: the first attempt; V-IRL: no retry at any step).
+    first = [int(r.success and all(t.attempt == 0 for t in r.turns)) for r in records]
     return success, first
 
 
@@ -852,7 +853,11 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "Paired differences in percentage points. Hand level: per-hand success averaged over seeds, "
         "95% bootstrap interval over hands. Seed level: mean of per-seed differences, 95% t-interval, "
-        "exact two-sided sign-flip p-value.",
+        "exact two-sided sign-flip p-value."
+        if exp.env == "gp"
+        else "Paired differences in percentage points. Item level: per-episode success (the same route and "
+        "seed for every checkpoint) averaged over seeds, 95% bootstrap interval over items. Seed level: "
+        "mean of per-seed differences, 95% t-interval, exact two-sided sign-flip p-value.",
         "",
     ]
     if exp.name == "gp-l-rule":
