@@ -1,7 +1,6 @@
-"""Small-scale CPU reproduction of "SFT Memorizes, RL Generalizes" on GeneralPoints (`agent repro`).
+"""Small-scale CPU reproduction of "SFT Memorizes, RL Generalizes" (`agent repro`): only the recipe.
 
-Modules: ``codec`` (fixed-width character encoding), ``data`` (stage-0 curriculum, expert GP episodes,
-held-out evaluation sets), ``model`` (tiny decoder with KV-cached sampling), ``rollout`` (sequential
-revision against the project's GP verifier), ``train`` (SFT, PPO, GRPO with FLOP accounting) and
-``pipeline`` (the whole experiment, results table and figure).
+Modules: ``experiments`` (the four settings: envs, held-out sets, model kind, extra metrics), ``hands``
+(GP hand pools), ``stage0`` (the GP-L stage-0 curriculum dataset), ``pipeline`` (the stages on the
+framework's own commands, statistics, results and figure) and ``command`` (the CLI).
 """

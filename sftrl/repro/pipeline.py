@@ -1,4 +1,5 @@
-"""The `agent repro` recipe: stage 0 -> SFT warm start -> matched-compute SFT / PPO / GRPO on GP-L.
+"""The `agent repro` recipe: stage 0 -> SFT warm start -> matched-compute SFT / PPO / GRPO, on GP-L
+or another setting of :mod:`sftrl.repro.experiments` (V-IRL-L, GP-VL, V-IRL-VL), plus ablation arms.
 
 Every stage is the framework's own code: the char-level Llama of ``agent tiny-model --kind char``,
 datasets in ``agent data sft`` format, ``agent train sft`` (TRL) and ``agent train rl`` (the project's
