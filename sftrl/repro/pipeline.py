@@ -110,7 +110,7 @@ class ReproConfig:
                 episodes_per_update=4,
                 group_size=2,
                 minibatch_size=16,
-                stage2_flops=1.2e10 if exp.modality == "vision" else 6e9,
+                stage2_flops=8e9 if exp.modality == "vision" else 6e9,
             )
         if exp.modality == "vision":
             return replace(cls._quick(), experiment=experiment, stage2_flops=1.2e10)
