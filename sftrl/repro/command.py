@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stage0",
         type=Path,
         default=None,
-        help="stage-0 model directory (default: the shipped one; --quick and --from-scratch train one)",
+        help="stage-0 model directory (GP-L default: the shipped one; --quick and --from-scratch train one; "
+        "other settings: required unless --quick, which uses an untrained tiny model)",
     )
     parser.add_argument("--from-scratch", action="store_true", help="train stage 0 too instead of loading it")
     parser.add_argument(
