@@ -212,3 +212,11 @@ def test_agent_repro_quick_gp_l_with_both_ablations(
     assert "| ablation: PPO from stage 0 (no SFT) |" in table and "| rl-verify1 − ppo |" in table
     rollouts = _episodes(out / "seed0" / "rl-verify1" / "rollouts")
     assert rollouts and all(len(e["turns"]) == 1 for e in rollouts)  # one attempt per training episode
+
+
+def test_modality_is_an_alias_and_all_runs_every_setting() -> None:
+    from sftrl.repro.command import _experiments
+
+    assert _experiments(None, None) == ["gp-l-rule"] == _experiments(None, "language")
+    assert _experiments("gp-vl-visual", "vision") == ["gp-vl-visual"]
+    assert _experiments("all", None) == ["gp-l-rule", "virl-l-rule", "gp-vl-visual", "virl-vl-visual"]
