@@ -31,7 +31,6 @@ ABLATIONS: tuple[str, ...] = ("rl-no-sft", "rl-verify1")
 """rl-no-sft: PPO from the stage-0 model (no SFT warm start); rl-verify1: PPO trained with verify_iter 1."""
 RL_ARMS: tuple[str, ...] = ("ppo", "grpo", *ABLATIONS)
 ABLATION_COMPARISONS: tuple[tuple[str, str], ...] = (("rl-no-sft", "ppo"), ("rl-verify1", "ppo"))
-SPLITS: tuple[str, ...] = ("id", "ood", "ood_seen", "ood_unseen")
 COMPARISONS: tuple[tuple[str, str], ...] = (
     ("ppo", "sft"),
     ("grpo", "sft"),
