@@ -174,9 +174,10 @@ def _sft_config(
 
     shared = {
         "batch_size": cfg.batch_size,
-        # No length grouping: its batches are each nearly one item kind and revision depth, and the
-        # stage-0 model then learned ~2.5x worse per step (docs/repro.md, the 800-step A/B).
-        "group_by_length": False,
+        # Batches of one conversation depth, kinds mixed: as good per step as random batches and about
+        # half their padding; length grouping (one kind per batch) learned several-fold slower
+        # (docs/repro.md, the 800-step A/B).
+        "batch_groups": "turns",
         "save_steps": 10**6,
         "evaluate": False,
         "eval_at_start": False,
