@@ -203,12 +203,26 @@ def build_char_model(
     """A random-weight character-level Llama (``hidden``/``heads`` >= 32 keeps vLLM's CPU kernels
     usable) with :func:`char_tokenizer`, saved with ``save_pretrained``."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     out = _empty_out(out, overwrite)
     torch.manual_seed(seed)
     tokenizer = char_tokenizer(max_positions)
-    config = LlamaConfig(
+    model = LlamaForCausalLM(char_llama_config(tokenizer, hidden, layers, heads, intermediate, max_positions))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def char_llama_config(
+    tokenizer: Any, hidden: int, layers: int, heads: int, intermediate: int | None, max_positions: int
+) -> Any:
+    """The decoder config of the char models (``char`` and the text tower of ``char-vision``)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=intermediate or 4 * hidden,
@@ -221,12 +235,6 @@ def build_char_model(
         bos_token_id=None,
         tie_word_embeddings=True,
     )
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def _empty_out(out: Path | str, overwrite: bool) -> Path:

@@ -28,7 +28,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sftrl.agents.tiny import TinyModelError, _empty_out, char_chat_template, char_tokenizer
+from sftrl.agents.tiny import (
+    TinyModelError,
+    _empty_out,
+    char_chat_template,
+    char_llama_config,
+    char_tokenizer,
+)
 
 IMAGE_TOKEN = "<image>"
 IMAGE_SIZE = 64
@@ -60,7 +66,6 @@ def build_char_vision_model(
     import torch
     from transformers import (
         CLIPVisionConfig,
-        LlamaConfig,
         LlamaForCausalLM,
         LlavaConfig,
         LlavaForConditionalGeneration,
@@ -81,19 +86,7 @@ def build_char_vision_model(
     tokenizer = char_tokenizer(max_positions, extra_special_tokens=(IMAGE_TOKEN,))
     template = char_chat_template(IMAGE_TOKEN)
     tokenizer.chat_template = template
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=intermediate or 4 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=max_positions,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=True,
-    )
+    text = char_llama_config(tokenizer, hidden, layers, heads, intermediate, max_positions)
     vision = CLIPVisionConfig(
         hidden_size=vision_hidden,
         intermediate_size=4 * vision_hidden,
