@@ -1,18 +1,23 @@
-"""Does RL raise GP-L reward on a tiny CPU model from an SFT warm start?  Prints the curve, saves a PNG.
+"""Does the user's path teach a model GP-L?  The README's training block at full size; table + PNG.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_gp.py [--algo ppo|grpo] [--updates 30]
-[--out benchmarks/results/rl_gp]``. Every stage is the user's own command (``agent …`` in process):
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_gp.py [--algo ppo|grpo] [--updates 40]
+[--out benchmarks/results/rl_gp]``. Every stage is the user's own command (``agent …`` in process),
+the same commands as the README's quick tour shows:
 
-1. ``agent tiny-model`` — a tiny random-weight text model (offline);
-2. ``agent run --policy expert`` — expert GP-L episodes, ``agent data sft`` — the SFT dataset;
-3. ``agent train sft`` — a short warm start, which teaches the answer format only partly;
-4. ``agent run --policy hf`` — a fixed, seeded evaluation of the warm start (before RL);
-5. ``agent train rl`` — online RL with the verifier's rewards (sequential revision included);
-6. the same evaluation of the RL model.
+1. ``agent tiny-model --kind stage0`` — the shipped GP-L stage-0 char Llama (trained on a curriculum
+   of make-target-T tasks, never on 24; ``sftrl/repro/data/stage0/README.md``);
+2. ``agent run --policy expert --policy-option mistakes=0.3`` on compact GP-L prompts (3 attempts,
+   the expert errs on purpose 30% of the time, so the logs hold revisions), ``agent data sft
+   --chains full`` — demonstrations with the verifier's feedback turns;
+3. ``agent train sft`` — the SFT warm start (300 steps of 64, lr 5e-4 cosine, turn-grouped batches);
+4. ``agent train rl`` — online PPO (or GRPO) with the verifier's rewards, 64 episodes per update,
+   evaluated greedily before the first update and every ``--eval-every`` updates on the same fixed
+   seeds of the ID split and of the rule-OOD split (J/Q/K = 11/12/13).
 
-The printed table is the per-update training curve (reward of the episodes each update collected)
-plus before/after evaluation on the same seeds; the PNG plots both. Numbers vary with the machine's
-thread timing only through wall time: every stage is seeded.
+Prints the evaluation curve (success within 3 attempts, first-attempt success, reward, both splits),
+the paired before/after differences over the same hands (bootstrap 95% CI) and the wall time of each
+stage; saves ``rl_gp_<algo>.png`` and ``rl_gp_<algo>.json``. Every stage is seeded; a rerun in the
+same ``--out`` reuses finished stages.
 """
 
 from __future__ import annotations
@@ -34,92 +39,75 @@ def _agent(*args: str) -> None:
         raise SystemExit(f"`agent {' '.join(args)}` failed with exit status {rc}")
 
 
-def _evaluate(model: Path, out: Path, episodes: int, max_new_tokens: int, verify_iter: int) -> dict:
-    from sftrl.agents.metrics import summarize
-    from sftrl.agents.trajectory import read_episodes
-
-    if not (out / "episodes.jsonl").exists():
-        _agent(
-            "run", "--env", "gp", "--policy", "hf", "--model", str(model), "--episodes", str(episodes),
-            "--seed", "12345", "--sampling-seed", "1", "--max-new-tokens", str(max_new_tokens),
-            "--verify-iter", str(verify_iter), "--concurrency", "8", "--out", str(out), "--quiet",
-        )  # fmt: skip
-    return summarize(read_episodes(out))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--algo", choices=("grpo", "ppo"), default="ppo")
-    ap.add_argument("--updates", type=int, default=30)
-    ap.add_argument("--episodes-per-update", type=int, default=16)
-    ap.add_argument("--group-size", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--updates", type=int, default=40)
+    ap.add_argument("--episodes-per-update", type=int, default=64)
+    ap.add_argument("--group-size", type=int, default=8, help="GRPO group size")
+    ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--expert-episodes", type=int, default=40_000)
     ap.add_argument("--sft-steps", type=int, default=300)
-    ap.add_argument("--sft-lr", type=float, default=3e-3)
-    ap.add_argument("--verify-iter", type=int, default=2, help="attempts per episode (sequential revision)")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--eval-episodes", type=int, default=64)
+    ap.add_argument("--sft-lr", type=float, default=5e-4)
+    ap.add_argument("--eval-episodes", type=int, default=200, help="episodes per split per evaluation")
+    ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/rl_gp"))
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    env = ["--env", "gp", "--prompt-style", "compact", "--verify-iter", "3"]
     t0 = time.perf_counter()
     stage_s: dict[str, float] = {}
 
-    def stage(name: str, start: float) -> None:
-        stage_s[name] = time.perf_counter() - start
-
     s = time.perf_counter()
-    if not (out / "tiny" / "config.json").exists():
-        _agent("tiny-model", "--kind", "text", "--out", str(out / "tiny"), "--overwrite")
+    if not (out / "stage0" / "config.json").exists():
+        _agent("tiny-model", "--kind", "stage0", "--out", str(out / "stage0"), "--overwrite")
     if not (out / "expert" / "episodes.jsonl").exists():
-        _agent("run", "--env", "gp", "--policy", "expert", "--episodes", "400", "--out", str(out / "expert"),
+        _agent("run", *env, "--policy", "expert", "--policy-option", "mistakes=0.3", "--episodes",
+               str(args.expert_episodes), "--concurrency", "64", "--out", str(out / "expert"),
                "--quiet")  # fmt: skip
     if not (out / "data").exists():
-        _agent("data", "sft", str(out / "expert"), "--out", str(out / "data"))
-    stage("data", s)
+        _agent("data", "sft", str(out / "expert"), "--chains", "full", "--out", str(out / "data"))
+    stage_s["data"] = time.perf_counter() - s
     s = time.perf_counter()
     if not (out / "sft" / "config.json").exists():
-        _agent("train", "sft", "--data", str(out / "data"), "--model", str(out / "tiny"), "--out",
+        _agent("train", "sft", "--data", str(out / "data"), "--model", str(out / "stage0"), "--out",
                str(out / "sft"), "--max-steps", str(args.sft_steps), "--lr", str(args.sft_lr),
-               "--batch-size", "16")  # fmt: skip
-    stage("sft", s)
-    s = time.perf_counter()
-    before = _evaluate(
-        out / "sft", out / "eval-sft", args.eval_episodes, args.max_new_tokens, args.verify_iter
-    )
-    stage("eval before", s)
+               "--lr-scheduler", "cosine", "--batch-size", "64", "--batch-groups", "turns",
+               "--no-evaluate")  # fmt: skip
+    stage_s["sft"] = time.perf_counter() - s
     rl_dir = out / f"rl-{args.algo}"
     s = time.perf_counter()
     if not (rl_dir / "config.json").exists():
         _agent(
-            "train", "rl", "--env", "gp", "--model", str(out / "sft"), "--out", str(rl_dir),
-            "--algo", args.algo,
+            "train", "rl", *env, "--model", str(out / "sft"), "--out", str(rl_dir), "--algo", args.algo,
             "--max-steps", str(args.updates), "--episodes-per-update", str(args.episodes_per_update),
-            "--group-size", str(args.group_size), "--lr", str(args.lr), "--max-new-tokens",
-            str(args.max_new_tokens), "--verify-iter", str(args.verify_iter), "--concurrency", "8",
-            "--save-every", str(args.updates),
+            "--group-size", str(args.group_size if args.algo == "grpo" else 1), "--concurrency", "64",
+            "--lr", str(args.lr), "--max-new-tokens", "40", "--save-every", str(args.updates),
+            "--eval-env", "id=gp:prompt_style=compact,verify_iter=3",
+            "--eval-env", "ood=gp:split=rule-ood,prompt_style=compact,verify_iter=3",
+            "--eval-episodes", str(args.eval_episodes), "--eval-every", str(args.eval_every),
+            "--eval-max-new-tokens", "40", "--quiet",
         )  # fmt: skip
-    stage("rl", s)
-    s = time.perf_counter()
-    after = _evaluate(
-        rl_dir, out / f"eval-{args.algo}", args.eval_episodes, args.max_new_tokens, args.verify_iter
-    )
-    stage("eval after", s)
+    stage_s["rl (with evaluations)"] = time.perf_counter() - s
+    evals = [json.loads(line) for line in (rl_dir / "eval.jsonl").read_text().splitlines() if line]
     curve = [json.loads(line) for line in (rl_dir / "metrics.jsonl").read_text().splitlines() if line]
+    _report(args, evals, curve, stage_s, time.perf_counter() - t0, out)
+
+
+def _paired(first: dict, last: dict, split: str) -> dict:
     from sftrl.agents.metrics import paired_difference
     from sftrl.agents.trajectory import read_episodes
 
-    paired = paired_difference(read_episodes(out / "eval-sft"), read_episodes(out / f"eval-{args.algo}"))
-    _report(args, curve, before, after, paired, stage_s, time.perf_counter() - t0, out)
+    return paired_difference(
+        read_episodes(Path(first[split]["out"])), read_episodes(Path(last[split]["out"]))
+    )
 
 
 def _report(
     args: argparse.Namespace,
+    evals: list[dict],
     curve: list[dict],
-    before: dict,
-    after: dict,
-    paired: dict,
     stage_s: dict[str, float],
     total_s: float,
     out: Path,
@@ -132,60 +120,70 @@ def _report(
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"GP-L, tiny text model, online {args.algo.upper()} from an SFT warm start")
-    for col in ("update", "reward", "success", "entropy", "policy loss", "logprob gap", "s"):
+    algo = args.algo.upper()
+    table = Table(
+        title=f"GP-L compact, shipped stage-0 model -> SFT warm start -> {algo}: greedy evaluation, "
+        f"{args.eval_episodes} fixed hands per split, 3 attempts"
+    )
+    for col in (
+        "update",
+        "FLOPs",
+        "ID success",
+        "ID 1st try",
+        "ID reward",
+        "OOD success",
+        "OOD 1st try",
+        "OOD reward",
+    ):
         table.add_column(col, justify="right")
-    for row in curve:
+    for e in evals:
         table.add_row(
-            str(row["update"]), f"{row['reward']:.3f}", f"{row['success_rate']:.3f}", f"{row['entropy']:.3f}",
-            f"{row['policy_loss']:.4f}", f"{row['logprob_gap']:.1e}", f"{row['seconds']:.1f}",
+            str(e["step"]), f"{e['flops']:.2e}",
+            f"{e['id']['success_rate']:.3f}", f"{e['id']['first_try_success_rate']:.3f}",
+            f"{e['id']['mean_reward']:.2f}",
+            f"{e['ood']['success_rate']:.3f}", f"{e['ood']['first_try_success_rate']:.3f}",
+            f"{e['ood']['mean_reward']:.2f}",
         )  # fmt: skip
     console.print(table)
-    ev = Table(title=f"evaluation: {args.eval_episodes} fixed seeds, verify_iter {args.verify_iter}")
-    for col in ("model", "mean reward", "success", "95% CI", "first-try reward", "verdicts"):
-        ev.add_column(col)
-    for name, summ in (("SFT warm start", before), (f"+ {args.algo.upper()}", after)):
-        lo, hi = summ["success_ci95"]
-        ev.add_row(
-            name, f"{summ['mean_reward']:.3f}", f"{summ['success_rate']:.3f}", f"[{lo:.3f}, {hi:.3f}]",
-            f"{summ['mean_attempt_reward']:.3f}", json.dumps(summ["verdicts"], sort_keys=True),
-        )  # fmt: skip
-    console.print(ev)
-    lo, hi = paired["mean_reward_diff_ci95"]
-    console.print(
-        f"paired over {paired['paired_episodes']} seeds: mean episode reward "
-        f"{paired['mean_reward_diff']:+.3f} after RL (95% bootstrap CI {lo:+.3f} … {hi:+.3f})"
-    )
+    paired = {split: _paired(evals[0], evals[-1], split) for split in ("id", "ood")}
+    for split, p in paired.items():
+        lo, hi = p["success_diff_ci95"]
+        rlo, rhi = p["mean_reward_diff_ci95"]
+        console.print(
+            f"{split}: paired over {p['paired_episodes']} hands, update 0 -> {evals[-1]['step']}: success "
+            f"{p['success_diff']:+.3f} (95% bootstrap CI {lo:+.3f} … {hi:+.3f}), mean reward "
+            f"{p['mean_reward_diff']:+.2f} ({rlo:+.2f} … {rhi:+.2f})"
+        )
     console.print(
         "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in stage_s.items()) + f"; total {total_s:.0f}"
     )
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    xs = [r["update"] for r in curve]
-    axes[0].plot(xs, [r["reward"] for r in curve], marker="o", ms=3, label="training episodes")
-    axes[0].axhline(before["mean_reward"], color="grey", ls="--", label="eval: SFT warm start")
-    axes[0].axhline(after["mean_reward"], color="green", ls="--", label=f"eval: after {args.algo.upper()}")
-    axes[0].set_xlabel("RL update")
-    axes[0].set_ylabel("mean episode reward")
+    xs = [e["step"] for e in evals]
+    for split, label in (("id", "ID (J/Q/K = 10)"), ("ood", "rule OOD (J/Q/K = 11/12/13)")):
+        axes[0].plot(xs, [100 * e[split]["success_rate"] for e in evals], marker="o", label=label)
+    axes[0].set_xlabel(f"{algo} update")
+    axes[0].set_ylabel("success within 3 attempts (%)")
     axes[0].legend(fontsize=8)
-    axes[1].plot([r["flops"] for r in curve], [r["entropy"] for r in curve], marker="o", ms=3)
-    axes[1].set_xlabel("training FLOPs")
-    axes[1].set_ylabel("policy entropy (nats/token)")
-    fig.suptitle(f"GP-L tiny model: {args.algo.upper()} reward curve")
+    axes[1].plot([r["update"] for r in curve], [r["reward"] for r in curve], marker=".", ms=3)
+    axes[1].set_xlabel(f"{algo} update")
+    axes[1].set_ylabel("mean reward of the training episodes")
+    fig.suptitle(f"GP-L: {algo} from the SFT warm start of the shipped stage-0 model")
     fig.tight_layout()
     png = out / f"rl_gp_{args.algo}.png"
     fig.savefig(png, dpi=110)
     plt.close(fig)
     summary = {
         "algo": args.algo,
-        "before": {k: before[k] for k in ("mean_reward", "success_rate", "success_ci95", "verdicts")},
-        "after": {k: after[k] for k in ("mean_reward", "success_rate", "success_ci95", "verdicts")},
-        "paired_reward_diff": paired["mean_reward_diff"],
-        "paired_reward_diff_ci95": paired["mean_reward_diff_ci95"],
-        "curve": [{k: r[k] for k in ("update", "reward", "success_rate", "entropy", "flops")} for r in curve],
+        "evals": evals,
+        "paired_first_last": paired,
+        "curve": [
+            {k: r.get(k) for k in ("update", "reward", "success_rate", "entropy", "flops")} for r in curve
+        ],
         "stage_seconds": stage_s,
+        "total_seconds": total_s,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
-    (out / f"rl_gp_{args.algo}.json").write_text(json.dumps(summary, indent=1))
+    (out / f"rl_gp_{args.algo}.json").write_text(json.dumps(summary, indent=1, default=str))
     console.print(f"plot: {png}")
 
 

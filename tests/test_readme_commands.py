@@ -17,7 +17,7 @@ import pytest
 from sftrl.cli import build_parser, main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-CAPS = {"--episodes": 4, "--max-steps": 2}
+CAPS = {"--episodes": 4, "--max-steps": 2, "--eval-episodes": 2}
 # Flags appended per command (the README's defaults are sized for a real run, not for CI).
 SMALL = {
     ("run", "hf"): ["--max-new-tokens", "8", "--episodes", "4"],

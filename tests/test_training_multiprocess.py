@@ -143,7 +143,10 @@ def test_rl_on_two_processes_plays_the_same_episodes_and_trains_like_one(
     __import__("torch").cuda.is_available(), reason="on GPUs accelerate really runs FSDP from this config"
 )
 def test_fsdp_config_on_cpu_is_refused_not_run_as_ddp(tiny_text_model: Path, tmp_path: Path) -> None:
-    """accelerate enables FSDP only on GPUs: on CPU the launch is refused in one line per process."""
+    """accelerate enables FSDP only on GPUs: on CPU the launch is refused in one line per process.
+
+    When the first rank exits, torchrun stops the other, which may not have printed its line yet
+    (CI saw one line, not two), so one or two lines are both right."""
     runs, data = tmp_path / "expert", tmp_path / "data"
     assert main(["run", "--episodes", "4", "--out", str(runs), "--quiet"]) == 0
     assert main(["data", "sft", str(runs), "--out", str(data), "--val-fraction", "0"]) == 0
@@ -164,6 +167,7 @@ def test_fsdp_config_on_cpu_is_refused_not_run_as_ddp(tiny_text_model: Path, tmp
         )
         assert proc.returncode != 0, name
         errors = [line for line in proc.stderr.splitlines() if line.startswith("agent: error:")]
-        assert len(errors) == 2, proc.stderr[-3000:]  # one line from each process, no traceback of ours
+        assert 1 <= len(errors) <= 2, proc.stderr[-3000:]  # at most one line from each process
         assert all("asked for FSDP but accelerate runs this process as MULTI_CPU" in e for e in errors)
+        assert "sftrl/training/" not in proc.stderr, proc.stderr[-3000:]  # no traceback of ours
         assert not (out / "model.safetensors").exists()
