@@ -9,6 +9,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage
 from pydantic_core import PydanticSerializationError
 
+from sftrl.agents.env_workers import WorkerEnv
 from sftrl.agents.events import EpisodeStarted, Listener, TurnFinished, publish
 from sftrl.agents.messages import message_to_record, observation_to_message, truncate_history
 from sftrl.agents.policy import Policy, Reply, SamplingParams
@@ -51,7 +52,7 @@ def _encodable(reply: Reply, notes: dict[str, int]) -> Reply:
 
 
 async def run_episode(
-    env: SftrlEnv,
+    env: SftrlEnv | WorkerEnv,
     policy: Policy,
     *,
     seed: int,
@@ -67,14 +68,20 @@ async def run_episode(
 
     A ``task`` observation starts a fresh conversation; a ``feedback`` observation (the verifier's
     "You failed this trial because …") is appended as a new user turn after the model's reply, and the
-    policy tries again, until the env terminates (solved, or out of attempts).
+    policy tries again, until the env terminates (solved, or out of attempts). A :class:`WorkerEnv`
+    (``--env-workers``) plays the same episode in a worker process: its calls are awaited, so other
+    episodes run meanwhile.
     """
     sampling = sampling or SamplingParams()
     listeners = listeners or []
     store = images.put if images is not None else None
     started = time.time()
     t0 = time.perf_counter()
-    observation, _ = env.reset(seed=seed, options=reset_options)
+    remote = isinstance(env, WorkerEnv)
+    if remote:
+        observation, _ = await env.reset(seed=seed, options=reset_options)
+    else:
+        observation, _ = env.reset(seed=seed, options=reset_options)
     env_s = time.perf_counter() - t0
     policy_s = 0.0
     publish(listeners, EpisodeStarted(episode_index, seed, observation))
@@ -121,7 +128,10 @@ async def run_episode(
         pending_call = assistant.tool_calls[0]["id"] if tool_mode and assistant.tool_calls else None
         action_text = reply_action_text(env, reply) if tool_mode else reply.text
         t0 = time.perf_counter()
-        next_obs, reward, terminated, truncated, info = env.step(action_text)
+        if remote:
+            next_obs, reward, terminated, truncated, info = await env.step(action_text)
+        else:
+            next_obs, reward, terminated, truncated, info = env.step(action_text)
         env_s += time.perf_counter() - t0
         verdict: Verdict = info["verdict"]
         turn = TurnRecord(
@@ -160,7 +170,7 @@ async def run_episode(
     else:
         record.error = f"episode exceeded {MAX_CALLS_PER_EPISODE} model calls without terminating"
     record.success = success
-    record.metrics = env.episode_metrics()
+    record.metrics = await env.episode_metrics() if remote else env.episode_metrics()
     record.duration_s = time.time() - started
     record.policy_s = policy_s
     record.env_s = env_s

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sftrl.agents.env_workers import EnvWorkers, WorkerEnv
 from sftrl.agents.events import (
     EpisodeFinished,
     Listener,
@@ -64,6 +65,9 @@ class RunConfig(BaseModel):
     """Continue the run in ``out`` (episodes already logged are kept, not repeated)."""
     concurrency: int = Field(default=1, ge=1, le=4096)
     """Episodes in flight at once."""
+    env_workers: int = Field(default=0, ge=0, le=256)
+    """Processes running the env's reset/step (rendering included), at most one per episode in flight;
+    0: in this process. For CPU-heavy envs (V-IRL-VL) with --concurrency >= N; logs are the same for any N."""
     keep_last_turns: int | None = Field(default=None, ge=0)
     """Conversation history: keep only the last N failed attempts and their feedback (None: all)."""
     group_size: int = Field(default=1, ge=1, le=1024)
@@ -96,6 +100,7 @@ _RESUMABLE_KEYS = {
     "episodes",
     "resume",
     "concurrency",
+    "env_workers",
     "out",
     "base_url",
     "api_key_env",
@@ -308,10 +313,17 @@ def _one_line_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
-def _probe_env(cls: type[SftrlEnv], env_cfg: dict[str, Any]) -> SftrlEnv:
-    """An env whose inputs (routes file, street-view data) were opened: a broken one refuses the run."""
+async def _probe_env(
+    cls: type[SftrlEnv], env_cfg: dict[str, Any], workers: EnvWorkers | None
+) -> SftrlEnv | WorkerEnv:
+    """An env whose inputs (routes file, street-view data) were opened: a broken one refuses the run.
+
+    With ``workers`` it is the first worker's env, opened there (where the episodes will read them).
+    """
     env: SftrlEnv | None = None
     try:
+        if workers is not None:
+            return await workers.open(0, check=True)
         env = cls(**env_cfg)
         env.check_inputs()
     except Exception as exc:
@@ -348,13 +360,25 @@ async def _run_locked(
     todo = [i for i in wanted if i not in done]
     _write_seed_manifest(out, run, run_id_for(config))
     cls = env_class(run.env)
-    spare_envs = [_probe_env(cls, env_cfg)] if todo else []
+    lanes = min(run.concurrency, max(1, len(todo)))
+    # Envs in worker processes: one per lane at most (a lane plays one episode at a time).
+    workers = None
+    if run.env_workers and todo:
+        workers = EnvWorkers(min(run.env_workers, lanes), cls.env_id, env_cfg)
+    try:
+        spare_envs = [await _probe_env(cls, env_cfg, workers)] if todo else []
+    except BaseException:
+        if workers is not None:
+            workers.close()
+        raise
     own_policy = policy is None
     try:
         policy = policy if policy is not None else make_policy(run)
     except BaseException:
         for env in spare_envs:
             env.close()
+        if workers is not None:
+            workers.close()
         raise
     finished = len(done)
     publish(listeners, RunStarted(run_id, cls.env_id, run.episodes, finished, config))
@@ -365,7 +389,7 @@ async def _run_locked(
         queue.put_nowait(i)
 
     # every env built here (the probe included), closed when the run ends (they hold providers)
-    opened: list[SftrlEnv] = list(spare_envs)
+    opened: list[SftrlEnv | WorkerEnv] = list(spare_envs)
     # Infrastructure failures (nothing answered: refused, DNS, TLS, timeouts, 5xx) while no episode has
     # succeeded: past a few, the run stops instead of failing every remaining episode the same way.
     health = {"ok": sum(r.error is None for r in records), "infra": 0}
@@ -373,9 +397,10 @@ async def _run_locked(
     stop: list[str] = []
     with TrajectoryWriter(out, max_string_bytes=run.log_max_string_bytes) as writer:
 
-        async def worker() -> None:
+        async def worker(lane: int) -> None:
             nonlocal finished
-            env: SftrlEnv | None = spare_envs.pop() if spare_envs else None
+            # The probed env is lane 0's: in a worker it lives in slot 0, which only lane 0 reopens.
+            env: SftrlEnv | WorkerEnv | None = spare_envs.pop() if spare_envs and lane == 0 else None
             while not stop:
                 try:
                     index = queue.get_nowait()
@@ -384,7 +409,7 @@ async def _run_locked(
                 seed = episode_seed(run.seed, index // run.group_size)
                 try:
                     if env is None:
-                        env = cls(**env_cfg)
+                        env = cls(**env_cfg) if workers is None else await workers.open(lane)
                         opened.append(env)
                     record = await run_episode(
                         env,
@@ -432,8 +457,9 @@ async def _run_locked(
                 # would otherwise run every episode before Ctrl-C's cancellation is delivered.
                 await asyncio.sleep(0)
 
+        lane_tasks = [asyncio.ensure_future(worker(lane)) for lane in range(lanes)]
         try:
-            await asyncio.gather(*(worker() for _ in range(min(run.concurrency, max(1, len(todo))))))
+            await asyncio.gather(*lane_tasks)
             if stop:
                 raise RunAborted(
                     f"stopped after {health['infra']} episode(s) failed and none succeeded: {stop[0]} "
@@ -443,8 +469,15 @@ async def _run_locked(
             publish(listeners, RunFailed(f"{type(exc).__name__}: {exc}"))
             raise
         finally:
+            # A lane that failed the run stops the others first: none may go on (and log an episode)
+            # with its env, or its env worker, closed under it.
+            for task in lane_tasks:
+                task.cancel()
+            await asyncio.gather(*lane_tasks, return_exceptions=True)
             for built in opened:
                 built.close()
+            if workers is not None:
+                workers.close()
             if own_policy:
                 await close_policy(policy)
     records, _ = select_episodes(records, run.episodes)

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.tools import BaseTool, StructuredTool
@@ -21,6 +21,9 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from sftrl.agents.policy import Reply
 from sftrl.environments.base import SftrlEnv
 from sftrl.environments.tools import ToolSpec, call_to_reply
+
+if TYPE_CHECKING:
+    from sftrl.agents.env_workers import WorkerEnv
 
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
@@ -90,7 +93,7 @@ def decode_arguments(args: Any) -> dict[str, Any]:
     return args if isinstance(args, dict) else {"_raw": args}
 
 
-def reply_action_text(env: SftrlEnv, reply: Reply) -> str:
+def reply_action_text(env: SftrlEnv | WorkerEnv, reply: Reply) -> str:
     """What the verifier scores: the first tool call as reply text, or the reply's text if it made none."""
     if reply.tool_calls:
         call = reply.tool_calls[0]

@@ -55,6 +55,12 @@ class RLRunConfig(BudgetEvalOptions):
     episodes_per_update: int = Field(default=16, ge=1)
     group_size: int = Field(default=4, ge=1, description="episodes per initial state (GRPO groups)")
     concurrency: int = Field(default=8, ge=1)
+    env_workers: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="rollouts: processes running the env's reset/step (0: in this process; sftrl trainer)",
+    )
     temperature: float = Field(default=1.0, gt=0)
     max_new_tokens: int = Field(default=128, ge=1)
     save_every: int = Field(default=5, ge=1)
@@ -91,6 +97,8 @@ class RLRunConfig(BudgetEvalOptions):
 
     @model_validator(mode="after")
     def _async_flags(self) -> RLRunConfig:
+        if self.env_workers and self.episodes:
+            raise ValueError("--env-workers runs the envs of collected rollouts; --episodes collects none")
         if not self.async_rollouts:
             given = [f for f in ("max_staleness", "is_cap") if getattr(self, f) is not None]
             if given:
@@ -248,6 +256,7 @@ def _collect(
         "seed": cfg.seed * 1_000_003 + update * 1009,
         "out": out,
         "concurrency": cfg.concurrency,
+        "env_workers": cfg.env_workers,
         "group_size": group,
         "resume": out.exists(),
     }

@@ -453,6 +453,8 @@ def train_rl_trl(
         )
     if cfg.episodes:
         raise TRLGRPOError("--trainer trl collects its own episodes; --episodes needs --trainer sftrl")
+    if cfg.env_workers:
+        raise TRLGRPOError("--env-workers needs --trainer sftrl (TRL's rollout function steps its envs here)")
     if cfg.group_size < 2:
         raise TRLGRPOError("GRPO needs --group-size >= 2 (advantages are relative to the group)")
     if cfg.episodes_per_update % cfg.group_size:
