@@ -170,14 +170,15 @@ def env_options(
             **({"pool_draw": "by_index"} if by_index else {}),
         }
         return opts
-    # V-IRL draws a route of the file per episode seed; the evaluation seeds are fixed, so each eval
-    # set is a fixed list of routes of its (disjoint) file.
+    # Training draws a route of its file per episode; an evaluation plays every route of its held-out
+    # file once, in order (route_draw=by_index, as many episodes as routes).
     return {
         "split": split,
         **({"modality": "vision", "resolution": exp.resolution} if exp.modality == "vision" else {}),
         "prompt_style": "compact",
         "verify_iter": verify_iter,
         "routes": str(pool),
+        **({"route_draw": "by_index"} if by_index else {}),
     }
 
 

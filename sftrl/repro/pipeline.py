@@ -152,8 +152,8 @@ def _env_options(
 
 
 def eval_specs(cfg: ReproConfig, pools: dict[str, Path], sizes: dict[str, int]) -> list[str]:
-    """``--eval-env`` specs: every held-out ID and OOD item (GP: multiset, once each; V-IRL: one route
-    of the held-out file per fixed evaluation seed)."""
+    """``--eval-env`` specs: every held-out ID and OOD item once, in order (GP: multisets of the
+    held-out pool; V-IRL: routes of the held-out route file)."""
     exp = experiments.get(cfg.experiment)
     out = []
     for name, split, pool in (("id", "id", "id_eval"), ("ood", exp.ood_split, "ood_eval")):
