@@ -58,7 +58,7 @@ class ReproConfig:
     n_id_eval: int = 200
     n_ood_eval: int | None = None
     """None: every rule-OOD multiset (796); V-IRL: every route of the OOD split."""
-    virl_routes: int = 100
+    virl_routes: int = experiments.VIRL_SPLIT_ROUTES
     """V-IRL: routes of the id split (held-out ID routes + training routes) and of the OOD split."""
     verify_iter: int = 3
     max_new_tokens: int = 40
@@ -90,7 +90,9 @@ class ReproConfig:
     def full(cls, experiment: str = "gp-l-rule") -> ReproConfig:
         exp = experiments.get(experiment)
         if exp.env == "virl":
-            return cls(experiment=experiment, verify_iter=exp.verify_iter, n_id_eval=30)
+            return cls(
+                experiment=experiment, verify_iter=exp.verify_iter, n_id_eval=experiments.VIRL_ID_EVAL_ROUTES
+            )
         return cls(experiment=experiment, verify_iter=exp.verify_iter)
 
     @classmethod
