@@ -127,3 +127,51 @@ def test_module_cli_writes_the_dataset(tmp_path: Path, capsys: pytest.CaptureFix
     assert stage0_virl.main([*argv, "--out", str(out)]) == 0
     assert "wrote 8 + 2 rows" in capsys.readouterr().out
     assert (out / "sftrl_dataset.json").exists() and (out / "README.md").exists()
+
+
+def _episode_routes(run: Path) -> list[str]:
+    from sftrl.agents.trajectory import read_episodes
+
+    records = sorted(read_episodes(run), key=lambda r: r.episode_index)
+    return [r.turns[0].info["route_id"] for r in records]
+
+
+@pytest.mark.slow
+def test_agent_repro_quick_from_scratch_trains_stage0_on_the_curriculum(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shlex
+
+    from datasets import load_from_disk
+
+    from sftrl.cli import main
+
+    out = tmp_path / "repro"
+    argv = ["repro", "--quick", "--experiment", "virl-l-rule", "--from-scratch", "--stage0-steps", "1"]
+    argv += ["--stage2-flops", "2e9"]  # the arms only need to run: stage 0 is what this test checks
+    assert main([*argv, "--out", str(out), "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["rows"]) == {"stage0", "warmstart", "sft", "ppo", "grpo"}
+    results = json.loads((out / "results.json").read_text())
+    assert results["stage0_checkpoint"] == str(out / "stage0")
+    assert (
+        len((out / "stage0" / "eval.jsonl").read_text().splitlines()) == 1
+    )  # trained (1 step) and evaluated
+    meta = json.loads((out / "data" / "stage0" / "sftrl_dataset.json").read_text())
+    assert meta["source"] == "sftrl.repro.stage0_virl curriculum"
+    pools = out / "pools"
+    files = {
+        k: [r["route_id"] for r in json.loads((pools / f).read_text())[0]]
+        for k, f in experiments.VIRL_ROUTE_FILES.items()
+    }
+    data = load_from_disk(str(out / "data" / "stage0"))
+    used = {r for split in data.values() for r in split["route_id"] if r}
+    assert used and used <= set(files["train"])  # the curriculum saw training routes only
+    # Every evaluation plays each held-out route once, in file order.
+    assert _episode_routes(out / "stage0-eval" / "eval" / "step-000000" / "id") == files["id_eval"]
+    assert _episode_routes(out / "stage0-eval" / "eval" / "step-000000" / "ood") == files["ood_eval"]
+    # commands.md's curriculum command rebuilds the same dataset.
+    block = (out / "commands.md").read_text().split("## stage 0\n\n```bash\n")[1].split("\n```")[0]
+    (line,) = [c for c in block.splitlines() if c.startswith("python -m sftrl.repro.stage0_virl ")]
+    again = tmp_path / "again"
+    assert stage0_virl.main([*shlex.split(line.replace(str(out / "data" / "stage0"), str(again)))[3:]]) == 0
+    assert load_from_disk(str(again))["train"].to_list() == data["train"].to_list()

@@ -29,6 +29,8 @@ class Experiment:
     extra_metrics: tuple[str, ...] = ()
     resolution: int | None = None
     verify_iter: int = 3
+    stage0_curriculum: str | None = None
+    """The module whose curriculum ``--from-scratch`` trains stage 0 on (None: no curriculum yet)."""
 
     @property
     def model_kind(self) -> str:
@@ -51,6 +53,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "GP-L",
             "In-distribution (J/Q/K = 10)",
             "Rule OOD (J/Q/K = 11/12/13)",
+            stage0_curriculum="sftrl.repro.stage0",
         ),
         Experiment(
             "virl-l-rule",
@@ -62,6 +65,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "Rule OOD (relative actions)",
             extra_metrics=("step_accuracy",),
             verify_iter=2,
+            stage0_curriculum="sftrl.repro.stage0_virl",
         ),
         Experiment(
             "gp-vl-visual",

@@ -443,19 +443,46 @@ def expert_dataset(cfg: ReproConfig, pools: dict[str, Path], out: Path) -> Path:
     return data
 
 
+def _stage0_data(cfg: ReproConfig, data: Path) -> None:
+    """Write the experiment's stage-0 curriculum at ``data`` (V-IRL: from this run's training routes)."""
+    if experiments.get(cfg.experiment).env == "virl":
+        from sftrl.repro import stage0_virl
+
+        stage0_virl.build_dataset(
+            data, cfg.stage0_rows, seed=0, held_out=cfg.n_id_eval, split_routes=cfg.virl_routes
+        )
+    else:
+        from sftrl.repro import stage0
+
+        stage0.build_dataset(data, cfg.stage0_rows, seed=0, shuffled_share=cfg.stage0_shuffled_share)
+
+
+def _stage0_data_command(cfg: ReproConfig, data: Path) -> str:
+    exp = experiments.get(cfg.experiment)
+    if exp.env == "virl":
+        return (
+            f"python -m {exp.stage0_curriculum} --rows {cfg.stage0_rows} --seed 0"
+            f" --held-out {cfg.n_id_eval} --split-routes {cfg.virl_routes} --out {data}"
+        )
+    return (
+        f"python -m {exp.stage0_curriculum} --rows {cfg.stage0_rows} --seed 0"
+        f" --shuffled-share {cfg.stage0_shuffled_share} --out {data}"
+    )
+
+
 def build_stage0(
     cfg: ReproConfig, out: Path, specs: list[str], progress: Callable[[str], None] = lambda m: None
 ) -> Path:
-    """Stage 0 from scratch with the framework's commands (what the shipped checkpoint was built by)."""
+    """Stage 0 from scratch with the framework's commands (what the shipped checkpoint was built by):
+    the experiment's curriculum, a new char model, ``agent train sft``."""
     from sftrl.agents.tiny import build_char_model
-    from sftrl.repro.stage0 import build_dataset
     from sftrl.training.sft import run_sft
 
     _setup_worker()
     init = out / "stage0-init"
     data = out / "data" / "stage0"
     if not data.exists():
-        build_dataset(data, cfg.stage0_rows, seed=0, shuffled_share=cfg.stage0_shuffled_share)
+        _stage0_data(cfg, data)
     if not init.exists():
         build_char_model(init, seed=0, **cfg.model)
     config = stage0_train_config(cfg, data, init, out / "stage0", specs)
@@ -473,8 +500,7 @@ def stage0_commands(cfg: ReproConfig, out: Path, specs: list[str]) -> list[str]:
             if m != ReproConfig().model
             else ""
         ),
-        f"python -m sftrl.repro.stage0 --rows {cfg.stage0_rows} --seed 0"
-        f" --shuffled-share {cfg.stage0_shuffled_share} --out {out / 'data' / 'stage0'}",
+        _stage0_data_command(cfg, out / "data" / "stage0"),
         sft_command(config),
     ]
 
@@ -487,11 +513,13 @@ def run(
     out: Path,
     *,
     stage0: Path | None = None,
+    from_scratch: bool = False,
     on_progress: Callable[[str, float, float, str], None] = lambda *a: None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every stage and write pools, checkpoints, ``results.json``/``.md``, ``figure.png``,
-    ``commands.md``. ``stage0`` None trains stage 0 from scratch."""
+    ``commands.md``. ``stage0`` None trains stage 0 from the experiment's curriculum (GP-L always; other
+    settings with ``from_scratch``, else an untrained tiny model: the --quick pipeline check)."""
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -504,13 +532,17 @@ def run(
     )
     specs = eval_specs(cfg, pools, sizes)
     commands: dict[str, list[str]] = {}
-    if exp.name == "gp-l-rule":
-        if stage0 is None:
-            log(f"stage 0: training a {cfg.model} char-level Llama from scratch for {cfg.stage0_steps} steps")
-            commands["stage 0"] = stage0_commands(cfg, out, specs)
-            stage0 = build_stage0(cfg, out, specs, lambda m: on_progress("stage0", 0, 1, f"stage 0: {m}"))
-    else:
-        # No stage-0 curriculum of these settings exists yet: a given model, or (--quick) an untrained one.
+    if stage0 is None and (from_scratch or exp.name == "gp-l-rule"):
+        if exp.stage0_curriculum is None:
+            raise ValueError(f"{exp.name}: no stage-0 curriculum exists for it yet")
+        log(
+            f"stage 0: training a {cfg.model} char-level Llama from scratch for {cfg.stage0_steps} steps "
+            f"on {exp.stage0_curriculum}"
+        )
+        commands["stage 0"] = stage0_commands(cfg, out, specs)
+        stage0 = build_stage0(cfg, out, specs, lambda m: on_progress("stage0", 0, 1, f"stage 0: {m}"))
+    elif exp.name != "gp-l-rule":
+        # A given model, or (--quick without --from-scratch) an untrained one.
         log(f"stage 0: {stage0 or 'an untrained ' + exp.model_kind + ' model (pipeline check only)'}")
         commands["stage 0"] = experiments.stage0_command(exp, stage0, out, cfg.model)
         stage0 = experiments.prepare_stage0(exp, stage0, out, cfg.model)
