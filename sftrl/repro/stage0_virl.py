@@ -41,7 +41,7 @@ from sftrl.environments.virl.env import VIRLEnv
 from sftrl.environments.virl.prompts import directions
 from sftrl.environments.virl.rail import turn_action
 from sftrl.environments.virl.verifier import VIRLState, verify
-from sftrl.repro.experiments import VIRL_ID_EVAL_ROUTES, VIRL_SPLIT_ROUTES
+from sftrl.repro.experiments import VIRL_ID_EVAL_ROUTES, VIRL_SPLIT_ROUTES, virl_id_routes
 from sftrl.repro.stage0 import REVISION_MIX, refuse_existing, write_dataset
 from sftrl.street_view.geometry import COMPASS_NAMES
 
@@ -95,8 +95,6 @@ def route_env(split_routes: int = VIRL_SPLIT_ROUTES) -> VIRLEnv:
 
 def training_indices(held_out: int = VIRL_ID_EVAL_ROUTES, split_routes: int = VIRL_SPLIT_ROUTES) -> range:
     """Route indices of the ``id`` split that training may use (after the held-out ID routes)."""
-    from sftrl.repro.experiments import virl_id_routes
-
     return range(held_out, len(virl_id_routes(held_out, split_routes)))
 
 
