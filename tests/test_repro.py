@@ -188,7 +188,15 @@ def test_expert_with_mistakes_logs_revisions_that_data_sft_full_keeps(tmp_path: 
 def test_repro_keeps_only_the_recipe() -> None:
     """One stack: no model, sampler, loss or optimizer of its own under sftrl/repro."""
     files = sorted(p.name for p in REPRO_DIR.glob("*.py"))
-    assert files == ["__init__.py", "command.py", "experiments.py", "hands.py", "pipeline.py", "stage0.py"]
+    assert files == [
+        "__init__.py",
+        "command.py",
+        "experiments.py",
+        "hands.py",
+        "pipeline.py",
+        "stage0.py",
+        "stage0_virl.py",
+    ]
     pattern = re.compile(r"nn\.Module|log_softmax|cross_entropy|optim\.|\.backward\(|multinomial")
     for path in REPRO_DIR.glob("*.py"):
         assert not pattern.search(path.read_text()), path.name

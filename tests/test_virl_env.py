@@ -102,6 +102,27 @@ def test_seed_determines_the_episode_and_route_index_picks_a_route():
         a.reset(options={"route_index": 10_000})
 
 
+@pytest.mark.parametrize("concurrency", ["1", "3"])
+def test_route_draw_by_index_plays_every_route_once_in_order(tmp_path, concurrency):
+    from sftrl.agents.trajectory import read_episodes
+    from sftrl.cli import main
+
+    def route_ids(run: str, *extra: str) -> list[str]:
+        out = tmp_path / f"{run}-{concurrency}"
+        argv = ["run", "--env", "virl", "--num-routes", "7", "--episodes", "7", "--out", str(out)]
+        assert main([*argv, "--concurrency", concurrency, "--seed", "5", *extra]) == 0
+        records = sorted(read_episodes(out), key=lambda r: r.episode_index)
+        return [r.turns[0].info["route_id"] for r in records]
+
+    routes = [r.route_id for r in VIRLEnv(num_routes=7).routes]
+    assert route_ids("by-index", "--route-draw", "by_index") == routes
+    assert sorted(route_ids("random")) != sorted(routes)  # a seeded draw repeats some routes
+    # An explicit route_index still wins over the episode index.
+    env = VIRLEnv(num_routes=7, route_draw="by_index")
+    assert env.reset(seed=0, options={"episode_index": 9})[1]["route_index"] == 2
+    assert env.reset(seed=0, options={"episode_index": 9, "route_index": 4})[1]["route_index"] == 4
+
+
 def test_rail_feedback_history_and_verify_iter():
     env = make_env("virl", verify_iter=2)
     obs, _ = env.reset(seed=0)

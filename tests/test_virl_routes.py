@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from sftrl.environments.virl.routes import (
     RouteInfo,
     find_turns,
     generate_routes,
+    milestone_block,
     relative_turn,
     split_manifest,
     split_routes,
@@ -110,6 +112,40 @@ def test_instruction_text_format():
     )
 
 
+@pytest.mark.parametrize(
+    "name", ['Clarence "Du" Burns Arena', 'Paul\'s \\"Da Burger Joint\\"', "Cafe {Bar}", "Bar}", '"']
+)
+def test_milestone_text_keeps_landmark_names_with_quotes_and_braces(name):
+    # City data holds such names (Baltimore: Clarence "Du" Burns Arena; NYC: Babies\"R\"Us).
+    text = milestone_block(1, f"{name} is on your left", 40.0, 10.0, 95.0)
+    text += milestone_block(2, "The destination Z is on your right", 30.0, 95.0, 95.0)
+    info = RouteInfo.model_validate(
+        {**json.loads((FIXTURES / "route_infos_ny_moma.json").read_text()), "milestone_info": text}
+    )
+    ms = info.milestones()
+    assert [m.landmarks for m in ms] == [f"{name} is on your left", "The destination Z is on your right"]
+    assert ms[0].landmark_name_and_relation == (name, "left")
+    assert [m.to_next_intersection_heading for m in ms] == [95, 95]
+    assert (
+        instruction_lines(info)[1]
+        == f"2. Move forward until you reach next intersection where {name} is on your left."
+    )
+
+
+def test_split_routes_with_quoted_landmark_names_describe_them_whole():
+    # nyc-id-0-0011's first milestone is \"Curry hill\" (the NYC data keeps the backslashes); it read "\".
+    route = split_routes("nyc", "id")[11]
+    name = route.route_results.landmark_list[0].name
+    assert '"' in name
+    assert route.milestones()[0].landmark_name_and_relation == (
+        name,
+        route.route_results.landmark_list[0].spatial_relation,
+    )
+    assert f"where {name} is " in route.instruction
+    rail = build_rail(route, load_city("nyc"))
+    assert rail.points[[p.milestone for p in rail.points].index(0)].observation.startswith(f"{name} is ")
+
+
 @pytest.mark.parametrize("actions", ["absolute", "relative"])
 def test_rail_actions_observations_and_drops(actions):
     cm = load_city("nyc")
@@ -158,7 +194,6 @@ def test_official_route_outside_the_graph_is_geocode_only():
 
 def test_sftvsrl_list_layout():
     raw = (FIXTURES / "route_infos_ny_moma.json").read_text()
-    import json
 
     one = json.loads(raw)
     routes = parse_routes([[one, one], 2], stem="x")

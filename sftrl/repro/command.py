@@ -36,9 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="stage-0 model directory (GP-L default: the shipped one; --quick and --from-scratch train one; "
-        "other settings: required unless --quick, which uses an untrained tiny model)",
+        "other settings: required unless --from-scratch (V-IRL-L: trains one on its curriculum) or --quick "
+        "(alone: an untrained tiny model)",
     )
-    parser.add_argument("--from-scratch", action="store_true", help="train stage 0 too instead of loading it")
+    parser.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="train stage 0 too, on the setting's curriculum (GP-L, V-IRL-L), instead of loading it",
+    )
     parser.add_argument(
         "--stage0-steps", type=int, default=None, help="stage-0 optimizer steps when training it"
     )
@@ -83,18 +88,23 @@ def run_command(ns: argparse.Namespace) -> int:
                     raise ValueError(f"no shipped stage-0 model at {SHIPPED_STAGE0}: use --from-scratch")
                 stage0 = SHIPPED_STAGE0
         elif ns.from_scratch:
-            raise ValueError(f"--experiment {name}: no stage-0 curriculum exists for it yet (--from-scratch)")
+            if exp.stage0_curriculum is None:
+                raise ValueError(
+                    f"--experiment {name}: no stage-0 curriculum exists for it yet (--from-scratch)"
+                )
         elif stage0 is None and not ns.quick:
             raise ValueError(
                 f"--experiment {name}: no stage-0 model exists for it yet; pass --stage0 DIR "
-                f"({'a char or char-vision' if exp.modality == 'vision' else 'a char'} model) or --quick"
+                f"({'a char or char-vision' if exp.modality == 'vision' else 'a char'} model), "
+                + ("--from-scratch (trains one on its curriculum) " if exp.stage0_curriculum else "")
+                + "or --quick"
             )
         if stage0 is not None:
             problem = experiments.stage0_problem(exp, Path(stage0))
             if problem:
                 raise ValueError(f"--stage0 {stage0}: {problem}")
         out = ns.out if len(names) == 1 else ns.out / name
-        plans.append((name, cfg, stage0, out))
+        plans.append((name, cfg, stage0, out, ns.from_scratch))
     err = Console(stderr=True)
     quiet = ns.json or not sys.stderr.isatty()
     progress = Progress(
@@ -112,13 +122,14 @@ def run_command(ns: argparse.Namespace) -> int:
             tasks[job] = progress.add_task(text, total=None)
         progress.update(tasks[job], description=text)
 
-    for name, cfg, stage0, out in plans:
+    for name, cfg, stage0, out, from_scratch in plans:
         t0 = time.time()
         with progress:
             results = run(
                 cfg,
                 out,
                 stage0=stage0,
+                from_scratch=from_scratch,
                 on_progress=on_progress,
                 log=(lambda m: None) if ns.json else (lambda m: err.print(m)),
             )

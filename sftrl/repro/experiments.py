@@ -29,6 +29,8 @@ class Experiment:
     extra_metrics: tuple[str, ...] = ()
     resolution: int | None = None
     verify_iter: int = 3
+    stage0_curriculum: str | None = None
+    """The module whose curriculum ``--from-scratch`` trains stage 0 on (None: no curriculum yet)."""
 
     @property
     def model_kind(self) -> str:
@@ -51,6 +53,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "GP-L",
             "In-distribution (J/Q/K = 10)",
             "Rule OOD (J/Q/K = 11/12/13)",
+            stage0_curriculum="sftrl.repro.stage0",
         ),
         Experiment(
             "virl-l-rule",
@@ -62,6 +65,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "Rule OOD (relative actions)",
             extra_metrics=("step_accuracy",),
             verify_iter=2,
+            stage0_curriculum="sftrl.repro.stage0_virl",
         ),
         Experiment(
             "gp-vl-visual",
@@ -89,6 +93,10 @@ EXPERIMENTS: dict[str, Experiment] = {
     )
 }
 MODALITY_ALIAS = {"language": "gp-l-rule", "vision": "gp-vl-visual"}
+VIRL_ID_EVAL_ROUTES = 30
+"""A full V-IRL run's held-out ID routes: the first 30 of the ``id`` split's route set."""
+VIRL_SPLIT_ROUTES = 100
+"""A full V-IRL run's ``id`` split size (held-out ID + training routes) and OOD route count."""
 VIRL_ROUTE_FILES = {
     "train": "train_routes.json",
     "id_eval": "id_eval_routes.json",
@@ -111,6 +119,16 @@ class RouteSets:
     ood_eval: tuple[str, ...]
 
 
+def virl_id_routes(n_id_eval: int, n_routes: int) -> tuple[Any, ...]:
+    """The ``id`` split's ``n_routes`` routes (seed 0): the first ``n_id_eval`` are held out for ID
+    evaluation, the rest are the only routes training (stage 0 included) may use."""
+    from sftrl.environments.virl.routes import split_routes
+
+    if not 0 < n_id_eval < n_routes:
+        raise ValueError(f"held-out ID routes ({n_id_eval}) must be fewer than the id split's {n_routes}")
+    return split_routes("nyc", "id", 0, n_routes)
+
+
 def make_route_sets(
     exp: Experiment, n_id_eval: int, n_ood_eval: int | None, n_routes: int, out: Path
 ) -> tuple[RouteSets, dict[str, Path]]:
@@ -119,9 +137,7 @@ def make_route_sets(
     file is the first ``n_ood_eval`` (None: all) routes of the experiment's OOD split."""
     from sftrl.environments.virl.routes import split_routes
 
-    if not 0 < n_id_eval < n_routes:
-        raise ValueError(f"held-out ID routes ({n_id_eval}) must be fewer than the id split's {n_routes}")
-    ids = split_routes("nyc", "id", 0, n_routes)
+    ids = virl_id_routes(n_id_eval, n_routes)
     city = "nyc" if exp.ood_split == "rule-ood" else "helsinki+baltimore"
     ood = split_routes(city, exp.ood_split, 0, n_ood_eval or n_routes)
     parts = {"train": ids[n_id_eval:], "id_eval": ids[:n_id_eval], "ood_eval": ood[: n_ood_eval or len(ood)]}
@@ -170,14 +186,15 @@ def env_options(
             **({"pool_draw": "by_index"} if by_index else {}),
         }
         return opts
-    # V-IRL draws a route of the file per episode seed; the evaluation seeds are fixed, so each eval
-    # set is a fixed list of routes of its (disjoint) file.
+    # Training draws a route of its file per episode; an evaluation plays every route of its held-out
+    # file once, in order (route_draw=by_index, as many episodes as routes).
     return {
         "split": split,
         **({"modality": "vision", "resolution": exp.resolution} if exp.modality == "vision" else {}),
         "prompt_style": "compact",
         "verify_iter": verify_iter,
         "routes": str(pool),
+        **({"route_draw": "by_index"} if by_index else {}),
     }
 
 

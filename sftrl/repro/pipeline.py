@@ -58,7 +58,7 @@ class ReproConfig:
     n_id_eval: int = 200
     n_ood_eval: int | None = None
     """None: every rule-OOD multiset (796); V-IRL: every route of the OOD split."""
-    virl_routes: int = 100
+    virl_routes: int = experiments.VIRL_SPLIT_ROUTES
     """V-IRL: routes of the id split (held-out ID routes + training routes) and of the OOD split."""
     verify_iter: int = 3
     max_new_tokens: int = 40
@@ -90,7 +90,9 @@ class ReproConfig:
     def full(cls, experiment: str = "gp-l-rule") -> ReproConfig:
         exp = experiments.get(experiment)
         if exp.env == "virl":
-            return cls(experiment=experiment, verify_iter=exp.verify_iter, n_id_eval=30)
+            return cls(
+                experiment=experiment, verify_iter=exp.verify_iter, n_id_eval=experiments.VIRL_ID_EVAL_ROUTES
+            )
         return cls(experiment=experiment, verify_iter=exp.verify_iter)
 
     @classmethod
@@ -152,8 +154,8 @@ def _env_options(
 
 
 def eval_specs(cfg: ReproConfig, pools: dict[str, Path], sizes: dict[str, int]) -> list[str]:
-    """``--eval-env`` specs: every held-out ID and OOD item (GP: multiset, once each; V-IRL: one route
-    of the held-out file per fixed evaluation seed)."""
+    """``--eval-env`` specs: every held-out ID and OOD item once, in order (GP: multisets of the
+    held-out pool; V-IRL: routes of the held-out route file)."""
     exp = experiments.get(cfg.experiment)
     out = []
     for name, split, pool in (("id", "id", "id_eval"), ("ood", exp.ood_split, "ood_eval")):
@@ -441,19 +443,46 @@ def expert_dataset(cfg: ReproConfig, pools: dict[str, Path], out: Path) -> Path:
     return data
 
 
+def _stage0_data(cfg: ReproConfig, data: Path) -> None:
+    """Write the experiment's stage-0 curriculum at ``data`` (V-IRL: from this run's training routes)."""
+    if experiments.get(cfg.experiment).env == "virl":
+        from sftrl.repro import stage0_virl
+
+        stage0_virl.build_dataset(
+            data, cfg.stage0_rows, seed=0, held_out=cfg.n_id_eval, split_routes=cfg.virl_routes
+        )
+    else:
+        from sftrl.repro import stage0
+
+        stage0.build_dataset(data, cfg.stage0_rows, seed=0, shuffled_share=cfg.stage0_shuffled_share)
+
+
+def _stage0_data_command(cfg: ReproConfig, data: Path) -> str:
+    exp = experiments.get(cfg.experiment)
+    if exp.env == "virl":
+        return (
+            f"python -m {exp.stage0_curriculum} --rows {cfg.stage0_rows} --seed 0"
+            f" --held-out {cfg.n_id_eval} --split-routes {cfg.virl_routes} --out {data}"
+        )
+    return (
+        f"python -m {exp.stage0_curriculum} --rows {cfg.stage0_rows} --seed 0"
+        f" --shuffled-share {cfg.stage0_shuffled_share} --out {data}"
+    )
+
+
 def build_stage0(
     cfg: ReproConfig, out: Path, specs: list[str], progress: Callable[[str], None] = lambda m: None
 ) -> Path:
-    """Stage 0 from scratch with the framework's commands (what the shipped checkpoint was built by)."""
+    """Stage 0 from scratch with the framework's commands (what the shipped checkpoint was built by):
+    the experiment's curriculum, a new char model, ``agent train sft``."""
     from sftrl.agents.tiny import build_char_model
-    from sftrl.repro.stage0 import build_dataset
     from sftrl.training.sft import run_sft
 
     _setup_worker()
     init = out / "stage0-init"
     data = out / "data" / "stage0"
     if not data.exists():
-        build_dataset(data, cfg.stage0_rows, seed=0, shuffled_share=cfg.stage0_shuffled_share)
+        _stage0_data(cfg, data)
     if not init.exists():
         build_char_model(init, seed=0, **cfg.model)
     config = stage0_train_config(cfg, data, init, out / "stage0", specs)
@@ -471,8 +500,7 @@ def stage0_commands(cfg: ReproConfig, out: Path, specs: list[str]) -> list[str]:
             if m != ReproConfig().model
             else ""
         ),
-        f"python -m sftrl.repro.stage0 --rows {cfg.stage0_rows} --seed 0"
-        f" --shuffled-share {cfg.stage0_shuffled_share} --out {out / 'data' / 'stage0'}",
+        _stage0_data_command(cfg, out / "data" / "stage0"),
         sft_command(config),
     ]
 
@@ -485,11 +513,13 @@ def run(
     out: Path,
     *,
     stage0: Path | None = None,
+    from_scratch: bool = False,
     on_progress: Callable[[str, float, float, str], None] = lambda *a: None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every stage and write pools, checkpoints, ``results.json``/``.md``, ``figure.png``,
-    ``commands.md``. ``stage0`` None trains stage 0 from scratch."""
+    ``commands.md``. ``stage0`` None trains stage 0 from the experiment's curriculum (GP-L always; other
+    settings with ``from_scratch``, else an untrained tiny model: the --quick pipeline check)."""
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -502,13 +532,17 @@ def run(
     )
     specs = eval_specs(cfg, pools, sizes)
     commands: dict[str, list[str]] = {}
-    if exp.name == "gp-l-rule":
-        if stage0 is None:
-            log(f"stage 0: training a {cfg.model} char-level Llama from scratch for {cfg.stage0_steps} steps")
-            commands["stage 0"] = stage0_commands(cfg, out, specs)
-            stage0 = build_stage0(cfg, out, specs, lambda m: on_progress("stage0", 0, 1, f"stage 0: {m}"))
-    else:
-        # No stage-0 curriculum of these settings exists yet: a given model, or (--quick) an untrained one.
+    if stage0 is None and (from_scratch or exp.name == "gp-l-rule"):
+        if exp.stage0_curriculum is None:
+            raise ValueError(f"{exp.name}: no stage-0 curriculum exists for it yet")
+        log(
+            f"stage 0: training a {cfg.model} char-level Llama from scratch for {cfg.stage0_steps} steps "
+            f"on {exp.stage0_curriculum}"
+        )
+        commands["stage 0"] = stage0_commands(cfg, out, specs)
+        stage0 = build_stage0(cfg, out, specs, lambda m: on_progress("stage0", 0, 1, f"stage 0: {m}"))
+    elif exp.name != "gp-l-rule":
+        # A given model, or (--quick without --from-scratch) an untrained one.
         log(f"stage 0: {stage0 or 'an untrained ' + exp.model_kind + ' model (pipeline check only)'}")
         commands["stage 0"] = experiments.stage0_command(exp, stage0, out, cfg.model)
         stage0 = experiments.prepare_stage0(exp, stage0, out, cfg.model)

@@ -161,6 +161,64 @@ def task_items(n: int, seed: int = 4321) -> list[dict[str, Any]]:
     return out
 
 
+MESSAGE_COLUMNS: tuple[str, ...] = ("prompt", "completion")
+
+
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` unless ``overwrite`` (checked before the rows are drawn)."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out} already exists; pass --overwrite or choose another --out")
+
+
+def write_dataset(
+    out: Path,
+    train: list[dict[str, Any]],
+    validation: list[dict[str, Any]],
+    columns: dict[str, str],
+    meta: dict[str, Any],
+    about: str,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write curriculum rows as an ``agent data sft`` style DatasetDict at ``out`` (atomically).
+
+    ``columns`` names the rows' extra columns and their ``datasets`` value types (``"string"``,
+    ``"int64"``); ``meta`` is ``sftrl_dataset.json``'s content and ``about`` the README's first
+    paragraph (the README adds the rebuild command and an example row).
+    """
+    from datasets import Dataset, DatasetDict, Features, List, Value
+    from datasets.utils import logging as ds_logging
+
+    refuse_existing(out, overwrite)
+    ds_logging.disable_progress_bar()
+    message = {"role": Value("string"), "content": Value("string")}
+    features = Features(
+        {
+            **{name: List(message) for name in MESSAGE_COLUMNS},
+            **{name: Value(kind) for name, kind in columns.items()},
+        }
+    )
+    dd = DatasetDict(
+        {
+            "train": Dataset.from_list(train, features=features),
+            "validation": Dataset.from_list(validation, features=features),
+        }
+    )
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    dd.save_to_disk(str(tmp))
+    (tmp / "sftrl_dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
+    example = dd["train"][0]
+    (tmp / "README.md").write_text(
+        f"# {meta['source']}\n\n{about}\n\n"
+        f"Rebuild: `{meta['command']}`\n\nExample:\n\n```json\n{json.dumps(example, indent=1)}\n```\n"
+    )
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
 def build_dataset(
     out: Path,
     rows: int,
@@ -171,35 +229,10 @@ def build_dataset(
     overwrite: bool = False,
 ) -> Path:
     """Write ``rows`` training rows (+ ``val_rows`` validation rows) as a DatasetDict at ``out``."""
-    from datasets import Dataset, DatasetDict, Features, List, Value
-    from datasets.utils import logging as ds_logging
-
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{out} already exists; pass --overwrite or choose another --out")
-    ds_logging.disable_progress_bar()
+    refuse_existing(out, overwrite)
     rng = random.Random(seed)
-    message = {"role": Value("string"), "content": Value("string")}
-    features = Features(
-        {
-            "prompt": List(message),
-            "completion": List(message),
-            "kind": Value("string"),
-            "target": Value("int64"),
-            "ranks": Value("string"),
-            "face": Value("string"),
-        }
-    )
-    dd = DatasetDict(
-        {
-            "train": Dataset.from_list([item(rng, shuffled_share) for _ in range(rows)], features=features),
-            "validation": Dataset.from_list(
-                [item(rng, shuffled_share) for _ in range(val_rows)], features=features
-            ),
-        }
-    )
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    dd.save_to_disk(str(tmp))
+    train = [item(rng, shuffled_share) for _ in range(rows)]
+    validation = [item(rng, shuffled_share) for _ in range(val_rows)]
     meta = {
         "kind": "sft",
         "format": ["prompt", "completion"],
@@ -211,20 +244,14 @@ def build_dataset(
         "revision_mix": list(REVISION_MIX),
         "splits": {"train": {"rows": rows}, "validation": {"rows": val_rows}},
     }
-    (tmp / "sftrl_dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
-    example = dd["train"][0]
-    (tmp / "README.md").write_text(
-        "# sftrl stage-0 curriculum\n\n"
+    about = (
         "Make-target-T items (T != 24, random J/Q/K values stated in the prompt, 2-4 cards) and expression "
         "evaluation, in the GeneralPoints `compact` prompt style, with 0-2 failed attempts and the "
         "verifier's feedback as context. Conversational prompt/completion rows (train with "
-        "`completion_only_loss`).\n\n"
-        f"Rebuild: `{meta['command']}`\n\nExample:\n\n```json\n{json.dumps(example, indent=1)}\n```\n"
+        "`completion_only_loss`)."
     )
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    columns = {"kind": "string", "target": "int64", "ranks": "string", "face": "string"}
+    return write_dataset(out, train, validation, columns, meta, about, overwrite=overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,7 +159,7 @@ def _place(result: dict[str, Any], origin: LatLng, region: str) -> dict[str, Any
         place_id = str(result["place_id"])
     except (KeyError, TypeError, ValueError):
         return None
-    if not name or any(c in name for c in '"{}\n'):  # milestone_info is almost-JSON: keep it parseable
+    if not name or "\n" in name:  # milestone_info holds one "key": "value" pair per line
         return None
     photos = result.get("photos") or []
     return {

@@ -135,6 +135,11 @@ class VIRLConfig(BaseModel):
     """Interpolated forward() rail points per leg (before dropping)."""
     drop_rate: float = Field(default=0.5, ge=0.0, lt=1.0)
     """Share of the interpolated rail points dropped (seeded)."""
+    route_draw: Literal["random", "by_index"] = Field(
+        default="random",
+        description="draw a route of the set at random per episode, or take route (episode index mod "
+        "route count), so a run of N = route count episodes plays every route once, in order",
+    )
     num_routes: int = Field(default=100, ge=1, le=10_000, description="routes per split")
     route_seed: int = Field(default=0, description="seed of the split's fixed route set")
     max_episode_steps: int | None = Field(default=None, ge=1, description="free mode step budget")
@@ -252,6 +257,9 @@ class VIRLEnv(SftrlEnv):
             idx = int(options["route_index"])
             if not 0 <= idx < len(routes):
                 raise ValueError(f"route_index {idx} out of range (0..{len(routes) - 1})")
+        elif cfg.route_draw == "by_index" and options.get("episode_index") is not None:
+            # The runner passes each episode's index (as for GP's pool_draw=by_index).
+            idx = int(options["episode_index"]) % len(routes)
         else:
             idx = int(self.np_random.integers(len(routes)))
         route = routes[idx]

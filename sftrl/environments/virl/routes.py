@@ -114,8 +114,9 @@ class Milestone(BaseModel):
 
 
 _LANDMARK_RE = re.compile(r"^(?:the destination\s+)?(.+?)\s+is\s+on\s+your\s+(.+?)\.?$", re.IGNORECASE)
-_BLOCK_RE = re.compile(r"\{(.*?)\}", re.DOTALL)
-_KV_RE = re.compile(r'"([a-z_]+)"\s*:\s*"([^"]*)"')
+# One ``"key": "value",`` pair per line. The value runs to the line's last quote: V-IRL writes the
+# landmark names unescaped, so a name may hold quotes (``Clarence "Du" Burns Arena``) or braces.
+_KV_LINE_RE = re.compile(r'^\s*"([a-z_]+)"\s*:\s*"(.*)"\s*,?\s*$')
 _NUM_RE = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -139,10 +140,7 @@ class RouteInfo(BaseModel):
     def milestones(self) -> list[Milestone]:
         """Parse the ``milestone_info`` blocks (V-IRL writes them as almost-JSON with trailing commas)."""
         out = []
-        for block in _BLOCK_RE.findall(self.milestone_info):
-            kv = dict(_KV_RE.findall(block))
-            if not kv:
-                continue
+        for kv in _milestone_blocks(self.milestone_info):
 
             def num(key: str, kv: dict[str, str] = kv) -> float:
                 m = _NUM_RE.search(kv.get(key, ""))
@@ -160,10 +158,32 @@ class RouteInfo(BaseModel):
         return out
 
 
+def _milestone_blocks(text: str) -> list[dict[str, str]]:
+    """The key/value pairs of each ``{ ... }`` block of ``milestone_info``, in order.
+
+    Blocks are read line by line (a line ``{`` opens one, a line ``}`` or ``},`` closes it), never
+    by matching braces or quotes, so a landmark name cannot end its block or value early.
+    """
+    blocks: list[dict[str, str]] = []
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        mark = line.strip()
+        if mark == "{":
+            current = {}
+        elif mark in ("}", "},"):
+            if current:
+                blocks.append(current)
+            current = None
+        elif current is not None and (m := _KV_LINE_RE.match(line)):
+            current[m.group(1)] = m.group(2)
+    return blocks
+
+
 def milestone_block(
     idx: int, landmarks: str, distance_m: float, human_heading: float, next_heading: float
 ) -> str:
-    """One ``milestone_info`` block in V-IRL's exact text format."""
+    """One ``milestone_info`` block in V-IRL's exact text format (names verbatim, one pair per line)."""
+    landmarks = " ".join(landmarks.splitlines())  # a line break would split the pair (see _milestone_blocks)
     return (
         "\n{\n"
         f'"intersection_idx": "{idx}",\n'
