@@ -87,7 +87,7 @@ def main() -> None:
             "--eval-env", "id=gp:prompt_style=compact,verify_iter=3",
             "--eval-env", "ood=gp:split=rule-ood,prompt_style=compact,verify_iter=3",
             "--eval-episodes", str(args.eval_episodes), "--eval-every", str(args.eval_every),
-            "--eval-max-new-tokens", "40", "--quiet",
+            "--eval-max-new-tokens", "40",
         )  # fmt: skip
     stage_s["rl (with evaluations)"] = time.perf_counter() - s
     evals = [json.loads(line) for line in (rl_dir / "eval.jsonl").read_text().splitlines() if line]
