@@ -1,10 +1,13 @@
 """The ``hf`` policy: a transformers model in-process, with dynamic batching, token ids and log-probs.
 
-Concurrent episodes' requests are gathered into one left-padded ``generate`` call (run in a worker
-thread so envs keep stepping meanwhile). Sampling happens in :class:`RowSampler`, a logits processor
-with one ``torch.Generator`` per row: a reply depends on its own seed only, never on which other
-requests shared its batch, and its log-probs are exactly ``log_softmax(logits / temperature)`` at the
-sampled tokens — what the RL learner recomputes, so rollout/trainer consistency can be checked.
+Concurrent episodes' requests are gathered into one batch (run in a worker thread so envs keep
+stepping meanwhile) and decoded by the KV-cached loop of :mod:`sftrl.agents.hf_decode` (a revision
+turn reuses the states of the turn before it; finished rows leave the batch), or by transformers'
+``generate`` for models whose positions that loop cannot count (multimodal RoPE). Sampling happens in
+:class:`RowSampler`, with one ``torch.Generator`` per row: a reply depends on its own seed only,
+never on which other requests shared its batch, and its log-probs are exactly
+``log_softmax(logits / temperature)`` at the sampled tokens — what the RL learner recomputes, so
+rollout/trainer consistency can be checked.
 
 Text models load with ``AutoModelForCausalLM`` + ``AutoTokenizer``; vision-language models with
 ``AutoModelForImageTextToText`` + ``AutoProcessor`` (Qwen2-VL / Qwen2.5-VL, Idefics3, LLaVA, …).
@@ -30,7 +33,20 @@ from sftrl.environments.base import Observation
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 _PLACEHOLDER_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "image_token_index")
-_OPTIONS = {"device", "dtype", "max_batch_size", "batch_wait_s", "revision", "trust_remote_code", "seed"}
+_OPTIONS = {
+    "device",
+    "dtype",
+    "max_batch_size",
+    "batch_wait_s",
+    "revision",
+    "trust_remote_code",
+    "seed",
+    "prefix_cache_mb",
+}
+
+
+DEFAULT_PREFIX_CACHE_MB = 256.0
+"""Bound of the states kept for prefix reuse across turns (:class:`sftrl.agents.hf_decode.PrefixStore`)."""
 
 
 class HFPolicyError(ValueError):
@@ -97,31 +113,34 @@ class RowSampler:
         self.greedy = temps <= 0
         self.temps = torch.where(self.greedy, torch.ones_like(temps), temps).unsqueeze(1)
         self.top_ps = torch.tensor([float(p) for p in top_ps], dtype=torch.float32)
-        self.sampled_rows = [i for i, g in enumerate(self.greedy.tolist()) if not g]
+        self._greedy_rows = self.greedy.tolist()
         self._steps: list[Any] = []
 
     @property
     def logprobs(self) -> list[list[float]]:
-        """Per row, the log-prob of each token chosen so far."""
+        """Per row, the log-prob of each token chosen so far (``generate`` path)."""
         import torch
 
         if not self._steps:
             return [[] for _ in self.generators]
         return torch.stack(self._steps, dim=1).tolist()
 
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
+    def step(self, logits: Any, rows: Sequence[int]) -> tuple[Any, Any]:
+        """Choose the next token of each of ``rows`` (request indices) from their ``[len(rows), V]``
+        logits; returns the tokens and their log-probs. Each row draws noise from its own generator."""
         import torch
 
-        logits = scores.float()
+        logits = logits.float()
         if self.suppressed:
             logits[:, self.suppressed] = float("-inf")
-        temps = self.temps.to(logits.device)
+        index = torch.tensor(list(rows), dtype=torch.long)
+        temps = self.temps[index].to(logits.device)
         logp = torch.log_softmax(logits / temps, dim=-1)
         tokens = torch.argmax(logits, dim=-1)
-        rows = self.sampled_rows
-        if rows:
-            lp = logp[rows]
-            top_p = self.top_ps[rows].to(logits.device)
+        sampled = [j for j, i in enumerate(rows) if not self._greedy_rows[i]]
+        if sampled:
+            lp = logp[sampled]
+            top_p = self.top_ps[index[sampled]].to(logits.device)
             if bool((top_p < 1.0).any()):
                 probs = lp.exp()
                 sorted_p, order = torch.sort(probs, dim=-1, descending=True)
@@ -129,10 +148,17 @@ class RowSampler:
                 keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
                 lp = lp.masked_fill(~keep, float("-inf"))
             vocab = logits.shape[-1]
-            u = torch.stack([torch.rand(vocab, generator=self.generators[i]) for i in rows])
+            u = torch.stack([torch.rand(vocab, generator=self.generators[rows[j]]) for j in sampled])
             gumbel = -torch.log(-torch.log(u.clamp(min=1e-20)))
-            tokens[rows] = torch.argmax(lp + gumbel.to(lp.device), dim=-1)
-        self._steps.append(logp.gather(1, tokens.unsqueeze(1)).squeeze(1).cpu())
+            tokens[sampled] = torch.argmax(lp + gumbel.to(lp.device), dim=-1)
+        return tokens, logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        """Logits-processor form for ``generate``: all mass on the chosen token."""
+        import torch
+
+        tokens, lps = self.step(scores, range(len(self.generators)))
+        self._steps.append(lps.cpu())
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(1, tokens.unsqueeze(1), 0.0)
         return out
@@ -165,6 +191,7 @@ class HFPolicy:
         revision: str | None = None,
         trust_remote_code: bool = False,
         seed: int = 0,
+        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
     ) -> None:
         import random
 
@@ -211,7 +238,7 @@ class HFPolicy:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_name, **kwargs)
             self.processor = self.tokenizer
             self.model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=torch_dtype, **kwargs)
-        self._setup(config, device)
+        self._setup(config, device, prefix_cache_mb=prefix_cache_mb)
         self.revision = revision or self.revision
 
     @classmethod
@@ -224,6 +251,7 @@ class HFPolicy:
         max_batch_size: int = 8,
         batch_wait_s: float = 0.002,
         seed: int = 0,
+        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
     ) -> HFPolicy:
         """A policy over an already loaded model and its tokenizer/processor (a trainer's live model:
         periodic evaluation during ``agent train sft|rl`` plays episodes with the weights being trained)."""
@@ -240,10 +268,16 @@ class HFPolicy:
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.vision = getattr(model.config, "vision_config", None) is not None
-        self._setup(model.config, str(next(model.parameters()).device), move=False)
+        self._setup(
+            model.config, str(next(model.parameters()).device), move=False, prefix_cache_mb=prefix_cache_mb
+        )
         return self
 
-    def _setup(self, config: Any, device: str, move: bool = True) -> None:
+    def _setup(
+        self, config: Any, device: str, move: bool = True, prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB
+    ) -> None:
+        from sftrl.agents.hf_decode import PrefixStore, supports_fast_decode
+
         self.device = device
         if move:
             self.model.to(device).eval()
@@ -269,6 +303,10 @@ class HFPolicy:
         self.max_positions = int(getattr(text_cfg, "max_position_embeddings", 0) or 0) or None
         self._pending: list[_Request] = []
         self._task: asyncio.Task[None] | None = None
+        if prefix_cache_mb < 0:
+            raise HFPolicyError("prefix_cache_mb must be >= 0")
+        self.fast_decode = supports_fast_decode(self.model)
+        self.prefix_store = PrefixStore(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         self.batches: list[int] = []
         """Sizes of the generate calls made so far (dynamic batching, for benchmarks and tests)."""
 
@@ -282,6 +320,8 @@ class HFPolicy:
                 f"known: {', '.join(sorted(_OPTIONS))}"
             )
         options.setdefault("seed", run.seed)
+        # Batch as many requests as the run has episodes in flight (the loop serves them together).
+        options.setdefault("max_batch_size", run.concurrency)
         return cls(run.model, **options)
 
     @property
@@ -377,7 +417,6 @@ class HFPolicy:
 
     def _generate_batch(self, batch: list[_Request]) -> list[Reply]:
         import torch
-        from transformers import GenerationConfig
 
         encs = [self.encode_chat(r.chat, r.images, r.tools) for r in batch]
         replies: list[Reply | None] = [None] * len(batch)
@@ -396,48 +435,87 @@ class HFPolicy:
                 live.append(i)
                 budgets.append(budget)
         if live:
-            width = max(len(encs[i]["input_ids"]) for i in live)
-            ids = torch.full((len(live), width), self.pad_token_id, dtype=torch.long)
-            attn = torch.zeros((len(live), width), dtype=torch.long)
-            for row, i in enumerate(live):
-                seq = encs[i]["input_ids"]
-                ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)  # left padding
-                attn[row, width - len(seq) :] = 1
-            inputs: dict[str, Any] = {
-                "input_ids": ids.to(self.device),
-                "attention_mask": attn.to(self.device),
-            }
-            if any("mm_token_type_ids" in encs[i] for i in live):
-                types = torch.zeros_like(ids)
-                for row, i in enumerate(live):
-                    t = encs[i].get("mm_token_type_ids") or [0] * len(encs[i]["input_ids"])
-                    types[row, width - len(t) :] = torch.tensor(t, dtype=torch.long)
-                inputs["mm_token_type_ids"] = types.to(self.device)
-            for key in ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes"):
-                parts = [encs[i][key] for i in live if key in encs[i]]
-                if parts:
-                    inputs[key] = torch.cat(parts, dim=0).to(self.device)
             sampler = RowSampler(
                 [batch[i].seed for i in live],
                 [batch[i].sampling.temperature for i in live],
                 [batch[i].sampling.top_p for i in live],
                 self.suppressed_token_ids,
             )
-            gen_cfg = GenerationConfig(
-                max_new_tokens=max(budgets),
-                do_sample=False,
-                use_cache=True,  # a trainer may have switched the model's config default off
-                pad_token_id=self.pad_token_id,
-                eos_token_id=sorted(self.eos_ids),
-            )
             with torch.no_grad():
-                out = self.model.generate(**inputs, generation_config=gen_cfg, logits_processor=[sampler])
-            new = out[:, width:].tolist()
-            logprobs = sampler.logprobs
+                if self.fast_decode:
+                    outs = self._decode(sampler, [encs[i] for i in live], budgets)
+                else:
+                    outs = self._generate(sampler, [encs[i] for i in live], budgets)
             for row, i in enumerate(live):
-                replies[i] = self._reply(new[row], logprobs[row], budgets[row], batch[i])
+                tokens, logprobs = outs[row]
+                replies[i] = self._reply(tokens, logprobs, budgets[row], batch[i])
         self.batches.append(len(live))
         return [r for r in replies if r is not None]
+
+    def _decode(
+        self, sampler: RowSampler, encs: list[dict[str, Any]], budgets: list[int]
+    ) -> list[tuple[list[int], list[float]]]:
+        """The KV-cached loop (:mod:`sftrl.agents.hf_decode`): prefix reuse, no per-step copies."""
+        from sftrl.agents.hf_decode import Row, decode, weights_version
+
+        if self.prefix_store is not None:
+            self.prefix_store.check_weights(weights_version(self.model))
+        placeholders = set(self.suppressed_token_ids)
+        rows = [
+            Row(
+                ids=list(e["input_ids"]),
+                budget=budget,
+                inputs={k: v for k, v in e.items() if k != "input_ids"},
+                image_tokens=sum(1 for t in e["input_ids"] if t in placeholders),
+            )
+            for e, budget in zip(encs, budgets, strict=True)
+        ]
+        return decode(
+            self.model,
+            rows,
+            sampler.step,
+            self.eos_ids,
+            self.pad_token_id,
+            self.prefix_store,
+            placeholder_ids=self.suppressed_token_ids,
+        )
+
+    def _generate(
+        self, sampler: RowSampler, encs: list[dict[str, Any]], budgets: list[int]
+    ) -> list[tuple[list[int], list[float]]]:
+        """transformers' ``generate`` with the row sampler as logits processor (models whose positions
+        the loop cannot count itself, e.g. multimodal RoPE)."""
+        import torch
+        from transformers import GenerationConfig
+
+        width = max(len(e["input_ids"]) for e in encs)
+        ids = torch.full((len(encs), width), self.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((len(encs), width), dtype=torch.long)
+        for row, e in enumerate(encs):
+            seq = e["input_ids"]
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)  # left padding
+            attn[row, width - len(seq) :] = 1
+        inputs: dict[str, Any] = {"input_ids": ids.to(self.device), "attention_mask": attn.to(self.device)}
+        if any("mm_token_type_ids" in e for e in encs):
+            types = torch.zeros_like(ids)
+            for row, e in enumerate(encs):
+                t = e.get("mm_token_type_ids") or [0] * len(e["input_ids"])
+                types[row, width - len(t) :] = torch.tensor(t, dtype=torch.long)
+            inputs["mm_token_type_ids"] = types.to(self.device)
+        for key in ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes"):
+            parts = [e[key] for e in encs if key in e]
+            if parts:
+                inputs[key] = torch.cat(parts, dim=0).to(self.device)
+        gen_cfg = GenerationConfig(
+            max_new_tokens=max(budgets),
+            do_sample=False,
+            use_cache=True,  # a trainer may have switched the model's config default off
+            pad_token_id=self.pad_token_id,
+            eos_token_id=sorted(self.eos_ids),
+        )
+        out = self.model.generate(**inputs, generation_config=gen_cfg, logits_processor=[sampler])
+        new = out[:, width:].tolist()
+        return list(zip(new, sampler.logprobs, strict=True))
 
     def _reply(self, tokens: list[int], logprobs: list[float], budget: int, request: _Request) -> Reply:
         finish = "length"

@@ -62,6 +62,8 @@ class ReproConfig:
     """V-IRL: routes of the id split (held-out ID routes + training routes) and of the OOD split."""
     verify_iter: int = 3
     max_new_tokens: int = 40
+    eval_concurrency: int = 128
+    """Episodes evaluated at once (greedy; the batch changes speed, a reply at most by float rounding)."""
     # Stage 0 (only when no checkpoint is given or shipped): the shipped checkpoint's recipe.
     model: dict[str, int] = field(default_factory=lambda: {"hidden": 128, "layers": 4, "heads": 4})
     stage0_rows: int = 224_000
@@ -159,7 +161,11 @@ def eval_specs(cfg: ReproConfig, pools: dict[str, Path], sizes: dict[str, int]) 
     exp = experiments.get(cfg.experiment)
     out = []
     for name, split, pool in (("id", "id", "id_eval"), ("ood", exp.ood_split, "ood_eval")):
-        opts = {**_env_options(cfg, pools[pool], split, by_index=True), "episodes": sizes[pool]}
+        opts = {
+            **_env_options(cfg, pools[pool], split, by_index=True),
+            "episodes": sizes[pool],
+            "concurrency": min(sizes[pool], cfg.eval_concurrency),
+        }
         out.append(f"{name}={exp.env}:" + ",".join(f"{k}={v}" for k, v in opts.items()))
     return out
 
@@ -563,7 +569,7 @@ def run(
             init = stage0 if arm == "rl-no-sft" else warm
             configs[f"{arm}-{s}"] = rl_arm_config(cfg, arm, pools, init, out / f"seed{s}" / arm, s, specs)
     commands["evaluation of a model directory M"] = [
-        f"agent run --policy hf --model M --temperature 0 --concurrency 64 --env {exp.env} "
+        f"agent run --policy hf --model M --temperature 0 --env {exp.env} "
         + " ".join(_spec_flags(spec))
         + f" --out M-eval/{spec.split('=')[0]}"
         for spec in specs
@@ -626,7 +632,7 @@ def _evaluate_checkpoint(cfg: ReproConfig, model: Path, out: Path, specs: list[s
 
     _setup_worker()
     out.mkdir(parents=True, exist_ok=True)
-    policy = HFPolicy(model, max_batch_size=64)
+    policy = HFPolicy(model, max_batch_size=cfg.eval_concurrency)
     evaluate(
         policy,
         [parse_eval_env(s) for s in specs],

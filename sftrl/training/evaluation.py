@@ -130,6 +130,11 @@ def evaluate(
             values = {"episodes": episodes, "seed": seed, **spec.values}
             n = int(values["episodes"])
             values["concurrency"] = values.get("concurrency") or min(n, getattr(policy, "max_batch_size", 8))
+            # A spec that asks for more episodes at once than the policy batches gets batches that big
+            # (greedy replies do not depend on the batch; larger batches decode faster per episode).
+            batch_size = getattr(policy, "max_batch_size", None)
+            if batch_size is not None:
+                policy.max_batch_size = max(batch_size, int(values["concurrency"]))
             values["out"] = out / EVAL_DIR / f"step-{step:06d}" / spec.name
             values["resume"] = values["out"].exists()
             run, env_cfg = split_config(values)
@@ -140,7 +145,11 @@ def evaluate(
                     "sampling": SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens),
                 }
             )
-            summary = asyncio.run(run_async(run, env_cfg, policy=policy))
+            try:
+                summary = asyncio.run(run_async(run, env_cfg, policy=policy))
+            finally:
+                if batch_size is not None:
+                    policy.max_batch_size = batch_size
             row[spec.name] = {
                 k: summary.get(k)
                 for k in (
