@@ -106,10 +106,12 @@ def test_consistency_check_accepts_own_rollouts_and_refuses_others(model):
         learner.check_consistency(own)
 
 
-@pytest.mark.parametrize("algo", ["ppo", "grpo"])
-def test_updates_move_probability_towards_rewarded_replies(model, algo):
+@pytest.mark.parametrize(("algo", "ratio"), [("ppo", "sequence"), ("ppo", "token"), ("grpo", "sequence")])
+def test_updates_move_probability_towards_rewarded_replies(model, algo, ratio):
     learner = Learner(
-        model, encode, RLConfig(algo=algo, lr=3e-3, ppo_epochs=2, minibatch_size=4, ent_coef=0.0)
+        model,
+        encode,
+        RLConfig(algo=algo, lr=3e-3, ppo_epochs=2, minibatch_size=4, ent_coef=0.0, ratio=ratio),
     )
     before = seq_logprob(learner, GOOD) - seq_logprob(learner, BAD)
     for _ in range(4):
@@ -120,6 +122,20 @@ def test_updates_move_probability_towards_rewarded_replies(model, algo):
     assert learner.updates == 4
     if algo == "ppo":
         assert stats["value_loss"] > 0
+
+
+def test_token_ratios_clip_tokens_where_reply_ratios_clip_whole_replies(model):
+    """One reply's log-prob moves by the sum of its tokens' moves: a per-reply ratio leaves the clip
+    range long before its tokens' ratios do, so the reply-level clip fraction is the larger one."""
+    fractions = {}
+    for ratio in ("sequence", "token"):
+        m = type(model)(model.config)
+        m.load_state_dict(model.state_dict())
+        learner = Learner(
+            m, encode, RLConfig(algo="ppo", lr=1e-4, ppo_epochs=4, minibatch_size=2, ratio=ratio)
+        )
+        fractions[ratio] = learner.update(batch_of(learner))["clip_fraction"]
+    assert fractions["sequence"] > 1.5 * fractions["token"] > 0
 
 
 def test_grpo_kl_to_reference_is_reported(model):

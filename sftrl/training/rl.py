@@ -38,6 +38,11 @@ class RLConfig(BaseModel):
     ppo_epochs: int = Field(default=4, ge=1)
     minibatch_size: int = Field(default=8, ge=1)
     clip: float = Field(default=0.1, gt=0)
+    ratio: Literal["sequence", "token"] = Field(
+        default="sequence",
+        description="PPO importance ratio per reply (the paper's: a reply is one action) or per token "
+        "(each token clipped on its own, the reply's advantage on every token; as GRPO always does)",
+    )
     gamma: float = Field(default=0.9, ge=0, le=1)
     lam: float = Field(default=0.95, ge=0, le=1)
     vf_coef: float = Field(default=0.5, ge=0)
@@ -335,6 +340,8 @@ class Learner:
         import torch
 
         cfg = self.cfg
+        # Ratios (and async importance weights) per token: GRPO always, PPO with ratio="token".
+        per_token = cfg.algo == "grpo" or cfg.ratio == "token"
         trained0, scored0 = self.tokens_trained, self.tokens_scored
         self.module.train()
         items, adv, ret = self._advantages(batch)
@@ -351,7 +358,7 @@ class Learner:
                     log_w = p - torch.tensor(t.behaviour_logprobs, dtype=torch.float32, device=p.device)
                 gap_sum += float(log_w.abs().sum())
                 gap_n += len(t.completion_ids)
-                if cfg.algo == "ppo":
+                if not per_token:
                     w = torch.exp(log_w.sum().clamp(-20, 20)).reshape(1)
                 else:
                     w = torch.exp(log_w.clamp(-20, 20))
@@ -384,13 +391,13 @@ class Learner:
                 chunk = [items[i] for i in idx]
                 s = self.score(chunk, with_values=cfg.algo == "ppo")
                 old = torch.zeros_like(s.logprobs)
-                # Truncated importance weights (async only): per token (GRPO) or per reply (PPO).
-                weight = torch.ones_like(s.logprobs if cfg.algo == "grpo" else s.logprobs[:, 0])
+                # Truncated importance weights (async only): per token or per reply, as the ratios.
+                weight = torch.ones_like(s.logprobs if per_token else s.logprobs[:, 0])
                 for j, t in enumerate(chunk):
                     c = len(t.completion_ids)
                     if prox:
                         old[j, :c] = prox[idx[j]]
-                        if cfg.algo == "grpo":
+                        if per_token:
                             weight[j, :c] = is_w[idx[j]]
                         else:
                             weight[j] = is_w[idx[j]][0]
@@ -402,30 +409,25 @@ class Learner:
                 a = torch.tensor([adv[i] for i in idx], dtype=torch.float32, device=dev)
                 n_tok = s.mask.sum(-1).clamp(min=1)
                 if cfg.algo == "ppo":
-                    # Action = the whole reply: its log-prob is the sum of its token log-probs.
-                    new_lp = (s.logprobs * s.mask).sum(-1)
-                    old_lp = (old * s.mask).sum(-1)
-                    ratio = torch.exp((new_lp - old_lp).clamp(-20, 20))
-                    surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a)
-                    pg = -(surrogate * weight).mean() if prox else -surrogate.mean()
-                    clipped = ((ratio - 1).abs() > cfg.clip).float().mean()
-                    approx_kl = (old_lp - new_lp).mean()
+                    if cfg.ratio == "token":
+                        w_tok = weight if prox else None
+                        pg, clipped, approx_kl = _token_surrogate(s, old, a, w_tok, cfg.clip)
+                    else:
+                        # Action = the whole reply: its log-prob is the sum of its token log-probs.
+                        new_lp = (s.logprobs * s.mask).sum(-1)
+                        old_lp = (old * s.mask).sum(-1)
+                        ratio = torch.exp((new_lp - old_lp).clamp(-20, 20))
+                        surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a)
+                        pg = -(surrogate * weight).mean() if prox else -surrogate.mean()
+                        clipped = ((ratio - 1).abs() > cfg.clip).float().mean()
+                        approx_kl = (old_lp - new_lp).mean()
                     assert s.values is not None
                     r = torch.tensor([ret[i] for i in idx], dtype=torch.float32, device=dev)
                     v_loss = 0.5 * (s.values - r).pow(2).mean()
                     kl = torch.zeros((), device=dev)
                 else:
                     # GRPO: token-level clipped ratios, the episode's group advantage on every token.
-                    ratio = torch.exp((s.logprobs - old).clamp(-20, 20))
-                    at = a.unsqueeze(-1)
-                    tok = -torch.min(ratio * at, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * at)
-                    if prox:
-                        tok = tok * weight
-                    pg = ((tok * s.mask).sum(-1) / n_tok).mean()
-                    clipped = (((ratio - 1).abs() > cfg.clip).float() * s.mask).sum() / s.mask.sum().clamp(
-                        min=1
-                    )
-                    approx_kl = ((old - s.logprobs) * s.mask).sum() / s.mask.sum().clamp(min=1)
+                    pg, clipped, approx_kl = _token_surrogate(s, old, a, weight if prox else None, cfg.clip)
                     v_loss = torch.zeros((), device=dev)
                     kl = torch.zeros((), device=dev)
                     if ref_lp:
@@ -492,6 +494,26 @@ class Learner:
             self.value_head.load_state_dict(state["value_head"])
         self.updates = int(state["updates"])
         self.rng.setstate(state["rng"])
+
+
+def _token_surrogate(
+    s: Scored, old: torch.Tensor, adv: torch.Tensor, weight: torch.Tensor | None, clip: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token-level clipped surrogate (each reply's advantage on each of its tokens; mean over a
+    reply's tokens, then over replies): policy loss, clipped-token fraction, approximate KL."""
+    import torch
+
+    n_tok = s.mask.sum(-1).clamp(min=1)
+    ratio = torch.exp((s.logprobs - old).clamp(-20, 20))
+    at = adv.unsqueeze(-1)
+    tok = -torch.min(ratio * at, ratio.clamp(1 - clip, 1 + clip) * at)
+    if weight is not None:
+        tok = tok * weight
+    pg = ((tok * s.mask).sum(-1) / n_tok).mean()
+    real = s.mask.sum().clamp(min=1)
+    clipped = (((ratio - 1).abs() > clip).float() * s.mask).sum() / real
+    approx_kl = ((old - s.logprobs) * s.mask).sum() / real
+    return pg, clipped, approx_kl
 
 
 def _chunks(xs: list[Any], n: int) -> list[list[Any]]:
