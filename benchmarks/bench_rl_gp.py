@@ -46,6 +46,15 @@ def main() -> None:
     ap.add_argument("--episodes-per-update", type=int, default=64)
     ap.add_argument("--group-size", type=int, default=8, help="GRPO group size")
     ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--value-lr", type=float, default=1e-3, help="PPO value head learning rate")
+    ap.add_argument("--ratio", choices=("sequence", "token"), default="token", help="PPO ratio level")
+    ap.add_argument("--clip", type=float, default=0.2)
+    ap.add_argument("--ppo-epochs", type=int, default=2)
+    ap.add_argument("--minibatch-size", type=int, default=48)
+    ap.add_argument("--ent-coef", type=float, default=0.0)
+    ap.add_argument(
+        "--tag", default="", help="suffix of the RL run directory (compare settings in one --out)"
+    )
     ap.add_argument("--expert-episodes", type=int, default=40_000)
     ap.add_argument("--sft-steps", type=int, default=300)
     ap.add_argument("--sft-lr", type=float, default=5e-4)
@@ -76,14 +85,17 @@ def main() -> None:
                "--lr-scheduler", "cosine", "--batch-size", "64", "--batch-groups", "turns",
                "--no-evaluate")  # fmt: skip
     stage_s["sft"] = time.perf_counter() - s
-    rl_dir = out / f"rl-{args.algo}"
+    rl_dir = out / f"rl-{args.algo}{'-' + args.tag if args.tag else ''}"
     s = time.perf_counter()
     if not (rl_dir / "config.json").exists():
         _agent(
             "train", "rl", *env, "--model", str(out / "sft"), "--out", str(rl_dir), "--algo", args.algo,
             "--max-steps", str(args.updates), "--episodes-per-update", str(args.episodes_per_update),
             "--group-size", str(args.group_size if args.algo == "grpo" else 1), "--concurrency", "64",
-            "--lr", str(args.lr), "--max-new-tokens", "40", "--save-every", str(args.updates),
+            "--lr", str(args.lr), "--value-lr", str(args.value_lr), "--ratio", args.ratio,
+            "--clip", str(args.clip), "--ppo-epochs", str(args.ppo_epochs),
+            "--minibatch-size", str(args.minibatch_size), "--ent-coef", str(args.ent_coef),
+            "--max-new-tokens", "40", "--save-every", str(args.updates),
             "--eval-env", "id=gp:prompt_style=compact,verify_iter=3",
             "--eval-env", "ood=gp:split=rule-ood,prompt_style=compact,verify_iter=3",
             "--eval-episodes", str(args.eval_episodes), "--eval-every", str(args.eval_every),
@@ -169,7 +181,8 @@ def _report(
     axes[1].set_ylabel("mean reward of the training episodes")
     fig.suptitle(f"GP-L: {algo} from the SFT warm start of the shipped stage-0 model")
     fig.tight_layout()
-    png = out / f"rl_gp_{args.algo}.png"
+    name = f"rl_gp_{args.algo}{'_' + args.tag if args.tag else ''}"
+    png = out / f"{name}.png"
     fig.savefig(png, dpi=110)
     plt.close(fig)
     summary = {
@@ -183,7 +196,7 @@ def _report(
         "total_seconds": total_s,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
-    (out / f"rl_gp_{args.algo}.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=1, default=str))
     console.print(f"plot: {png}")
 
 
