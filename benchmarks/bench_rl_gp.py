@@ -10,7 +10,9 @@ the same commands as the README's quick tour shows:
    the expert errs on purpose 30% of the time, so the logs hold revisions), ``agent data sft
    --chains full`` — demonstrations with the verifier's feedback turns;
 3. ``agent train sft`` — the SFT warm start (300 steps of 64, lr 5e-4 cosine, turn-grouped batches);
-4. ``agent train rl`` — online PPO (or GRPO) with the verifier's rewards, 64 episodes per update,
+4. ``agent train rl`` — online PPO (or GRPO) with the verifier's rewards, 64 episodes per update, the
+   ``agent repro`` arms' update settings by default (2 epochs, minibatches of 48, no entropy bonus,
+   value lr 1e-3, reply-level ratios clipped at 0.1; ``--ratio token`` etc. to compare),
    evaluated greedily before the first update and every ``--eval-every`` updates on the same fixed
    seeds of the ID split and of the rule-OOD split (J/Q/K = 11/12/13).
 
@@ -47,8 +49,8 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=8, help="GRPO group size")
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--value-lr", type=float, default=1e-3, help="PPO value head learning rate")
-    ap.add_argument("--ratio", choices=("sequence", "token"), default="token", help="PPO ratio level")
-    ap.add_argument("--clip", type=float, default=0.2)
+    ap.add_argument("--ratio", choices=("sequence", "token"), default="sequence", help="PPO ratio level")
+    ap.add_argument("--clip", type=float, default=0.1)
     ap.add_argument("--ppo-epochs", type=int, default=2)
     ap.add_argument("--minibatch-size", type=int, default=48)
     ap.add_argument("--ent-coef", type=float, default=0.0)
