@@ -190,9 +190,8 @@ class Row:
     ids: list[int]
     budget: int
     inputs: dict[str, Any] = field(default_factory=dict)
-    """Image tensors etc. for this row (only used when its whole prompt is prefilled)."""
-    image_tokens: int = 0
-    """Image placeholder tokens in the prompt: a cached prefix is only used if the suffix has none."""
+    """Image tensors etc. for this row (only used when its whole prompt is prefilled: a cached prefix
+    is used only if the new suffix holds no image placeholder)."""
 
 
 StepFn = Callable[[torch.Tensor, list[int]], tuple[torch.Tensor, torch.Tensor]]
@@ -216,7 +215,7 @@ def decode(
     placeholders = set(placeholder_ids)
     for r in rows:
         n, entry = store.longest_prefix(r.ids) if store is not None else (0, None)
-        if entry is not None and r.image_tokens and any(t in placeholders for t in r.ids[n:]):
+        if entry is not None and any(t in placeholders for t in r.ids[n:]):
             n, entry = 0, None  # the suffix carries an image: prefill the whole prompt with its pixels
         cached.append(n)
         entries.append(entry)

@@ -460,13 +460,11 @@ class HFPolicy:
 
         if self.prefix_store is not None:
             self.prefix_store.check_weights(weights_version(self.model))
-        placeholders = set(self.suppressed_token_ids)
         rows = [
             Row(
                 ids=list(e["input_ids"]),
                 budget=budget,
                 inputs={k: v for k, v in e.items() if k != "input_ids"},
-                image_tokens=sum(1 for t in e["input_ids"] if t in placeholders),
             )
             for e, budget in zip(encs, budgets, strict=True)
         ]
