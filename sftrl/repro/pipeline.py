@@ -92,8 +92,14 @@ class ReproConfig:
     def full(cls, experiment: str = "gp-l-rule") -> ReproConfig:
         exp = experiments.get(experiment)
         if exp.env == "virl":
+            # Stage 0 sized for the 60-minute rebuild budget on one core: V-IRL rows are ~3x GP's
+            # length (one step ~3.3 s at batch 64), so 1000 steps over 64,000 rows (one epoch).
             return cls(
-                experiment=experiment, verify_iter=exp.verify_iter, n_id_eval=experiments.VIRL_ID_EVAL_ROUTES
+                experiment=experiment,
+                verify_iter=exp.verify_iter,
+                n_id_eval=experiments.VIRL_ID_EVAL_ROUTES,
+                stage0_rows=64_000,
+                stage0_steps=1000,
             )
         return cls(experiment=experiment, verify_iter=exp.verify_iter)
 
