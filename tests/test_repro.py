@@ -225,12 +225,18 @@ def test_agent_repro_quick_runs_every_stage_and_each_job_reruns_by_hand(
         assert main(["eval", evals[-1]["ood"]["out"], "--json"]) == 0
         rate = json.loads(capsys.readouterr().out)["success_rate"]
         assert rate == pytest.approx(curve[-1]["ood"])
+        # The curve plays a fixed OOD subset; the run's end also plays the whole OOD set (the endpoint).
+        assert [("ood_all" in e) for e in evals] == [False] * (len(evals) - 1) + [True]
+        assert evals[-1]["ood"]["episodes"] == 6 and evals[-1]["ood_all"]["episodes"] == 12
     assert "| stage 2b: + RL (PPO) |" in (out / "results.md").read_text()
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "seed_level" in results["paired"]["ppo-sft/ood"]
-    assert results["n_eval"] == {"id": 12, "ood": 12, "ood_seen": results["n_eval"]["ood_seen"]}
+    n_seen = results["n_eval"]["ood_seen"]
+    assert results["n_eval"] == {"id": 12, "ood": 12, "ood_seen": n_seen, "ood_curve": 6}
     # The printed command of a job, run by hand, reproduces that job's evaluations exactly.
     commands = (out / "commands.md").read_text()
+    by_hand = commands.split("## evaluation of a model directory M")[1].split("## ")[0]
+    assert "ood_eval.json" in by_hand and "ood_curve.json" not in by_hand and "--at" not in by_hand
     for job in ("sft-0", "grpo-0"):
         block = commands.split(f"## {job}\n\n```bash\n")[1].split("\n```")[0]
         again = tmp_path / f"again-{job}"
@@ -242,7 +248,7 @@ def test_agent_repro_quick_runs_every_stage_and_each_job_reruns_by_hand(
         ]
         for a, b in zip(mine, theirs, strict=True):
             assert a["flops"] == b["flops"] and a["step"] == b["step"]
-            for split in ("id", "ood"):
+            for split in ("id", "ood", "ood_all")[: 3 if "ood_all" in b else 2]:
                 assert a[split]["success_rate"] == b[split]["success_rate"]
                 assert a[split]["mean_reward"] == b[split]["mean_reward"]
 

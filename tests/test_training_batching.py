@@ -1,15 +1,16 @@
-"""Turn-grouped SFT batches: each batch one conversation depth, kinds mixed (``--batch-groups turns``)."""
+"""Turn-grouped SFT batches (``--batch-groups turns``) and length-grouped RL mini-batches."""
 
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from sftrl.cli import main
-from sftrl.training.batching import GroupedBatchSampler, grouped_batch_order, turn_counts
+from sftrl.training.batching import GroupedBatchSampler, grouped_batch_order, length_batches, turn_counts
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +69,32 @@ def test_train_sft_with_turn_groups_batches_by_depth(
     capsys.readouterr()
     assert main([*argv, "--max-steps", "1", "--batch-groups", "turns", "--group-by-length"]) == 2
     assert "group_by_length and batch_groups both choose the batches" in capsys.readouterr().err
+
+
+def test_length_batches_use_every_row_once_in_as_many_near_equal_batches_of_similar_length() -> None:
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 300) for _ in range(182)]
+    for gen in (None, random.Random(1)):
+        batches = length_batches(lengths, 48, gen)
+        assert len(batches) == 4  # ceil(182 / 48), as random mini-batches would be
+        assert sorted(i for b in batches for i in b) == list(range(182))
+        assert {len(b) for b in batches} <= {45, 46}
+        # Each batch is a run of the rows sorted by length: batches do not interleave.
+        spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in batches)
+        assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:], strict=False))
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in length_batches(lengths, 48))
+    order = list(range(182))
+    random.Random(2).shuffle(order)
+    random_padded = sum(
+        len(order[k : k + 48]) * max(lengths[i] for i in order[k : k + 48]) for k in range(0, 182, 48)
+    )
+    assert padded < 0.8 * random_padded
+    assert length_batches([], 8) == []
+
+
+def test_length_batches_are_shuffled_with_an_rng_and_fixed_without() -> None:
+    lengths = [5] * 40 + [9] * 40
+    assert length_batches(lengths, 8) == length_batches(lengths, 8)
+    assert length_batches(lengths, 8)[0] == list(range(8))  # shortest first, ties by index
+    a, b = length_batches(lengths, 8, random.Random(0)), length_batches(lengths, 8, random.Random(1))
+    assert a != b and sorted(map(sorted, a)) != sorted(map(sorted, b))  # order and tie-breaks differ

@@ -16,8 +16,10 @@ def test_eval_env_specs_parse_and_bad_ones_say_why() -> None:
     assert spec.name == "ood"
     assert spec.values == {"env": "gp", "split": "rule-ood", "prompt_style": "compact", "episodes": "5"}
     assert parse_eval_env("gp:split=id").name == "gp-id"
+    assert not spec.final_only and parse_eval_env("all=gp:episodes=9,at=final").final_only
+    assert "at" not in parse_eval_env("all=gp:episodes=9,at=final").values
     validate_specs([spec])
-    for bad in ("", "x=:split=id", "gp:split", "a b=gp"):
+    for bad in ("", "x=:split=id", "gp:split", "a b=gp", "gp:at=sometimes"):
         with pytest.raises(EvalError):
             parse_eval_env(bad)
     with pytest.raises(EvalError, match="colour"):
@@ -41,6 +43,7 @@ def char_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 EVAL = "id=gp:prompt_style=compact,verify_iter=2,episodes=4"
+FINAL = "big=gp:prompt_style=compact,verify_iter=2,episodes=6,at=final"
 
 
 def test_train_sft_stops_at_the_flop_budget_and_evaluates_on_the_way(
@@ -52,8 +55,8 @@ def test_train_sft_stops_at_the_flop_budget_and_evaluates_on_the_way(
     out = tmp_path / "sft"
     argv = ["train", "sft", "--data", str(data), "--model", str(char_model), "--out", str(out)]
     argv += ["--max-steps", "1000", "--batch-size", "4", "--lr", "1e-3", "--max-flops", "3e8"]
-    argv += ["--eval-env", EVAL, "--eval-every", "3", "--eval-max-new-tokens", "12", "--json"]
-    assert main(argv) == 0
+    argv += ["--eval-env", EVAL, "--eval-env", FINAL, "--eval-every", "3", "--eval-max-new-tokens", "12"]
+    assert main([*argv, "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     step_flops = metrics["flops"] / metrics["global_step"]
     # It stopped at the first step past the budget (long before max_steps).
@@ -65,6 +68,9 @@ def test_train_sft_stops_at_the_flop_budget_and_evaluates_on_the_way(
     assert [e["flops"] for e in evals] == sorted(e["flops"] for e in evals)
     assert evals[-1]["flops"] == metrics["flops"]
     assert all(e["id"]["episodes"] == 4 and e["id"]["errors"] == 0 for e in evals)
+    # at=final: the large set is played once, at the end (with the every-point specs).
+    assert ["big" in e for e in evals] == [False] * (len(evals) - 1) + [True]
+    assert evals[-1]["big"]["episodes"] == 6
     assert (out / "eval_curve.png").exists()
     # The evaluated episodes are ordinary runs: `agent eval` recomputes the logged rate.
     assert main(["eval", evals[-1]["id"]["out"], "--json"]) == 0
@@ -125,7 +131,7 @@ def test_rl_reports_updates_without_learning_signal(
     argv = ["train", "rl", "--env", "gp", "--prompt-style", "compact", "--verify-iter", "1"]
     argv += ["--model", str(char_model), "--out", str(out), "--algo", "grpo", "--max-steps", "1"]
     argv += ["--episodes-per-update", "12", "--group-size", "12", "--max-new-tokens", "4"]
-    argv += ["--concurrency", "12", "--eval-env", EVAL, "--eval-max-new-tokens", "4"]
+    argv += ["--concurrency", "12", "--eval-env", EVAL, "--eval-env", FINAL, "--eval-max-new-tokens", "4"]
     assert main(argv) == 0
     # The episodes that run at once share one generate call (rollouts and evaluation alike).
     (policy,) = built
@@ -137,5 +143,6 @@ def test_rl_reports_updates_without_learning_signal(
     assert "no learning signal" in err
     evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 1]
+    assert "big" not in evals[0] and evals[1]["big"]["episodes"] == 6
     logged = json.loads((out / "eval" / "step-000001" / "id" / "episodes.jsonl").read_text().splitlines()[0])
     assert logged["policy"]["model"] == f"{out}@step-1"  # the weights evaluated, not the start model

@@ -106,12 +106,29 @@ def test_consistency_check_accepts_own_rollouts_and_refuses_others(model):
         learner.check_consistency(own)
 
 
-@pytest.mark.parametrize(("algo", "ratio"), [("ppo", "sequence"), ("ppo", "token"), ("grpo", "sequence")])
-def test_updates_move_probability_towards_rewarded_replies(model, algo, ratio):
+@pytest.mark.parametrize(
+    ("algo", "ratio", "order"),
+    [
+        ("ppo", "sequence", "random"),
+        ("ppo", "token", "random"),
+        ("grpo", "sequence", "random"),
+        ("ppo", "sequence", "length"),
+        ("grpo", "sequence", "length"),
+    ],
+)
+def test_updates_move_probability_towards_rewarded_replies(model, algo, ratio, order):
     learner = Learner(
         model,
         encode,
-        RLConfig(algo=algo, lr=3e-3, ppo_epochs=2, minibatch_size=4, ent_coef=0.0, ratio=ratio),
+        RLConfig(
+            algo=algo,
+            lr=3e-3,
+            ppo_epochs=2,
+            minibatch_size=4,
+            ent_coef=0.0,
+            ratio=ratio,
+            minibatch_order=order,
+        ),
     )
     before = seq_logprob(learner, GOOD) - seq_logprob(learner, BAD)
     for _ in range(4):
@@ -157,3 +174,31 @@ def test_state_round_trip(model, tmp_path):
     assert other.updates == 1
     w1 = learner.value_head.state_dict()["weight"]
     assert torch.equal(other.value_head.state_dict()["weight"], w1)
+
+
+@pytest.mark.parametrize("order", ["random", "length"])
+def test_every_transition_is_trained_once_per_epoch_in_either_minibatch_order(model, order):
+    learner = Learner(
+        model, encode, RLConfig(algo="ppo", lr=1e-3, ppo_epochs=3, minibatch_size=3, minibatch_order=order)
+    )
+    eps = [[make([10 + j for j in range(n)], float(n % 2), f"e{n}", f"g{n}", learner)] for n in range(1, 12)]
+    batch = EpisodeBatch(episodes=eps, returns=[e[0].reward for e in eps], successes=[False] * len(eps))
+    stats = learner.update(batch)
+    real = sum(len(PROMPT) + len(e[0].completion_ids) for e in eps)
+    assert stats["tokens_trained"] == 3 * real  # each transition once per epoch, padding not counted
+    assert stats["tokens_scored"] == real  # the value pass (PPO), one forward over each transition
+
+
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_update_checks_logged_logprobs_before_any_step(model, algo):
+    learner = Learner(model, encode, RLConfig(algo=algo, lr=1e-2, logprob_tolerance=1e-3))
+    stats = learner.update(batch_of(learner), check=True)
+    assert stats["logprob_gap"] < 1e-4
+    bad = batch_of(learner)
+    for t in bad.transitions:
+        t.behaviour_logprobs = [x - 0.5 for x in t.behaviour_logprobs]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(LogprobMismatchError, match="nats/token"):
+        learner.update(bad, check=True)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert learner.updates == 1

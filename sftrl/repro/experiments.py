@@ -153,9 +153,18 @@ def make_route_sets(
 
 
 def make_sets(
-    exp: Experiment, n_id_eval: int, n_ood_eval: int | None, split_seed: int, n_routes: int, out: Path
+    exp: Experiment,
+    n_id_eval: int,
+    n_ood_eval: int | None,
+    split_seed: int,
+    n_routes: int,
+    out: Path,
+    n_ood_curve: int | None = None,
 ) -> tuple[Pools | RouteSets, dict[str, Path], dict[str, int]]:
-    """The experiment's fixed sets, written under ``out``: (sets, paths, sizes of the eval sets)."""
+    """The experiment's fixed sets, written under ``out``: (sets, paths, sizes of the eval sets).
+
+    ``n_ood_curve`` (GP): also ``ood_curve.json``, a fixed random subset of the OOD multisets in pool
+    order, for the evaluations between a run's start and its end (the end evaluates all of them)."""
     if exp.env == "virl":
         sets, paths = make_route_sets(exp, n_id_eval, n_ood_eval, n_routes, out)
         return sets, paths, {"id_eval": len(sets.id_eval), "ood_eval": len(sets.ood_eval)}
@@ -169,7 +178,16 @@ def make_sets(
         pick = sorted(random.Random(split_seed).sample(range(len(pools.ood_eval)), n_ood_eval))
         pools = Pools(pools.train, pools.id_eval, tuple(pools.ood_eval[i] for i in pick))
     paths = pools.write(out)
-    return pools, paths, {"id_eval": len(pools.id_eval), "ood_eval": len(pools.ood_eval)}
+    sizes = {"id_eval": len(pools.id_eval), "ood_eval": len(pools.ood_eval)}
+    if n_ood_curve is not None and n_ood_curve < len(pools.ood_eval):
+        import json
+        import random
+
+        pick = sorted(random.Random(split_seed + 1).sample(range(len(pools.ood_eval)), n_ood_curve))
+        paths["ood_curve"] = out / "ood_curve.json"
+        paths["ood_curve"].write_text(json.dumps([list(pools.ood_eval[i]) for i in pick]) + "\n")
+        sizes["ood_curve"] = n_ood_curve
+    return pools, paths, sizes
 
 
 def env_options(

@@ -58,6 +58,10 @@ class ReproConfig:
     n_id_eval: int = 200
     n_ood_eval: int | None = None
     """None: every rule-OOD multiset (796); V-IRL: every route of the OOD split."""
+    n_ood_curve: int | None = None
+    """GP: OOD multisets evaluated at every point of a run (a fixed random subset of the OOD set, spec
+    ``ood``); the whole OOD set is evaluated at each run's end (spec ``ood_all``, ``at=final``), and the
+    endpoint statistics use it. None: the whole set at every point."""
     virl_routes: int = experiments.VIRL_SPLIT_ROUTES
     """V-IRL: routes of the id split (held-out ID routes + training routes) and of the OOD split."""
     verify_iter: int = 3
@@ -86,6 +90,9 @@ class ReproConfig:
     group_size: int = 8
     ppo_epochs: int = 2
     minibatch_size: int = 48
+    minibatch_order: str = "length"
+    """RL mini-batches of transitions of similar length (``--minibatch-order``): the same number of
+    mini-batches per epoch as random ones, ~30% less padding on GP-L's multi-turn episodes."""
     temperature: float = 1.0
 
     @classmethod
@@ -101,7 +108,12 @@ class ReproConfig:
                 stage0_rows=64_000,
                 stage0_steps=1000,
             )
-        return cls(experiment=experiment, verify_iter=exp.verify_iter)
+        # GP-L: the 796 rule-OOD hands at each run's end, a fixed 200 of them at the points before.
+        return cls(
+            experiment=experiment,
+            verify_iter=exp.verify_iter,
+            n_ood_curve=200 if exp.ood_split == "rule-ood" else None,
+        )
 
     @classmethod
     def quick(cls, experiment: str = "gp-l-rule") -> ReproConfig:
@@ -123,7 +135,7 @@ class ReproConfig:
             )
         if exp.modality == "vision":
             return replace(cls._quick(), experiment=experiment, stage2_flops=1.2e10)
-        return cls._quick()
+        return replace(cls._quick(), n_ood_curve=6)
 
     @classmethod
     def _quick(cls) -> ReproConfig:
@@ -163,16 +175,22 @@ def _env_options(
 
 def eval_specs(cfg: ReproConfig, pools: dict[str, Path], sizes: dict[str, int]) -> list[str]:
     """``--eval-env`` specs: every held-out ID and OOD item once, in order (GP: multisets of the
-    held-out pool; V-IRL: routes of the held-out route file)."""
+    held-out pool; V-IRL: routes of the held-out route file). With an OOD curve subset: ``ood`` is the
+    subset at every point and ``ood_all`` the whole OOD set at the end (``at=final``)."""
     exp = experiments.get(cfg.experiment)
     out = []
-    for name, split, pool in (("id", "id", "id_eval"), ("ood", exp.ood_split, "ood_eval")):
+    sets = [("id", "id", "id_eval", "")]
+    if "ood_curve" in pools:
+        sets += [("ood", exp.ood_split, "ood_curve", ""), ("ood_all", exp.ood_split, "ood_eval", ",at=final")]
+    else:
+        sets += [("ood", exp.ood_split, "ood_eval", "")]
+    for name, split, pool, at in sets:
         opts = {
             **_env_options(cfg, pools[pool], split, by_index=True),
             "episodes": sizes[pool],
             "concurrency": min(sizes[pool], cfg.eval_concurrency),
         }
-        out.append(f"{name}={exp.env}:" + ",".join(f"{k}={v}" for k, v in opts.items()))
+        out.append(f"{name}={exp.env}:" + ",".join(f"{k}={v}" for k, v in opts.items()) + at)
     return out
 
 
@@ -283,6 +301,7 @@ def rl_arm_config(
             value_lr=cfg.value_lr,
             ppo_epochs=cfg.ppo_epochs,
             minibatch_size=cfg.minibatch_size,
+            minibatch_order=cfg.minibatch_order,
             clip=0.1,
             gamma=0.9,
             lam=0.95,
@@ -540,7 +559,7 @@ def run(
     if unknown:
         raise ValueError(f"unknown ablation(s) {', '.join(sorted(unknown))}; known: {', '.join(ABLATIONS)}")
     sets, pools, sizes = experiments.make_sets(
-        exp, cfg.n_id_eval, cfg.n_ood_eval, cfg.split_seed, cfg.virl_routes, out / "pools"
+        exp, cfg.n_id_eval, cfg.n_ood_eval, cfg.split_seed, cfg.virl_routes, out / "pools", cfg.n_ood_curve
     )
     specs = eval_specs(cfg, pools, sizes)
     commands: dict[str, list[str]] = {}
@@ -574,11 +593,13 @@ def run(
         for arm in ("ppo", "grpo", *cfg.ablations):
             init = stage0 if arm == "rl-no-sft" else warm
             configs[f"{arm}-{s}"] = rl_arm_config(cfg, arm, pools, init, out / f"seed{s}" / arm, s, specs)
+    # By hand: the held-out sets a run's end is evaluated on (the whole OOD set, not the curve subset).
+    whole = [s for s in specs if not s.startswith("ood=")] if "ood_curve" in pools else specs
     commands["evaluation of a model directory M"] = [
         f"agent run --policy hf --model M --temperature 0 --env {exp.env} "
         + " ".join(_spec_flags(spec))
         + f" --out M-eval/{spec.split('=')[0]}"
-        for spec in specs
+        for spec in whole
     ]
     for name, c in configs.items():
         commands[name] = [rl_command(c) if _arm_of(name) in RL_ARMS else sft_command(c)]
@@ -616,7 +637,11 @@ def _arm_of(job: str) -> str:
 def _spec_flags(spec: str) -> list[str]:
     """``agent run`` flags of an ``--eval-env`` spec (for the hand-evaluation commands)."""
     _, _, rest = spec.partition(":")
-    return [f"--{k.replace('_', '-')} {v}" for k, _, v in (kv.partition("=") for kv in rest.split(","))]
+    return [
+        f"--{k.replace('_', '-')} {v}"
+        for k, _, v in (kv.partition("=") for kv in rest.split(","))
+        if k != "at"
+    ]
 
 
 def write_commands(path: Path, commands: dict[str, list[str]]) -> None:
@@ -648,6 +673,7 @@ def _evaluate_checkpoint(cfg: ReproConfig, model: Path, out: Path, specs: list[s
         episodes=64,
         seed=12345,
         max_new_tokens=cfg.max_new_tokens,
+        final=True,
     )
 
 
@@ -675,7 +701,9 @@ def _evals(run: Path, metrics: Sequence[str] = ()) -> list[dict[str, Any]]:
     points = []
     for row in read_evals(run):
         point: dict[str, Any] = {"step": row["step"], "flops": row["flops"]}
-        for name in ("id", "ood"):
+        for name in ("id", "ood", "ood_all"):
+            if name == "ood_all" and name not in row:
+                continue
             success, first = _outcomes(Path(row[name]["out"]))
             point[name] = success
             point[f"{name}_first"] = first
@@ -683,6 +711,15 @@ def _evals(run: Path, metrics: Sequence[str] = ()) -> list[dict[str, Any]]:
                 point[f"{name}_{m}"] = float(row[name].get(m) or 0.0)
         points.append(point)
     return points
+
+
+def _endpoint(point: dict[str, Any], metrics: Sequence[str]) -> dict[str, Any]:
+    """A run's last point for the endpoint statistics: its OOD results on the whole OOD set
+    (``ood_all``) where the points before used a subset."""
+    if "ood_all" not in point:
+        return point
+    keys = ["", "_first", *(f"_{m}" for m in metrics)]
+    return {**point, **{f"ood{k}": point[f"ood_all{k}"] for k in keys}}
 
 
 def _split_means(
@@ -748,23 +785,29 @@ def summarize(cfg: ReproConfig, pools: Pools | RouteSets, out: Path, seeds: list
     splits = exp.splits
     metrics = exp.extra_metrics
     seen = pools.ood_seen() if isinstance(pools, Pools) and "ood_seen" in splits else None
+    # Curve points before a run's end evaluate the OOD subset (if any): its own seen/unseen flags.
+    seen_curve = seen
+    curve_pool = out / "pools" / "ood_curve.json"
+    if seen is not None and cfg.n_ood_curve is not None and curve_pool.exists():
+        train = set(pools.train)
+        seen_curve = [tuple(m) in train for m in json.loads(curve_pool.read_text())]
     arms = (*ARMS, *cfg.ablations)
     stage0_pts = _evals(out / "stage0-eval", metrics)
     # final[checkpoint][seed] = the evaluation point at the end of that run
-    final: dict[str, list[dict[str, Any]]] = {"stage0": [stage0_pts[-1]]}
+    final: dict[str, list[dict[str, Any]]] = {"stage0": [_endpoint(stage0_pts[-1], metrics)]}
     curves: dict[str, list[list[dict[str, float]]]] = {}
     train_logs: dict[str, Any] = {}
     for name in ("warmstart", *arms):
         final[name] = []
         for s in seeds:
             pts = _evals(out / f"seed{s}" / name, metrics)
-            final[name].append(pts[-1])
+            final[name].append(_endpoint(pts[-1], metrics))
             if name in arms:
                 # x = 0 of an arm is the model it starts from: the warm start, or stage 0 for rl-no-sft.
                 start = stage0_pts if name == "rl-no-sft" else _evals(out / f"seed{s}" / "warmstart", metrics)
                 curves.setdefault(name, []).append(
                     [
-                        {"flops": p["flops"], **_split_means(p, seen, metrics)}
+                        {"flops": p["flops"], **_split_means(p, seen_curve, metrics)}
                         for p in [{**start[-1], "flops": 0.0}, *pts]
                     ]
                 )
@@ -811,6 +854,8 @@ def summarize(cfg: ReproConfig, pools: Pools | RouteSets, out: Path, seeds: list
                 entry["seed_level"] = seed_test([x - y for x, y in zip(sa, sb, strict=True)])
             paired[f"{a}-{b}/{split}"] = entry
     n_eval = {"id": len(pools.id_eval), "ood": len(pools.ood_eval)}
+    if cfg.n_ood_curve is not None and cfg.n_ood_curve < len(pools.ood_eval) and isinstance(pools, Pools):
+        n_eval["ood_curve"] = cfg.n_ood_curve
     if seen is not None:
         n_eval["ood_seen"] = sum(seen)
     return {
@@ -863,6 +908,12 @@ def markdown(results: dict[str, Any]) -> str:
             f"Seeds: {results['seeds']}; held-out hands: ID {n['id']}, rule-OOD {n['ood']} "
             f"({n['ood_seen']} of them seen in training under J/Q/K = 10); {cfg['verify_iter']} attempts "
             "per episode (greedy). "
+            + (
+                f"Curves: a fixed random {n['ood_curve']} of the rule-OOD hands at every evaluation point, "
+                f"all {n['ood']} at each run's end (the table and the comparisons). "
+                if "ood_curve" in n
+                else ""
+            )
         )
         header = "| checkpoint | ID | rule-OOD | OOD seen | OOD unseen | ID 1st | OOD 1st | per-seed OOD |"
     else:
@@ -963,7 +1014,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         "rl-verify1": "PPO, verify 1",
     }
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (key, title) in zip(axes, (("id", exp.id_label), ("ood", exp.ood_label)), strict=True):
+    n_curve = results["n_eval"].get("ood_curve")
+    ood_title = exp.ood_label + (f" ({n_curve}-item subset)" if n_curve else "")
+    for ax, (key, title) in zip(axes, (("id", exp.id_label), ("ood", ood_title)), strict=True):
         for arm, runs in results["curves"].items():
             for run_pts in runs:
                 ax.plot(

@@ -1,4 +1,4 @@
-"""Training batches drawn within groups of rows (pure logic, no torch at import).
+"""Training batches drawn within groups of rows, or of rows of similar length (pure logic, no torch).
 
 ``agent train sft --batch-groups turns`` puts rows with the same number of conversation turns in the
 same batch and mixes everything else at random: rows of one depth pad to similar lengths (a row with
@@ -63,3 +63,33 @@ class GroupedBatchSampler:
 def turn_counts(rows: Sequence[object]) -> list[int]:
     """Per row of a ``prompt`` or ``messages`` column, its number of turns (a plain string: 1)."""
     return [len(r) if isinstance(r, list) else 1 for r in rows]
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random | None = None
+) -> list[list[int]]:
+    """Index batches of rows of similar length: as many batches as random ones would be
+    (``ceil(n / batch_size)``), sizes differing by at most one, each a run of the rows sorted by length.
+
+    ``rng`` set: ties are broken at random and the batches come in random order (RL mini-batches);
+    None: ties by index, batches shortest first (forward-only scoring, where order does not matter).
+    Padding a batch to its longest row then wastes little: RL transitions of a multi-turn episode grow
+    with every attempt (each carries the previous ones), so random batches pad to ~1.6x their tokens.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    n = len(lengths)
+    if n == 0:
+        return []
+    ties = [rng.random() for _ in range(n)] if rng is not None else list(range(n))
+    order = sorted(range(n), key=lambda i: (lengths[i], ties[i]))
+    k = -(-n // batch_size)
+    base, extra = divmod(n, k)
+    batches, start = [], 0
+    for j in range(k):
+        size = base + (1 if j < extra else 0)
+        batches.append(order[start : start + size])
+        start += size
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches

@@ -2,7 +2,9 @@
 
 ``--eval-env`` specs name an env and its options (``[NAME=]ENV[:KEY=VALUE,...]``, e.g.
 ``ood=gp:split=rule-ood,prompt_style=compact,hand_pool=pools/ood.json,pool_draw=by_index,episodes=796``);
-run options such as ``episodes``, ``seed`` and ``concurrency`` may be given in the spec too. Each
+run options such as ``episodes``, ``seed`` and ``concurrency`` may be given in the spec too, and
+``at=final`` keeps a spec for the run's last evaluation only (e.g. a large held-out set whose subset
+is evaluated at every point: the curve stays cheap, the endpoint is measured on everything). Each
 evaluation plays the specs' episodes greedily with the weights being trained, through the ordinary
 runner and agent loop, so every evaluated episode is a normal run directory
 (``OUT/eval/step-K/NAME``) that ``agent eval`` reads back; the summary lines go to ``OUT/eval.jsonl``
@@ -38,6 +40,8 @@ class EvalSpec(BaseModel):
 
     name: str
     values: dict[str, Any] = Field(default_factory=dict)
+    final_only: bool = False
+    """``at=final``: evaluated at the run's last evaluation only."""
 
 
 def parse_eval_env(spec: str) -> EvalSpec:
@@ -57,11 +61,14 @@ def parse_eval_env(spec: str) -> EvalSpec:
         if not eq or not key.strip():
             raise EvalError(f"--eval-env {spec!r}: {item!r} is not KEY=VALUE")
         values[key.strip().replace("-", "_")] = value.strip()
+    at = values.pop("at", "every")
+    if at not in ("every", "final"):
+        raise EvalError(f"--eval-env {spec!r}: at={at!r}, expected at=every or at=final")
     if name is None:
         name = env + (f"-{values['split']}" if "split" in values else "")
     if not name or any(c in name for c in "/\\ "):
         raise EvalError(f"--eval-env {spec!r}: the name must be a plain word")
-    return EvalSpec(name=name, values=values)
+    return EvalSpec(name=name, values=values, final_only=at == "final")
 
 
 def validate_specs(specs: list[EvalSpec]) -> None:
@@ -107,10 +114,12 @@ def evaluate(
     episodes: int,
     seed: int,
     max_new_tokens: int,
+    final: bool = False,
 ) -> dict[str, Any]:
     """Play every spec greedily with ``policy``; append one line to ``out/eval.jsonl`` and return it.
 
-    A spec's own ``episodes`` / ``seed`` override the defaults given here.
+    A spec's own ``episodes`` / ``seed`` override the defaults given here; ``at=final`` specs are
+    played only when ``final`` (the run's last evaluation).
     """
     from sftrl.agents.policy import SamplingParams
     from sftrl.agents.runner import RunConfig, run_async, split_config
@@ -127,6 +136,8 @@ def evaluate(
     t0 = time.perf_counter()
     try:
         for spec in specs:
+            if spec.final_only and not final:
+                continue
             values = {"episodes": episodes, "seed": seed, **spec.values}
             n = int(values["episodes"])
             values["concurrency"] = values.get("concurrency") or min(n, getattr(policy, "max_batch_size", 8))
@@ -177,6 +188,11 @@ def evaluate(
     return row
 
 
+def summary_line(row: dict[str, Any]) -> str:
+    """``NAME success  NAME success ...`` of one evaluation row (the specs it played)."""
+    return "  ".join(f"{k} {v['success_rate']:.3f}" for k, v in row.items() if isinstance(v, dict))
+
+
 def read_evals(out: Path) -> list[dict[str, Any]]:
     path = out / EVAL_FILE
     if not path.exists():
@@ -194,11 +210,14 @@ def plot_evals(out: Path, title: str) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [k for k, v in rows[0].items() if isinstance(v, dict)]
+    names = list(dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, dict)))
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name in names:
         pts = [(r["flops"], r[name]["success_rate"]) for r in rows if isinstance(r.get(name), dict)]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
+        # A spec evaluated once (at=final) is a point, not a line.
+        ax.plot(
+            [p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) > 1 else "D", ms=3, label=name
+        )
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("success rate")
     ax.set_title(title)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sftrl.training.advantages import gae, group_advantages, normalize
+from sftrl.training.batching import length_batches
 from sftrl.training.transitions import EpisodeBatch, Transition
 
 if TYPE_CHECKING:
@@ -37,6 +38,12 @@ class RLConfig(BaseModel):
     value_lr: float | None = Field(default=None, gt=0, description="value head learning rate (default lr*10)")
     ppo_epochs: int = Field(default=4, ge=1)
     minibatch_size: int = Field(default=8, ge=1)
+    minibatch_order: Literal["random", "length"] = Field(
+        default="random",
+        description="mini-batches of random transitions (standard PPO) or of transitions of similar length "
+        "(same number of mini-batches, in random order; later attempts carry the earlier ones, so random "
+        "mini-batches pad to ~1.6x their tokens)",
+    )
     clip: float = Field(default=0.1, gt=0)
     ratio: Literal["sequence", "token"] = Field(
         default="sequence",
@@ -174,16 +181,22 @@ class Learner:
         return self.accelerator.unwrap_model(self.module).value_head
 
     # -- scoring -----------------------------------------------------------------------------------
+    def _encoding(self, t: Transition) -> dict[str, Any]:
+        key = id(t)
+        if key not in self._encoded:
+            self._encoded[key] = self.encode(t)
+        return self._encoded[key]
+
+    def _batches(self, items: Sequence[Transition], rng: random.Random | None = None) -> list[list[int]]:
+        """Index mini-batches of ``items`` of similar length (``rng`` None: forward-only passes)."""
+        lengths = [len(self._encoding(t)["input_ids"]) + len(t.completion_ids) for t in items]
+        return length_batches(lengths, self.cfg.minibatch_size, rng)
+
     def _inputs(self, items: Sequence[Transition]) -> tuple[dict[str, Any], list[int], int]:
         """A right-padded batch of prompt+completion ids, image tensors concatenated along dim 0."""
         import torch
 
-        encs = []
-        for t in items:
-            key = id(t)
-            if key not in self._encoded:
-                self._encoded[key] = self.encode(t)
-            encs.append(self._encoded[key])
+        encs = [self._encoding(t) for t in items]
         seqs = [list(e["input_ids"]) + list(t.completion_ids) for e, t in zip(encs, items, strict=True)]
         prompt_lens = [len(e["input_ids"]) for e in encs]
         width = max(len(s) for s in seqs)
@@ -263,32 +276,32 @@ class Learner:
         """Mean |trainer - rollout| token log-prob over ``items`` (before any update)."""
         import torch
 
-        gaps, n = 0.0, 0
         with torch.no_grad():
-            for chunk in _chunks(list(items), self.cfg.minibatch_size):
-                s = self.score(chunk, with_values=False)
-                for i, t in enumerate(chunk):
-                    if t.behaviour_logprobs is None:
-                        continue
-                    c = len(t.completion_ids)
-                    old = torch.tensor(t.behaviour_logprobs, dtype=torch.float32, device=s.logprobs.device)
-                    gaps += float((s.logprobs[i, :c] - old).abs().sum())
-                    n += c
-        return gaps / max(n, 1)
+            scored = [(t, s.logprobs[i]) for chunk, s in self._scored(items) for i, t in enumerate(chunk)]
+        return _gap(scored)
+
+    def _scored(
+        self, items: Sequence[Transition], *, with_values: bool = False
+    ) -> list[tuple[list[Transition], Scored]]:
+        """Forward passes over ``items`` in mini-batches of similar length: (the batch, its scores)."""
+        out = []
+        for idx in self._batches(items):
+            chunk = [items[i] for i in idx]
+            out.append((chunk, self.score(chunk, with_values=with_values)))
+        return out
 
     def check_consistency(self, items: Sequence[Transition]) -> float:
         gap = self.logprob_gap(items)
         if gap > self.cfg.logprob_tolerance:
-            raise LogprobMismatchError(
-                f"trainer log-probs differ from the rollout's by {gap:.4f} nats/token on average "
-                f"(tolerance {self.cfg.logprob_tolerance}): the logged episodes were not sampled by this "
-                "model, with this chat template, or at the logged temperature"
-            )
+            raise LogprobMismatchError(_mismatch(gap, self.cfg.logprob_tolerance))
         return gap
 
     # -- advantages -------------------------------------------------------------------------------
-    def _advantages(self, batch: EpisodeBatch) -> tuple[list[Transition], list[float], list[float]]:
-        """Flat transitions with their advantages and (PPO) value targets."""
+    def _advantages(
+        self, batch: EpisodeBatch, check: bool = False
+    ) -> tuple[list[Transition], list[float], list[float], float | None]:
+        """Flat transitions with their advantages, (PPO) value targets and, with ``check``, the mean
+        |trainer - rollout| token log-prob gap (PPO reads it off the value pass: no extra forward)."""
         import torch
 
         items = batch.transitions
@@ -296,13 +309,16 @@ class Learner:
             keys = [ep[0].group_key for ep in batch.episodes]
             ep_adv = group_advantages(keys, batch.returns)
             adv = [a for a, ep in zip(ep_adv, batch.episodes, strict=True) for _ in ep]
-            return items, adv, [0.0] * len(items)
-        values: list[float] = []
+            return items, adv, [0.0] * len(items), self.logprob_gap(items) if check else None
+        value_of: dict[int, float] = {}
+        scored: list[tuple[Transition, torch.Tensor]] = []
         with torch.no_grad():
-            for chunk in _chunks(items, self.cfg.minibatch_size):
-                s = self.score(chunk)
+            for chunk, s in self._scored(items, with_values=True):
                 assert s.values is not None
-                values.extend(float(v) for v in s.values)
+                for i, t in enumerate(chunk):
+                    value_of[id(t)] = float(s.values[i])
+                    scored.append((t, s.logprobs[i]))
+        values = [value_of[id(t)] for t in items]
         adv, ret = [], []
         k = 0
         for ep in batch.episodes:
@@ -313,22 +329,29 @@ class Learner:
             k += len(ep)
         if self.cfg.normalize_advantages:
             adv = normalize(adv)
-        return items, adv, ret
+        return items, adv, ret, _gap(scored) if check else None
 
     # -- update -----------------------------------------------------------------------------------
     def _proximal(self, items: Sequence[Transition]) -> list[torch.Tensor]:
         """Each transition's token log-probs under the model as it is before this update."""
         import torch
 
-        out: list[torch.Tensor] = []
+        lp: dict[int, torch.Tensor] = {}
         with torch.no_grad():
-            for chunk in _chunks(list(items), self.cfg.minibatch_size):
-                s = self.score(chunk, with_values=False)
-                out.extend(s.logprobs[j, : len(t.completion_ids)].clone() for j, t in enumerate(chunk))
-        return out
+            for chunk, s in self._scored(items):
+                lp.update(
+                    (id(t), s.logprobs[j, : len(t.completion_ids)].clone()) for j, t in enumerate(chunk)
+                )
+        return [lp[id(t)] for t in items]
 
-    def update(self, batch: EpisodeBatch, *, is_cap: float | None = None) -> dict[str, float]:
+    def update(
+        self, batch: EpisodeBatch, *, is_cap: float | None = None, check: bool = False
+    ) -> dict[str, float]:
         """One RL update (``ppo_epochs`` passes over shuffled mini-batches) from ``batch``.
+
+        ``check``: first compare the model's token log-probs with the logged ones (``logprob_gap`` in
+        the result) and raise :class:`LogprobMismatchError` before any step when they differ by more
+        than ``logprob_tolerance`` (the data was not sampled by this model).
 
         ``is_cap`` None: the ratios are taken against the logged behaviour log-probs (on-policy data,
         or logs read offline). ``is_cap`` set (asynchronous rollouts, data sampled by an older
@@ -344,7 +367,9 @@ class Learner:
         per_token = cfg.algo == "grpo" or cfg.ratio == "token"
         trained0, scored0 = self.tokens_trained, self.tokens_scored
         self.module.train()
-        items, adv, ret = self._advantages(batch)
+        items, adv, ret, gap = self._advantages(batch, check=check)
+        if gap is not None and gap > cfg.logprob_tolerance:
+            raise LogprobMismatchError(_mismatch(gap, cfg.logprob_tolerance))
         prox: list[torch.Tensor] = []
         is_w: list[torch.Tensor] = []
         is_stats: dict[str, float] = {}
@@ -377,7 +402,7 @@ class Learner:
         ref_lp: dict[int, torch.Tensor] = {}
         if cfg.algo == "grpo" and cfg.kl_coef > 0 and self.ref_model is not None:
             with torch.no_grad():
-                for chunk in _chunks(list(range(len(items))), cfg.minibatch_size):
+                for chunk in self._batches(items):
                     s = self.score([items[i] for i in chunk], model=self.ref_model, with_values=False)
                     for j, i in enumerate(chunk):
                         ref_lp[i] = s.logprobs[j]
@@ -386,8 +411,12 @@ class Learner:
         }
         order = list(range(len(items)))
         for _ in range(cfg.ppo_epochs):
-            self.rng.shuffle(order)
-            for idx in _chunks(order, cfg.minibatch_size):
+            if cfg.minibatch_order == "length":
+                minibatches = self._batches(items, self.rng)
+            else:
+                self.rng.shuffle(order)
+                minibatches = _chunks(order, cfg.minibatch_size)
+            for idx in minibatches:
                 chunk = [items[i] for i in idx]
                 s = self.score(chunk, with_values=cfg.algo == "ppo")
                 old = torch.zeros_like(s.logprobs)
@@ -470,6 +499,8 @@ class Learner:
         out["tokens_scored"] = float(self.tokens_scored - scored0)
         out["rollout_tokens"] = rollout_tokens
         out.update(is_stats)
+        if gap is not None:
+            out["logprob_gap"] = gap
         return out
 
     # -- persistence ------------------------------------------------------------------------------
@@ -514,6 +545,29 @@ def _token_surrogate(
     clipped = (((ratio - 1).abs() > clip).float() * s.mask).sum() / real
     approx_kl = ((old - s.logprobs) * s.mask).sum() / real
     return pg, clipped, approx_kl
+
+
+def _gap(scored: Sequence[tuple[Transition, torch.Tensor]]) -> float:
+    """Mean |scored - logged| token log-prob over (transition, its scored token log-probs) pairs."""
+    import torch
+
+    gaps, n = 0.0, 0
+    for t, lp in scored:
+        if t.behaviour_logprobs is None:
+            continue
+        c = len(t.completion_ids)
+        old = torch.tensor(t.behaviour_logprobs, dtype=torch.float32, device=lp.device)
+        gaps += float((lp[:c] - old).abs().sum())
+        n += c
+    return gaps / max(n, 1)
+
+
+def _mismatch(gap: float, tolerance: float) -> str:
+    return (
+        f"trainer log-probs differ from the rollout's by {gap:.4f} nats/token on average "
+        f"(tolerance {tolerance}): the logged episodes were not sampled by this "
+        "model, with this chat template, or at the logged temperature"
+    )
 
 
 def _chunks(xs: list[Any], n: int) -> list[list[Any]]:

@@ -32,6 +32,7 @@ from sftrl.training.evaluation import (
     parse_eval_env,
     plot_evals,
     read_evals,
+    summary_line,
     validate_specs,
 )
 from sftrl.training.rl import Learner, RLConfig
@@ -373,7 +374,7 @@ def train_rl(
     flops = FlopCounter(n_params(policy.model), float(done[start - 1]["flops"]) if start and done else 0.0)
     metrics: dict[str, Any] = {}
 
-    def run_eval(update: int) -> None:
+    def run_eval(update: int, final: bool = False) -> None:
         if not specs or not main:
             return
         row = evaluate(
@@ -385,14 +386,12 @@ def train_rl(
             episodes=cfg.eval_episodes,
             seed=cfg.eval_seed,
             max_new_tokens=cfg.eval_max_new_tokens,
+            final=final,
         )
         if tracker is not None:
             tracker.log({"eval": row}, step=update)  # eval/<env>/success_rate, ...
         if progress:
-            progress(
-                f"eval update {update}: "
-                + "  ".join(f"{s.name} {row[s.name]['success_rate']:.3f}" for s in specs)
-            )
+            progress(f"eval update {update}: {summary_line(row)}")
 
     evaluated = {int(r["step"]) for r in read_evals(out)}
     next_flops = cfg.eval_flops
@@ -448,12 +447,11 @@ def train_rl(
             # model right now; offline, only the model before its first update. Later offline updates are
             # off-policy on purpose and use the logged log-probs as the behaviour policy (clipped ratios).
             # Asynchronous batches may be older than the model: the gap is a statistic of the update.
-            gap: float | None = None
-            if producer is None and (offline_batch is None or update == 0):
-                gap = learner.check_consistency(batch.transitions)
-            stats = learner.update(batch, is_cap=cfg.importance_cap if producer is not None else None)
-            if producer is not None:
-                gap = stats.pop("logprob_gap")
+            check = producer is None and (offline_batch is None or update == 0)
+            stats = learner.update(
+                batch, is_cap=cfg.importance_cap if producer is not None else None, check=check
+            )
+            gap: float | None = stats.pop("logprob_gap", None)
             if world > 1:
                 stats = reduce_stats(accelerator, stats)
             sync_s = 0.0
@@ -509,7 +507,8 @@ def train_rl(
                 while next_flops <= flops.total:
                     next_flops += cfg.eval_flops or flops.total
             past_budget = cfg.max_flops is not None and flops.total >= cfg.max_flops
-            if due and not past_budget:  # the last evaluation runs after the loop
+            last_update = update + 1 >= cfg.updates
+            if due and not past_budget and not last_update:  # the last evaluation runs after the loop
                 run_eval(update + 1)
                 evaluated.add(update + 1)
             if main and ((update + 1) % cfg.save_every == 0 or update + 1 == cfg.updates):
@@ -524,7 +523,7 @@ def train_rl(
             producer.close()  # after the collection in progress: no rollout writes after train_rl
     last = int(metrics.get("update", start))
     if main and last not in evaluated:
-        run_eval(last)
+        run_eval(last, final=True)
     if main and metrics and last % cfg.save_every != 0 and last != cfg.updates:
         # Stopped by the FLOP budget between checkpoints: the final state is a checkpoint too.
         _save(policy, learner, out / f"checkpoint-{last}", {"update": last, "flops": flops.total})

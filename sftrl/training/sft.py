@@ -345,7 +345,7 @@ def _budget_eval_callback(cfg: SFTTrainConfig, specs: list[Any], progress: Calla
     steps and at the end (FLOPs = 6·N·non-padding tokens seen)."""
     from transformers import TrainerCallback
 
-    from sftrl.training.evaluation import evaluate, n_params
+    from sftrl.training.evaluation import evaluate, n_params, summary_line
 
     class _BudgetEval(TrainerCallback):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -356,7 +356,7 @@ def _budget_eval_callback(cfg: SFTTrainConfig, specs: list[Any], progress: Calla
         def flops(self, state: Any) -> float:
             return 6.0 * self.n * float(state.num_input_tokens_seen)
 
-        def _eval(self, state: Any, model: Any, processing_class: Any) -> None:
+        def _eval(self, state: Any, model: Any, processing_class: Any, final: bool = False) -> None:
             # One process evaluates (the weights are the same on every data-parallel rank).
             if not specs or self.last_eval == state.global_step or not state.is_world_process_zero:
                 return
@@ -374,12 +374,10 @@ def _budget_eval_callback(cfg: SFTTrainConfig, specs: list[Any], progress: Calla
                 episodes=cfg.eval_episodes,
                 seed=cfg.eval_seed,
                 max_new_tokens=cfg.eval_max_new_tokens,
+                final=final,
             )
             self.last_eval = state.global_step
-            progress(
-                f"eval step {state.global_step}: "
-                + "  ".join(f"{s.name} {row[s.name]['success_rate']:.3f}" for s in specs)
-            )
+            progress(f"eval step {state.global_step}: {summary_line(row)}")
 
         def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
             self.n = n_params(model)
@@ -400,11 +398,11 @@ def _budget_eval_callback(cfg: SFTTrainConfig, specs: list[Any], progress: Calla
                 due = True
                 while self.next_flops <= flops:
                     self.next_flops += cfg.eval_flops or flops
-            if due:
+            if due and state.global_step < state.max_steps:  # the last evaluation runs in on_train_end
                 self._eval(state, model, kw.get("processing_class"))
 
         def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-            self._eval(state, model, kw.get("processing_class"))
+            self._eval(state, model, kw.get("processing_class"), final=True)
             self.final_flops = self.flops(state)
 
     return _BudgetEval()
