@@ -5,18 +5,23 @@ Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_gp.py [--algo ppo|grpo] [--u
 the same commands as the README's quick tour shows:
 
 1. ``agent tiny-model --kind stage0`` — the shipped GP-L stage-0 char Llama (trained on a curriculum
-   of make-target-T tasks, never on 24; ``sftrl/repro/data/stage0/README.md``);
-2. ``agent run --policy expert --policy-option mistakes=0.3`` on compact GP-L prompts (3 attempts,
+   of make-target-T tasks, never on 24; ``sftrl/repro/data/stage0/README.md``), and
+   ``python -m sftrl.repro.hands --ood-subset 200`` — the hand pools: training multisets, 200 held-out
+   ID multisets (disjoint from training), and a fixed 200 of the 796 rule-OOD multisets;
+2. ``agent run --policy expert --policy-option mistakes=0.3`` on compact GP-L prompts of the training
+   pool (3 attempts,
    the expert errs on purpose 30% of the time, so the logs hold revisions), ``agent data sft
    --chains full`` — demonstrations with the verifier's feedback turns;
 3. ``agent train sft`` — the SFT warm start (300 steps of 64, lr 5e-4 cosine, turn-grouped batches);
-4. ``agent train rl`` — online PPO (or GRPO) with the verifier's rewards, 64 episodes per update, the
-   ``agent repro`` arms' update settings by default (2 epochs, minibatches of 48, no entropy bonus,
-   value lr 1e-3, reply-level ratios clipped at 0.1; ``--ratio token`` etc. to compare),
-   evaluated greedily before the first update and every ``--eval-every`` updates on the same fixed
-   seeds of the ID split and of the rule-OOD split (J/Q/K = 11/12/13).
+4. ``agent train rl`` — online PPO (or GRPO) with the verifier's rewards on the training pool, 64
+   episodes per update, the ``agent repro`` arms' update settings by default (2 epochs, minibatches of
+   48 grouped by length, no entropy bonus, value lr 1e-3, reply-level ratios clipped at 0.1;
+   ``--ratio token`` etc. to compare), evaluated before the first update and every ``--eval-every``
+   updates on the held-out hands: ``id`` greedy (200 ID multisets), ``id_t1`` sampled at temperature 1,
+   the policy RL optimises (the 200 ID multisets three times: 600 episodes), ``ood`` greedy (the 200
+   rule-OOD multisets, J/Q/K = 11/12/13).
 
-Prints the evaluation curve (success within 3 attempts, first-attempt success, reward, both splits),
+Prints the evaluation curve (success within 3 attempts, first-attempt success, reward, each spec),
 the paired before/after differences over the same hands (bootstrap 95% CI) and the wall time of each
 stage; saves ``rl_gp_<algo>.png`` and ``rl_gp_<algo>.json``. Every stage is seeded; a rerun in the
 same ``--out`` reuses finished stages.
@@ -54,27 +59,35 @@ def main() -> None:
     ap.add_argument("--ppo-epochs", type=int, default=2)
     ap.add_argument("--minibatch-size", type=int, default=48)
     ap.add_argument("--ent-coef", type=float, default=0.0)
+    ap.add_argument("--minibatch-order", choices=("random", "length"), default="length")
     ap.add_argument(
         "--tag", default="", help="suffix of the RL run directory (compare settings in one --out)"
     )
     ap.add_argument("--expert-episodes", type=int, default=40_000)
     ap.add_argument("--sft-steps", type=int, default=300)
     ap.add_argument("--sft-lr", type=float, default=5e-4)
-    ap.add_argument("--eval-episodes", type=int, default=200, help="episodes per split per evaluation")
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/rl_gp"))
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    pools = out / "pools"
     env = ["--env", "gp", "--prompt-style", "compact", "--verify-iter", "3"]
+    train = [*env, "--hand-pool", str(pools / "train.json")]
+    held_out = "prompt_style=compact,verify_iter=3,pool_draw=by_index"
+    id_pool, ood_pool = pools / "id_eval.json", pools / "ood_curve.json"
     t0 = time.perf_counter()
     stage_s: dict[str, float] = {}
 
     s = time.perf_counter()
     if not (out / "stage0" / "config.json").exists():
         _agent("tiny-model", "--kind", "stage0", "--out", str(out / "stage0"), "--overwrite")
+    if not (pools / "ood_curve.json").exists():
+        from sftrl.repro.hands import main as write_pools
+
+        write_pools(["--out", str(pools), "--ood-subset", "200"])
     if not (out / "expert" / "episodes.jsonl").exists():
-        _agent("run", *env, "--policy", "expert", "--policy-option", "mistakes=0.3", "--episodes",
+        _agent("run", *train, "--policy", "expert", "--policy-option", "mistakes=0.3", "--episodes",
                str(args.expert_episodes), "--concurrency", "64", "--out", str(out / "expert"),
                "--quiet")  # fmt: skip
     if not (out / "data").exists():
@@ -91,17 +104,17 @@ def main() -> None:
     s = time.perf_counter()
     if not (rl_dir / "config.json").exists():
         _agent(
-            "train", "rl", *env, "--model", str(out / "sft"), "--out", str(rl_dir), "--algo", args.algo,
+            "train", "rl", *train, "--model", str(out / "sft"), "--out", str(rl_dir), "--algo", args.algo,
             "--max-steps", str(args.updates), "--episodes-per-update", str(args.episodes_per_update),
             "--group-size", str(args.group_size if args.algo == "grpo" else 1), "--concurrency", "64",
             "--lr", str(args.lr), "--value-lr", str(args.value_lr), "--ratio", args.ratio,
             "--clip", str(args.clip), "--ppo-epochs", str(args.ppo_epochs),
-            "--minibatch-size", str(args.minibatch_size), "--ent-coef", str(args.ent_coef),
-            "--max-new-tokens", "40", "--save-every", str(args.updates),
-            "--eval-env", "id=gp:prompt_style=compact,verify_iter=3",
-            "--eval-env", "ood=gp:split=rule-ood,prompt_style=compact,verify_iter=3",
-            "--eval-episodes", str(args.eval_episodes), "--eval-every", str(args.eval_every),
-            "--eval-max-new-tokens", "40",
+            "--minibatch-size", str(args.minibatch_size), "--minibatch-order", args.minibatch_order,
+            "--ent-coef", str(args.ent_coef), "--max-new-tokens", "40", "--save-every", str(args.updates),
+            "--eval-env", f"id=gp:{held_out},hand_pool={id_pool},episodes=200",
+            "--eval-env", f"id_t1=gp:{held_out},hand_pool={id_pool},episodes=600,temperature=1",
+            "--eval-env", f"ood=gp:split=rule-ood,{held_out},hand_pool={ood_pool},episodes=200",
+            "--eval-every", str(args.eval_every), "--eval-max-new-tokens", "40",
         )  # fmt: skip
     stage_s["rl (with evaluations)"] = time.perf_counter() - s
     evals = [json.loads(line) for line in (rl_dir / "eval.jsonl").read_text().splitlines() if line]
@@ -135,37 +148,29 @@ def _report(
 
     console = Console()
     algo = args.algo.upper()
+    names = {"id": "ID greedy", "id_t1": "ID sampled (T=1)", "ood": "OOD greedy"}
     table = Table(
-        title=f"GP-L compact, shipped stage-0 model -> SFT warm start -> {algo}: greedy evaluation, "
-        f"{args.eval_episodes} fixed hands per split, 3 attempts"
+        title=f"GP-L compact, shipped stage-0 model -> SFT warm start -> {algo}: held-out hands, 3 attempts "
+        "(ID: 200 multisets, sampled 3x; OOD: 200 of the 796 rule-OOD multisets)"
     )
-    for col in (
-        "update",
-        "FLOPs",
-        "ID success",
-        "ID 1st try",
-        "ID reward",
-        "OOD success",
-        "OOD 1st try",
-        "OOD reward",
-    ):
-        table.add_column(col, justify="right")
+    table.add_column("update", justify="right")
+    table.add_column("FLOPs", justify="right")
+    for label in names.values():
+        table.add_column(f"{label} success", justify="right")
+        table.add_column(f"{label} 1st try", justify="right")
     for e in evals:
-        table.add_row(
-            str(e["step"]), f"{e['flops']:.2e}",
-            f"{e['id']['success_rate']:.3f}", f"{e['id']['first_try_success_rate']:.3f}",
-            f"{e['id']['mean_reward']:.2f}",
-            f"{e['ood']['success_rate']:.3f}", f"{e['ood']['first_try_success_rate']:.3f}",
-            f"{e['ood']['mean_reward']:.2f}",
-        )  # fmt: skip
+        cells = [str(e["step"]), f"{e['flops']:.2e}"]
+        for name in names:
+            cells += [f"{e[name]['success_rate']:.3f}", f"{e[name]['first_try_success_rate']:.3f}"]
+        table.add_row(*cells)
     console.print(table)
-    paired = {split: _paired(evals[0], evals[-1], split) for split in ("id", "ood")}
-    for split, p in paired.items():
+    paired = {name: _paired(evals[0], evals[-1], name) for name in names}
+    for name, p in paired.items():
         lo, hi = p["success_diff_ci95"]
         rlo, rhi = p["mean_reward_diff_ci95"]
         console.print(
-            f"{split}: paired over {p['paired_episodes']} hands, update 0 -> {evals[-1]['step']}: success "
-            f"{p['success_diff']:+.3f} (95% bootstrap CI {lo:+.3f} … {hi:+.3f}), mean reward "
+            f"{names[name]}: paired over {p['paired_episodes']} episodes, update 0 -> {evals[-1]['step']}: "
+            f"success {p['success_diff']:+.3f} (95% bootstrap CI {lo:+.3f} … {hi:+.3f}), mean reward "
             f"{p['mean_reward_diff']:+.2f} ({rlo:+.2f} … {rhi:+.2f})"
         )
     console.print(
@@ -173,8 +178,12 @@ def _report(
     )
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     xs = [e["step"] for e in evals]
-    for split, label in (("id", "ID (J/Q/K = 10)"), ("ood", "rule OOD (J/Q/K = 11/12/13)")):
-        axes[0].plot(xs, [100 * e[split]["success_rate"] for e in evals], marker="o", label=label)
+    for name, label in (
+        ("id", "ID greedy (J/Q/K = 10)"),
+        ("id_t1", "ID sampled, T = 1"),
+        ("ood", "rule OOD greedy (J/Q/K = 11/12/13)"),
+    ):
+        axes[0].plot(xs, [100 * e[name]["success_rate"] for e in evals], marker="o", label=label)
     axes[0].set_xlabel(f"{algo} update")
     axes[0].set_ylabel("success within 3 attempts (%)")
     axes[0].legend(fontsize=8)

@@ -61,7 +61,9 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"RL mini-batch order, {args.updates} updates of 64 GP-L episodes ({args.model.name})")
+    table = Table(
+        title=f"RL mini-batch order, {args.updates} updates of 64 GP-L episodes ({args.model.name})"
+    )
     for col in ("algo", "order", "s / update", "ratio", "FLOPs / update", "transitions", "success"):
         table.add_column(col, justify="right")
     for algo in args.algo:

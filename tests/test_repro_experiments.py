@@ -206,7 +206,7 @@ def test_agent_repro_quick_gp_l_with_both_ablations(
     no_sft = commands.split("## rl-no-sft-0\n\n```bash\n")[1].split("\n```")[0]
     verify1 = commands.split("## rl-verify1-0\n\n```bash\n")[1].split("\n```")[0]
     ppo = commands.split("## ppo-0\n\n```bash\n")[1].split("\n```")[0]
-    assert f"--model {out / 'stage0'} " in no_sft and f"--model {out / 'seed0' / 'warmstart'} " in ppo
+    assert f"--model {out / 'stage0'} " in no_sft and f"--model {out / 'warmstart'} " in ppo
     # Only the training env changes for rl-verify1: the evaluation specs (3 attempts) are every arm's.
     assert "--verify-iter 1" in verify1 and "--verify-iter 3" in ppo
     evals_of = {c: [p for p in shlex.split(c) if p.startswith("id=gp:")] for c in (ppo, verify1, no_sft)}

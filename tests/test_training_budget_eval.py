@@ -18,8 +18,18 @@ def test_eval_env_specs_parse_and_bad_ones_say_why() -> None:
     assert parse_eval_env("gp:split=id").name == "gp-id"
     assert not spec.final_only and parse_eval_env("all=gp:episodes=9,at=final").final_only
     assert "at" not in parse_eval_env("all=gp:episodes=9,at=final").values
+    sampled = parse_eval_env("t1=gp:temperature=1,episodes=3")
+    assert sampled.temperature == 1.0 and "temperature" not in sampled.values and spec.temperature == 0.0
     validate_specs([spec])
-    for bad in ("", "x=:split=id", "gp:split", "a b=gp", "gp:at=sometimes"):
+    for bad in (
+        "",
+        "x=:split=id",
+        "gp:split",
+        "a b=gp",
+        "gp:at=sometimes",
+        "gp:temperature=hot",
+        "gp:temperature=-1",
+    ):
         with pytest.raises(EvalError):
             parse_eval_env(bad)
     with pytest.raises(EvalError, match="colour"):
@@ -43,7 +53,7 @@ def char_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 EVAL = "id=gp:prompt_style=compact,verify_iter=2,episodes=4"
-FINAL = "big=gp:prompt_style=compact,verify_iter=2,episodes=6,at=final"
+FINAL = "big=gp:prompt_style=compact,verify_iter=2,episodes=6,at=final,temperature=1"
 
 
 def test_train_sft_stops_at_the_flop_budget_and_evaluates_on_the_way(
@@ -71,6 +81,12 @@ def test_train_sft_stops_at_the_flop_budget_and_evaluates_on_the_way(
     # at=final: the large set is played once, at the end (with the every-point specs).
     assert ["big" in e for e in evals] == [False] * (len(evals) - 1) + [True]
     assert evals[-1]["big"]["episodes"] == 6
+    # temperature=1 samples (the policy as RL trains it); the other specs decode greedily.
+    for name, temperature in (("big", 1.0), ("id", 0.0)):
+        logged = (Path(evals[-1][name]["out"]) / "episodes.jsonl").read_text().splitlines()
+        assert {t["reply"]["sampling"]["temperature"] for x in logged for t in json.loads(x)["turns"]} == {
+            temperature
+        }
     assert (out / "eval_curve.png").exists()
     # The evaluated episodes are ordinary runs: `agent eval` recomputes the logged rate.
     assert main(["eval", evals[-1]["id"]["out"], "--json"]) == 0

@@ -181,11 +181,10 @@ def make_sets(
     sizes = {"id_eval": len(pools.id_eval), "ood_eval": len(pools.ood_eval)}
     if n_ood_curve is not None and n_ood_curve < len(pools.ood_eval):
         import json
-        import random
 
-        pick = sorted(random.Random(split_seed + 1).sample(range(len(pools.ood_eval)), n_ood_curve))
         paths["ood_curve"] = out / "ood_curve.json"
-        paths["ood_curve"].write_text(json.dumps([list(pools.ood_eval[i]) for i in pick]) + "\n")
+        subset = pools.ood_subset(n_ood_curve, split_seed + 1)
+        paths["ood_curve"].write_text(json.dumps([list(m) for m in subset]) + "\n")
         sizes["ood_curve"] = n_ood_curve
     return pools, paths, sizes
 

@@ -5,10 +5,14 @@ of them are held out for in-distribution evaluation and the rest are the only ha
 may deal (the GP env's ``hand_pool``). The rule-OOD set is every multiset with at least one face card
 that is solvable under J/Q/K = 11/12/13 (796 of them); a rule-OOD multiset is "seen" when the same
 ranks are in the training pool (it was trained on under the other rule) and "unseen" otherwise.
+A fixed random subset of the rule-OOD set can be written too, for evaluations that run often.
+
+Written as GP ``hand_pool`` files by ``python -m sftrl.repro.hands --out DIR [--ood-subset 200]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import random
@@ -44,6 +48,11 @@ class Pools:
         train = set(self.train)
         return [m in train for m in self.ood_eval]
 
+    def ood_subset(self, n: int, seed: int) -> list[Multiset]:
+        """A fixed random ``n`` of the rule-OOD multisets, in pool order."""
+        pick = sorted(random.Random(seed).sample(range(len(self.ood_eval)), n))
+        return [self.ood_eval[i] for i in pick]
+
     def write(self, directory: Path) -> dict[str, Path]:
         """The three pools as GP ``hand_pool`` JSON files; returns their paths."""
         directory.mkdir(parents=True, exist_ok=True)
@@ -65,3 +74,28 @@ def make_pools(n_id_eval: int = 200, seed: int = 1234) -> Pools:
         id_eval=tuple(sorted(id_ok[:n_id_eval])),
         ood_eval=tuple(ood),
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        description="Write the GP-L hand pools (train, held-out ID, rule-OOD) as hand_pool files."
+    )
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--id-eval", type=int, default=200, help="held-out ID multisets")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument(
+        "--ood-subset", type=int, default=None, help="also ood_curve.json: this many rule-OOD multisets"
+    )
+    args = ap.parse_args(argv)
+    pools = make_pools(args.id_eval, args.seed)
+    paths = pools.write(args.out)
+    if args.ood_subset is not None:
+        paths["ood_curve"] = args.out / "ood_curve.json"
+        subset = pools.ood_subset(args.ood_subset, args.seed + 1)
+        paths["ood_curve"].write_text(json.dumps([list(m) for m in subset]) + "\n")
+    for name, path in paths.items():
+        print(f"{name}: {path} ({len(json.loads(path.read_text()))} multisets)")
+
+
+if __name__ == "__main__":
+    main()

@@ -79,6 +79,10 @@ class ReproConfig:
     expert_mistakes: float = 0.3
     stage1_steps: int = 300
     stage1_lr: float = 5e-4
+    shared_warmstart: bool = True
+    """One SFT warm start (seed 0's) that every seed's arms start from - the paper's "same SFT
+    initialisation"; the seeds vary stage 2. False: one warm start per seed (the complete run of
+    2026-12-06), which adds the warm start's own variance to every seed."""
     batch_size: int = 64
     # Stage 2: each arm's training-FLOP budget, evaluated each time another 1/eval_points is spent.
     stage2_flops: float = 6e12
@@ -578,21 +582,22 @@ def run(
         commands["stage 0"] = experiments.stage0_command(exp, stage0, out, cfg.model)
         stage0 = experiments.prepare_stage0(exp, stage0, out, cfg.model)
     stage0 = Path(stage0).resolve()
-    log("stage 0: evaluating")
-    stage0_eval = out / "stage0-eval"
-    if not (stage0_eval / "eval.jsonl").exists():
-        _evaluate_checkpoint(cfg, stage0, stage0_eval, specs)
     log(f"stage 1 data: {cfg.expert_episodes} expert episodes on the training pool")
     data = expert_dataset(cfg, pools, out)
     seeds = list(range(cfg.seeds))
     configs: dict[str, Any] = {}
+    warm_jobs = ["stage1"] if cfg.shared_warmstart else [f"stage1-{s}" for s in seeds]
+    if cfg.shared_warmstart:
+        configs["stage1"] = stage1_config(cfg, data, stage0, warm_dir(cfg, out, 0), 0, specs)
     for s in seeds:
-        warm = out / f"seed{s}" / "warmstart"
-        configs[f"stage1-{s}"] = stage1_config(cfg, data, stage0, warm, s, specs)
-        configs[f"sft-{s}"] = sft_arm_config(cfg, data, warm, out / f"seed{s}" / "sft", s, specs)
+        warm = warm_dir(cfg, out, s)
+        if not cfg.shared_warmstart:
+            configs[f"stage1-{s}"] = stage1_config(cfg, data, stage0, warm, s, specs)
+        # RL arms first: the longer jobs start first, so the last ones to finish are short.
         for arm in ("ppo", "grpo", *cfg.ablations):
             init = stage0 if arm == "rl-no-sft" else warm
             configs[f"{arm}-{s}"] = rl_arm_config(cfg, arm, pools, init, out / f"seed{s}" / arm, s, specs)
+        configs[f"sft-{s}"] = sft_arm_config(cfg, data, warm, out / f"seed{s}" / "sft", s, specs)
     # By hand: the held-out sets a run's end is evaluated on (the whole OOD set, not the curve subset).
     whole = [s for s in specs if not s.startswith("ood=")] if "ood_curve" in pools else specs
     commands["evaluation of a model directory M"] = [
@@ -610,16 +615,21 @@ def run(
         fn = rl_job if _arm_of(name) in RL_ARMS else sft_job
         return (name, fn, (c, name))
 
-    _run_jobs(
-        [job(f"stage1-{s}") for s in seeds],
-        cfg.workers,
-        on_progress,
-        then=lambda name: (
-            [job(f"{arm}-{name.split('-')[1]}") for arm in (*ARMS, *cfg.ablations)]
-            if name.startswith("stage1-")
-            else []
-        ),
-    )
+    def unlocked(name: str) -> list[Job]:
+        """The arm jobs a finished warm start unlocks (all of them for the shared one)."""
+        if name == "stage1":
+            return [job(n) for n in configs if n != "stage1"]
+        if name.startswith("stage1-"):
+            s = name.split("-")[1]
+            return [job(n) for n in configs if n.endswith(f"-{s}") and not n.startswith("stage1-")]
+        return []
+
+    log("stage 0: evaluating; stage 1: the SFT warm start" + ("" if cfg.shared_warmstart else "s"))
+    stage0_eval = out / "stage0-eval"
+    first: list[Job] = [job(n) for n in warm_jobs]
+    if not (stage0_eval / "eval.jsonl").exists():
+        first.insert(0, ("stage0-eval", eval_job, (cfg, stage0, stage0_eval, specs)))
+    _run_jobs(first, cfg.workers, on_progress, then=unlocked)
     results = summarize(cfg, sets, out, seeds)
     results["wall_seconds"] = time.time() - t0
     results["stage0_checkpoint"] = str(stage0)
@@ -655,6 +665,19 @@ def write_commands(path: Path, commands: dict[str, list[str]]) -> None:
     for name, cmds in commands.items():
         lines += [f"## {name}", "", "```bash", *cmds, "```", ""]
     path.write_text("\n".join(lines))
+
+
+def warm_dir(cfg: ReproConfig, out: Path, seed: int) -> Path:
+    """Where seed ``seed``'s arms start from (the shared warm start, or the seed's own)."""
+    return out / "warmstart" if cfg.shared_warmstart else out / f"seed{seed}" / "warmstart"
+
+
+def eval_job(cfg: ReproConfig, model: Path, out: Path, specs: list[str], report: Report) -> dict[str, Any]:
+    """The stage-0 evaluation as a job (it runs beside the warm start)."""
+    t0 = time.time()
+    report(0, 1, "evaluating stage 0")
+    _evaluate_checkpoint(cfg, model, out, specs)
+    return {"out": str(out), "seconds": time.time() - t0}
 
 
 def _evaluate_checkpoint(cfg: ReproConfig, model: Path, out: Path, specs: list[str]) -> None:
@@ -800,11 +823,11 @@ def summarize(cfg: ReproConfig, pools: Pools | RouteSets, out: Path, seeds: list
     for name in ("warmstart", *arms):
         final[name] = []
         for s in seeds:
-            pts = _evals(out / f"seed{s}" / name, metrics)
+            pts = _evals(warm_dir(cfg, out, s) if name == "warmstart" else out / f"seed{s}" / name, metrics)
             final[name].append(_endpoint(pts[-1], metrics))
             if name in arms:
                 # x = 0 of an arm is the model it starts from: the warm start, or stage 0 for rl-no-sft.
-                start = stage0_pts if name == "rl-no-sft" else _evals(out / f"seed{s}" / "warmstart", metrics)
+                start = stage0_pts if name == "rl-no-sft" else _evals(warm_dir(cfg, out, s), metrics)
                 curves.setdefault(name, []).append(
                     [
                         {"flops": p["flops"], **_split_means(p, seen_curve, metrics)}

@@ -60,7 +60,8 @@ class BudgetEvalOptions(BaseModel):
     """Evaluate the starting model (False when it was evaluated already, e.g. a shared warm start)."""
     eval_env: list[str] = Field(default_factory=list)
     """Evaluation envs, ``[NAME=]ENV[:KEY=VALUE,...]``
-    (e.g. ``ood=gp:split=rule-ood,prompt_style=compact``)."""
+    (e.g. ``ood=gp:split=rule-ood,prompt_style=compact``); greedy unless ``temperature=T``; ``at=final``:
+    only at the run's last evaluation."""
     eval_episodes: int = Field(default=64, ge=1)
     """Episodes per evaluation env (unless its spec sets ``episodes``)."""
     eval_seed: int = Field(default=12345, ge=0)

@@ -4,8 +4,9 @@
 ``ood=gp:split=rule-ood,prompt_style=compact,hand_pool=pools/ood.json,pool_draw=by_index,episodes=796``);
 run options such as ``episodes``, ``seed`` and ``concurrency`` may be given in the spec too, and
 ``at=final`` keeps a spec for the run's last evaluation only (e.g. a large held-out set whose subset
-is evaluated at every point: the curve stays cheap, the endpoint is measured on everything). Each
-evaluation plays the specs' episodes greedily with the weights being trained, through the ordinary
+is evaluated at every point: the curve stays cheap, the endpoint is measured on everything), and
+``temperature=T`` samples at T instead of decoding greedily (e.g. the policy as RL trains it). Each
+evaluation plays the specs' episodes with the weights being trained, through the ordinary
 runner and agent loop, so every evaluated episode is a normal run directory
 (``OUT/eval/step-K/NAME``) that ``agent eval`` reads back; the summary lines go to ``OUT/eval.jsonl``
 and a curve to ``OUT/eval_curve.png`` (success vs training FLOPs).
@@ -42,6 +43,8 @@ class EvalSpec(BaseModel):
     values: dict[str, Any] = Field(default_factory=dict)
     final_only: bool = False
     """``at=final``: evaluated at the run's last evaluation only."""
+    temperature: float = 0.0
+    """``temperature=T``: sampled at T (default 0: greedy)."""
 
 
 def parse_eval_env(spec: str) -> EvalSpec:
@@ -64,11 +67,17 @@ def parse_eval_env(spec: str) -> EvalSpec:
     at = values.pop("at", "every")
     if at not in ("every", "final"):
         raise EvalError(f"--eval-env {spec!r}: at={at!r}, expected at=every or at=final")
+    try:
+        temperature = float(values.pop("temperature", 0.0))
+    except ValueError:
+        temperature = -1.0
+    if not 0.0 <= temperature < float("inf"):
+        raise EvalError(f"--eval-env {spec!r}: temperature must be a number >= 0")
     if name is None:
         name = env + (f"-{values['split']}" if "split" in values else "")
     if not name or any(c in name for c in "/\\ "):
         raise EvalError(f"--eval-env {spec!r}: the name must be a plain word")
-    return EvalSpec(name=name, values=values, final_only=at == "final")
+    return EvalSpec(name=name, values=values, final_only=at == "final", temperature=temperature)
 
 
 def validate_specs(specs: list[EvalSpec]) -> None:
@@ -116,7 +125,8 @@ def evaluate(
     max_new_tokens: int,
     final: bool = False,
 ) -> dict[str, Any]:
-    """Play every spec greedily with ``policy``; append one line to ``out/eval.jsonl`` and return it.
+    """Play every spec with ``policy`` (greedily unless the spec sets a temperature); append one line
+    to ``out/eval.jsonl`` and return it.
 
     A spec's own ``episodes`` / ``seed`` override the defaults given here; ``at=final`` specs are
     played only when ``final`` (the run's last evaluation).
@@ -153,7 +163,7 @@ def evaluate(
                 {
                     **run.model_dump(),
                     "policy": "hf",
-                    "sampling": SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens),
+                    "sampling": SamplingParams(temperature=spec.temperature, max_new_tokens=max_new_tokens),
                 }
             )
             try:
