@@ -1,13 +1,15 @@
 """The README's set-up run and quick tour, executed in order in a clean directory (sizes scaled down).
 
-Every ``agent …`` line of the quick-tour block runs as written, except that episode counts and
-training steps are capped and small-size flags the README does not show are appended (the commands
-keep their meaning: same env, policy, model and outputs). Lines that need a terminal (``agent
-replay``) or GPU servers (``--policy vllm``) are checked to parse, not run.
+Every ``agent …`` (and ``python -m sftrl.…``) line of the quick-tour block runs as written, except
+that episode counts (flags and ``episodes=`` of evaluation specs) and training steps are capped and
+small-size flags the README does not show are appended (the commands keep their meaning: same env,
+policy, model and outputs). Lines that need a terminal (``agent replay``) or GPU servers (``--policy
+vllm``) are checked to parse, not run.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -33,7 +35,9 @@ def quick_tour_commands() -> list[list[str]]:
     setup = re.search(r"&& (agent run [^\n]+)", text)
     assert setup, "README lost its set-up command"
     block = text.split("## Quick tour", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
-    lines = [setup.group(1)] + [ln for ln in block.splitlines() if ln.strip().startswith("agent ")]
+    lines = [setup.group(1)] + [
+        ln for ln in block.splitlines() if ln.strip().startswith(("agent ", "python -m sftrl."))
+    ]
     return [shlex.split(ln, comments=True) for ln in lines]
 
 
@@ -42,6 +46,7 @@ def scaled(argv: list[str]) -> list[str]:
     for i, arg in enumerate(out[:-1]):
         if arg in CAPS and out[i + 1].isdigit():
             out[i + 1] = str(min(int(out[i + 1]), CAPS[arg]))
+    out = [re.sub(r"\bepisodes=(\d+)", lambda m: f"episodes={min(int(m.group(1)), 3)}", a) for a in out]
     sub = out[1]
     key = (sub, "hf") if sub == "run" and "hf" in out else (sub, out[2]) if sub == "train" else None
     extra = SMALL.get(key, []) if key else []
@@ -55,6 +60,10 @@ def test_readme_quick_tour_runs_in_order_on_a_clean_directory(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # a fresh clone's working directory: no runs/, models/, data/, ckpt/
     for argv in quick_tour_commands():
+        if argv[:2] == ["python", "-m"]:
+            importlib.import_module(argv[2]).main(argv[3:])  # the module's own command line
+            capsys.readouterr()
+            continue
         assert argv[0] == "agent"
         args = scaled(argv)[1:]
         if args[0] == "replay" or "vllm" in args:
