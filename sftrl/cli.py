@@ -230,11 +230,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     tiny.add_argument(
         "--kind",
-        choices=("text", "vision", "char", "char-vision", "stage0"),
+        choices=("text", "vision", "char", "char-vision", "stage0", "stage0-virl"),
         default="text",
         help="text / vision: BPE Llama / Qwen2-VL; char: character-level Llama for compact prompts; "
         "char-vision: the char Llama + a tiny CLIP image encoder (LLaVA); "
-        "stage0: a copy of the shipped, trained GP-L stage-0 char Llama (agent repro's foundation)",
+        "stage0 / stage0-virl: a copy of the shipped, trained GP-L / V-IRL-L stage-0 char Llama "
+        "(agent repro's foundations)",
     )
     tiny.add_argument("--out", type=Path, required=True, help="directory to write the model to")
     tiny.add_argument("--seed", type=int, default=0)
@@ -822,10 +823,16 @@ def cmd_tiny_model(ns: argparse.Namespace) -> int:
         sizes = {k: getattr(ns, k) for k in ("hidden", "layers", "heads") if getattr(ns, k) is not None}
         if sizes and ns.kind not in ("char", "char-vision"):
             raise CLIError("--hidden/--layers/--heads size the char models only (--kind char, char-vision)")
-        if ns.kind == "stage0":
-            out = _copy_stage0(ns.out, overwrite=ns.overwrite)
-            print(f"the shipped GP-L stage-0 model copied to {out} (trained; its README.md says how)")
-            print(f"  agent run --env gp --prompt-style compact --policy hf --model {out}")
+        if ns.kind in ("stage0", "stage0-virl"):
+            gp = ns.kind == "stage0"
+            out = _copy_stage0(ns.out, "gp-l-rule" if gp else "virl-l-rule", overwrite=ns.overwrite)
+            print(
+                f"the shipped {'GP-L' if gp else 'V-IRL-L'} stage-0 model copied to {out} "
+                "(trained; its README.md says how)"
+            )
+            print(
+                f"  agent run --env {'gp' if gp else 'virl'} --prompt-style compact --policy hf --model {out}"
+            )
             return 0
         out = build_tiny_model(ns.kind, ns.out, seed=ns.seed, overwrite=ns.overwrite, **sizes)
     except TinyModelError as exc:
@@ -834,18 +841,19 @@ def cmd_tiny_model(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _copy_stage0(out: Path, *, overwrite: bool) -> Path:
-    """Copy the stage-0 checkpoint shipped in the package (no training, no download)."""
+def _copy_stage0(out: Path, experiment: str, *, overwrite: bool) -> Path:
+    """Copy an experiment's stage-0 checkpoint shipped in the package (no training, no download)."""
     import shutil
 
-    from sftrl.repro.pipeline import SHIPPED_STAGE0
+    from sftrl.repro.pipeline import SHIPPED_STAGE0S
 
-    if not (SHIPPED_STAGE0 / "config.json").exists():
-        raise CLIError(f"this installation has no shipped stage-0 model at {SHIPPED_STAGE0}")
+    shipped = SHIPPED_STAGE0S[experiment]
+    if not (shipped / "config.json").exists():
+        raise CLIError(f"this installation has no shipped stage-0 model at {shipped}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CLIError(f"{out} is not empty; pass --overwrite to write into it")
     out.mkdir(parents=True, exist_ok=True)
-    for f in sorted(SHIPPED_STAGE0.iterdir()):
+    for f in sorted(shipped.iterdir()):
         if f.is_file():
             shutil.copy2(f, out / f.name)
     return out

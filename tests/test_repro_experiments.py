@@ -90,10 +90,6 @@ def test_a_text_stage0_seeds_the_vision_models_decoder(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (
-            ["--experiment", "virl-l-rule"],
-            "no stage-0 model exists for it yet; pass --stage0 DIR (a char model), --from-scratch",
-        ),
         (["--experiment", "gp-vl-visual"], "no stage-0 model exists for it yet"),
         (["--modality", "vision"], "gp-vl-visual: no stage-0 model exists"),
         (["--experiment", "virl-vl-visual", "--from-scratch"], "no stage-0 curriculum"),

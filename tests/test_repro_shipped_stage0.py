@@ -1,4 +1,5 @@
-"""The shipped GP-L stage-0 model: `agent tiny-model --kind stage0` copies it, and it is a trained model."""
+"""The shipped stage-0 models (GP-L, V-IRL-L): `agent tiny-model --kind stage0|stage0-virl` copies them,
+and they are trained models."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from sftrl.agents.metrics import summarize
 from sftrl.agents.trajectory import read_episodes
 from sftrl.cli import main
-from sftrl.repro.pipeline import SHIPPED_STAGE0
+from sftrl.repro.pipeline import SHIPPED_STAGE0, SHIPPED_STAGE0_VIRL
 
 
 def test_tiny_model_stage0_copies_the_shipped_model_and_refuses_a_non_empty_dir(
@@ -41,3 +42,26 @@ def test_the_shipped_stage0_model_solves_held_out_gp_hands_it_never_trained_on(t
     assert summary["success_rate"] >= 3 / 64, json.dumps(summary["verdicts"])
     # The answer format is learned: almost no reply is unparseable.
     assert summary["verdicts"].get("illegal_formula", 0) < 0.2 * sum(summary["verdicts"].values())
+
+
+def test_the_shipped_virl_stage0_model_walks_held_out_routes_it_never_trained_on(tmp_path: Path) -> None:
+    """Greedy, 2 attempts per step, compact V-IRL-L prompts with absolute actions, the 30 held-out ID
+    routes of `agent repro --experiment virl-l-rule` (the curriculum only used the 70 training routes):
+    at release it finished 15 of them; a broken or untrained copy finishes none."""
+    from sftrl.repro import experiments
+
+    model = tmp_path / "stage0-virl"
+    assert main(["tiny-model", "--kind", "stage0-virl", "--out", str(model)]) == 0
+    assert (model / "model.safetensors").read_bytes() == (SHIPPED_STAGE0_VIRL / "model.safetensors").read_bytes()
+    exp = experiments.get("virl-l-rule")
+    sets, paths, sizes = experiments.make_sets(exp, 30, None, 1234, 100, tmp_path / "pools")
+    assert sizes["id_eval"] == 30
+    run = tmp_path / "eval"
+    argv = ["run", "--env", "virl", "--prompt-style", "compact", "--verify-iter", "2", "--policy", "hf"]
+    argv += ["--routes", str(paths["id_eval"]), "--route-draw", "by_index", "--episodes", "30"]
+    argv += ["--model", str(model), "--temperature", "0", "--max-new-tokens", "40", "--seed", "12345"]
+    argv += ["--concurrency", "30", "--out", str(run), "--quiet"]
+    assert main(argv) == 0
+    summary = summarize(read_episodes(run))
+    assert summary["episodes"] == 30 and summary["errors"] == 0
+    assert summary["success_rate"] >= 5 / 30, json.dumps(summary["verdicts"])

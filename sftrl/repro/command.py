@@ -35,9 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stage0",
         type=Path,
         default=None,
-        help="stage-0 model directory (GP-L default: the shipped one; --quick and --from-scratch train one; "
-        "other settings: required unless --from-scratch (V-IRL-L: trains one on its curriculum) or --quick "
-        "(alone: an untrained tiny model)",
+        help="stage-0 model directory (GP-L and V-IRL-L default: the shipped one; --quick and --from-scratch "
+        "train one; the vision settings: required unless --quick (alone: an untrained tiny model)",
     )
     parser.add_argument(
         "--from-scratch",
@@ -60,7 +59,7 @@ def run_command(ns: argparse.Namespace) -> int:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from sftrl.repro import experiments
-    from sftrl.repro.pipeline import ABLATIONS, SHIPPED_STAGE0, ReproConfig, run, with_overrides
+    from sftrl.repro.pipeline import ABLATIONS, SHIPPED_STAGE0S, ReproConfig, run, with_overrides
 
     names = _experiments(ns.experiment, ns.modality)
     ablations = tuple(a.strip() for a in (ns.ablations or "").split(",") if a.strip())
@@ -82,11 +81,11 @@ def run_command(ns: argparse.Namespace) -> int:
         if cfg.seeds < 1:
             raise ValueError("--seeds must be at least 1")
         stage0: Path | None = ns.stage0
-        if name == "gp-l-rule":
-            if stage0 is None and not (ns.quick or ns.from_scratch):
-                if not (SHIPPED_STAGE0 / "config.json").exists():
-                    raise ValueError(f"no shipped stage-0 model at {SHIPPED_STAGE0}: use --from-scratch")
-                stage0 = SHIPPED_STAGE0
+        if name in SHIPPED_STAGE0S and stage0 is None and not (ns.quick or ns.from_scratch):
+            shipped = SHIPPED_STAGE0S[name]
+            if not (shipped / "config.json").exists():
+                raise ValueError(f"no shipped stage-0 model at {shipped}: use --from-scratch")
+            stage0 = shipped
         elif ns.from_scratch:
             if exp.stage0_curriculum is None:
                 raise ValueError(

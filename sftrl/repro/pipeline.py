@@ -42,6 +42,9 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("grpo", "stage0"),
 )
 SHIPPED_STAGE0 = Path(__file__).parent / "data" / "stage0"
+SHIPPED_STAGE0_VIRL = Path(__file__).parent / "data" / "stage0-virl"
+SHIPPED_STAGE0S = {"gp-l-rule": SHIPPED_STAGE0, "virl-l-rule": SHIPPED_STAGE0_VIRL}
+"""The stage-0 models shipped with the package, per experiment (each with a README on its rebuild)."""
 Report = Callable[[float, float, str], None]
 """progress(completed, total, description)."""
 
