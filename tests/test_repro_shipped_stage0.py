@@ -52,7 +52,9 @@ def test_the_shipped_virl_stage0_model_walks_held_out_routes_it_never_trained_on
 
     model = tmp_path / "stage0-virl"
     assert main(["tiny-model", "--kind", "stage0-virl", "--out", str(model)]) == 0
-    assert (model / "model.safetensors").read_bytes() == (SHIPPED_STAGE0_VIRL / "model.safetensors").read_bytes()
+    assert (model / "model.safetensors").read_bytes() == (
+        SHIPPED_STAGE0_VIRL / "model.safetensors"
+    ).read_bytes()
     exp = experiments.get("virl-l-rule")
     sets, paths, sizes = experiments.make_sets(exp, 30, None, 1234, 100, tmp_path / "pools")
     assert sizes["id_eval"] == 30
