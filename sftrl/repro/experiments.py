@@ -180,11 +180,7 @@ def make_sets(
     paths = pools.write(out)
     sizes = {"id_eval": len(pools.id_eval), "ood_eval": len(pools.ood_eval)}
     if n_ood_curve is not None and n_ood_curve < len(pools.ood_eval):
-        import json
-
-        paths["ood_curve"] = out / "ood_curve.json"
-        subset = pools.ood_subset(n_ood_curve, split_seed + 1)
-        paths["ood_curve"].write_text(json.dumps([list(m) for m in subset]) + "\n")
+        paths["ood_curve"] = pools.write_ood_curve(out, n_ood_curve, split_seed)
         sizes["ood_curve"] = n_ood_curve
     return pools, paths, sizes
 

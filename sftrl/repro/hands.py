@@ -24,6 +24,7 @@ from sftrl.environments.generalpoints.solver import is_solvable
 
 TARGET = 24
 POOL_FILES = {"train": "train.json", "id_eval": "id_eval.json", "ood_eval": "ood_eval.json"}
+OOD_CURVE_FILE = "ood_curve.json"
 
 Multiset = tuple[str, ...]
 
@@ -52,6 +53,12 @@ class Pools:
         """A fixed random ``n`` of the rule-OOD multisets, in pool order."""
         pick = sorted(random.Random(seed).sample(range(len(self.ood_eval)), n))
         return [self.ood_eval[i] for i in pick]
+
+    def write_ood_curve(self, directory: Path, n: int, split_seed: int) -> Path:
+        """``ood_curve.json``: the fixed subset evaluated often (seeded from the pools' split seed)."""
+        path = directory / OOD_CURVE_FILE
+        path.write_text(json.dumps([list(m) for m in self.ood_subset(n, split_seed + 1)]) + "\n")
+        return path
 
     def write(self, directory: Path) -> dict[str, Path]:
         """The three pools as GP ``hand_pool`` JSON files; returns their paths."""
@@ -90,9 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     pools = make_pools(args.id_eval, args.seed)
     paths = pools.write(args.out)
     if args.ood_subset is not None:
-        paths["ood_curve"] = args.out / "ood_curve.json"
-        subset = pools.ood_subset(args.ood_subset, args.seed + 1)
-        paths["ood_curve"].write_text(json.dumps([list(m) for m in subset]) + "\n")
+        paths["ood_curve"] = pools.write_ood_curve(args.out, args.ood_subset, args.seed)
     for name, path in paths.items():
         print(f"{name}: {path} ({len(json.loads(path.read_text()))} multisets)")
 

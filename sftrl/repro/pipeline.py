@@ -24,7 +24,7 @@ from typing import Any
 
 from sftrl.repro import experiments
 from sftrl.repro.experiments import Experiment, RouteSets
-from sftrl.repro.hands import Pools
+from sftrl.repro.hands import OOD_CURVE_FILE, Pools
 
 ARMS: tuple[str, ...] = ("sft", "ppo", "grpo")
 ABLATIONS: tuple[str, ...] = ("rl-no-sft", "rl-verify1")
@@ -813,7 +813,7 @@ def summarize(cfg: ReproConfig, pools: Pools | RouteSets, out: Path, seeds: list
     seen = pools.ood_seen() if isinstance(pools, Pools) and "ood_seen" in splits else None
     # Curve points before a run's end evaluate the OOD subset (if any): its own seen/unseen flags.
     seen_curve = seen
-    curve_pool = out / "pools" / "ood_curve.json"
+    curve_pool = out / "pools" / OOD_CURVE_FILE
     if seen is not None and cfg.n_ood_curve is not None and curve_pool.exists():
         train = set(pools.train)
         seen_curve = [tuple(m) in train for m in json.loads(curve_pool.read_text())]
