@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated extra arms: rl-no-sft (PPO from stage 0), rl-verify1 (PPO, verify_iter 1)",
     )
     parser.add_argument(
-        "--seeds", type=int, default=None, help="post-training seeds per arm (5; 1 with --quick)"
+        "--seeds", type=int, default=None, help="post-training seeds per arm (GP-L 5, V-IRL-L 3; --quick 1)"
     )
     parser.add_argument("--out", type=Path, default=Path("runs/repro"), help="output directory (runs/repro)")
     parser.add_argument(

@@ -108,12 +108,22 @@ class ReproConfig:
         if exp.env == "virl":
             # Stage 0 sized for the 60-minute rebuild budget on one core: V-IRL rows are ~3x GP's
             # length (one step ~3.3 s at batch 64), so 1000 steps over 64,000 rows (one epoch).
+            # Stages 1-2 sized for the 30 minutes (all arms, 3 seeds), from a timing probe: the
+            # 70 training routes give a few hundred distinct expert rows per 1000 episodes (the rest
+            # are duplicates), a warm-start step takes ~3.5 s, and one PPO update of 64 routes
+            # (~500 steps) costs 1.6e12 FLOPs - so 16 routes per update, 4e12 FLOPs per arm.
             return cls(
                 experiment=experiment,
                 verify_iter=exp.verify_iter,
+                seeds=3,
                 n_id_eval=experiments.VIRL_ID_EVAL_ROUTES,
                 stage0_rows=64_000,
                 stage0_steps=1000,
+                expert_episodes=4000,
+                stage1_steps=100,
+                stage2_flops=4e12,
+                episodes_per_update=16,
+                group_size=4,
             )
         # GP-L: the 796 rule-OOD hands at each run's end, a fixed 200 of them at the points before.
         return cls(
