@@ -77,6 +77,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "Visual OOD (red suits)",
             extra_metrics=("recognition_accuracy",),
             resolution=64,
+            stage0_curriculum="sftrl.repro.stage0_gpvl",
         ),
         Experiment(
             "virl-vl-visual",
@@ -92,6 +93,8 @@ EXPERIMENTS: dict[str, Experiment] = {
         ),
     )
 }
+QUICK_VISION = {"image_size": 32, "vision_hidden": 32, "vision_layers": 1, "vision_heads": 1}
+"""The vision sizes of ``--quick``: a 32-px input (16 image tokens) keeps every job of the check short."""
 MODALITY_ALIAS = {"language": "gp-l-rule", "vision": "gp-vl-visual"}
 VIRL_ID_EVAL_ROUTES = 30
 """A full V-IRL run's held-out ID routes: the first 30 of the ``id`` split's route set."""
@@ -241,17 +244,7 @@ def prepare_stage0(exp: Experiment, stage0: Path | None, out: Path, model: dict[
         return target
     if not (target / "config.json").exists():
         if exp.modality == "vision":
-            # Quick sizes: a 32-px input (16 image tokens) keeps every vision job of the check short.
-            build_char_vision_model(
-                target,
-                seed=0,
-                **model,
-                image_size=32,
-                vision_hidden=32,
-                vision_layers=1,
-                vision_heads=1,
-                overwrite=True,
-            )
+            build_char_vision_model(target, seed=0, **model, **QUICK_VISION, overwrite=True)
         else:
             build_char_model(target, seed=0, overwrite=True, **model)
     return target
@@ -269,10 +262,8 @@ def stage0_command(exp: Experiment, stage0: Path | None, out: Path, model: dict[
         call = f"build_char_vision_model('{target}', seed=0, text_model='{stage0}')"
     elif exp.modality == "vision":
         sizes = ", ".join(f"{k}={v}" for k, v in model.items())
-        call = (
-            f"build_char_vision_model('{target}', seed=0, {sizes}, image_size=32, vision_hidden=32, "
-            "vision_layers=1, vision_heads=1)"
-        )
+        quick = ", ".join(f"{k}={v}" for k, v in QUICK_VISION.items())
+        call = f"build_char_vision_model('{target}', seed=0, {sizes}, {quick})"
     else:
         sizes = " --hidden {hidden} --layers {layers} --heads {heads}".format(**model)
         return [f"agent tiny-model --kind char --out {target} --seed 0{sizes}"]

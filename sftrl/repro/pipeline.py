@@ -125,6 +125,19 @@ class ReproConfig:
                 episodes_per_update=16,
                 group_size=4,
             )
+        if exp.name == "gp-vl-visual":
+            # Stage 0 sized for the 60-minute rebuild budget on one core from a timing probe (1.74 s per
+            # step of 64 rows: 64 image tokens + the text): 1600 steps, two epochs of 51,200 rows; a
+            # lower peak lr than from scratch, since the decoder is the trained language stage 0 and
+            # the image encoder's first outputs are noise to it.
+            return cls(
+                experiment=experiment,
+                verify_iter=exp.verify_iter,
+                seeds=3,
+                stage0_rows=51_200,
+                stage0_steps=1600,
+                stage0_lr=1e-3,
+            )
         # GP-L: the 796 rule-OOD hands at each run's end, a fixed 200 of them at the points before.
         return cls(
             experiment=experiment,
@@ -493,7 +506,12 @@ def expert_dataset(cfg: ReproConfig, pools: dict[str, Path], out: Path) -> Path:
 
 def _stage0_data(cfg: ReproConfig, data: Path) -> None:
     """Write the experiment's stage-0 curriculum at ``data`` (V-IRL: from this run's training routes)."""
-    if experiments.get(cfg.experiment).env == "virl":
+    exp = experiments.get(cfg.experiment)
+    if exp.name == "gp-vl-visual":
+        from sftrl.repro import stage0_gpvl
+
+        stage0_gpvl.build_dataset(data, cfg.stage0_rows, seed=0, resolution=exp.resolution or 64)
+    elif exp.env == "virl":
         from sftrl.repro import stage0_virl
 
         stage0_virl.build_dataset(
@@ -507,6 +525,8 @@ def _stage0_data(cfg: ReproConfig, data: Path) -> None:
 
 def _stage0_data_command(cfg: ReproConfig, data: Path) -> str:
     exp = experiments.get(cfg.experiment)
+    if exp.name == "gp-vl-visual":
+        return f"python -m {exp.stage0_curriculum} --rows {cfg.stage0_rows} --seed 0 --out {data}"
     if exp.env == "virl":
         return (
             f"python -m {exp.stage0_curriculum} --rows {cfg.stage0_rows} --seed 0"
@@ -522,8 +542,7 @@ def build_stage0(
     cfg: ReproConfig, out: Path, specs: list[str], progress: Callable[[str], None] = lambda m: None
 ) -> Path:
     """Stage 0 from scratch with the framework's commands (what the shipped checkpoint was built by):
-    the experiment's curriculum, a new char model, ``agent train sft``."""
-    from sftrl.agents.tiny import build_char_model
+    the experiment's curriculum, a new model (:func:`stage0_init`), ``agent train sft``."""
     from sftrl.training.sft import run_sft
 
     _setup_worker()
@@ -532,22 +551,44 @@ def build_stage0(
     if not data.exists():
         _stage0_data(cfg, data)
     if not init.exists():
-        build_char_model(init, seed=0, **cfg.model)
+        stage0_init(cfg, init)
     config = stage0_train_config(cfg, data, init, out / "stage0", specs)
     run_sft(config, progress=progress)
     return out / "stage0"
 
 
-def stage0_commands(cfg: ReproConfig, out: Path, specs: list[str]) -> list[str]:
+def stage0_init(cfg: ReproConfig, init: Path) -> None:
+    """The model stage 0 starts from: a new char model; GP-VL: a new char-vision model whose decoder is
+    the shipped language stage-0 model (it reads compact GP text already; the curriculum teaches it
+    to read the cards), or with the quick sizes an all-new small one."""
+    from sftrl.agents.tiny import build_char_model
+    from sftrl.agents.tiny_vlm import build_char_vision_model
+
+    if experiments.get(cfg.experiment).modality != "vision":
+        build_char_model(init, seed=0, **cfg.model)
+    elif cfg.model == ReproConfig().model:
+        build_char_vision_model(init, seed=0, text_model=SHIPPED_STAGE0)
+    else:
+        build_char_vision_model(init, seed=0, **cfg.model, **experiments.QUICK_VISION)
+
+
+def _stage0_init_command(cfg: ReproConfig, init: Path) -> str:
     m = cfg.model
+    if experiments.get(cfg.experiment).modality != "vision":
+        sizes = "" if m == ReproConfig().model else " --hidden {hidden} --layers {layers} --heads {heads}"
+        return f"agent tiny-model --kind char --out {init} --seed 0" + sizes.format(**m)
+    if m == ReproConfig().model:
+        call = f"build_char_vision_model('{init}', seed=0, text_model='{SHIPPED_STAGE0}')"
+    else:
+        sizes = ", ".join(f"{k}={v}" for k, v in {**m, **experiments.QUICK_VISION}.items())
+        call = f"build_char_vision_model('{init}', seed=0, {sizes})"
+    return f'python -c "from sftrl.agents.tiny_vlm import build_char_vision_model; {call}"'
+
+
+def stage0_commands(cfg: ReproConfig, out: Path, specs: list[str]) -> list[str]:
     config = stage0_train_config(cfg, out / "data" / "stage0", out / "stage0-init", out / "stage0", specs)
     return [
-        f"agent tiny-model --kind char --out {out / 'stage0-init'} --seed 0"
-        + (
-            " --hidden {hidden} --layers {layers} --heads {heads}".format(**m)
-            if m != ReproConfig().model
-            else ""
-        ),
+        _stage0_init_command(cfg, out / "stage0-init"),
         _stage0_data_command(cfg, out / "data" / "stage0"),
         sft_command(config),
     ]
@@ -584,8 +625,8 @@ def run(
         if exp.stage0_curriculum is None:
             raise ValueError(f"{exp.name}: no stage-0 curriculum exists for it yet")
         log(
-            f"stage 0: training a {cfg.model} char-level Llama from scratch for {cfg.stage0_steps} steps "
-            f"on {exp.stage0_curriculum}"
+            f"stage 0: training a {cfg.model} char-level {'LLaVA' if exp.modality == 'vision' else 'Llama'} "
+            f"for {cfg.stage0_steps} steps on {exp.stage0_curriculum}"
         )
         commands["stage 0"] = stage0_commands(cfg, out, specs)
         stage0 = build_stage0(cfg, out, specs, lambda m: on_progress("stage0", 0, 1, f"stage 0: {m}"))
