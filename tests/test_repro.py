@@ -195,6 +195,7 @@ def test_repro_keeps_only_the_recipe() -> None:
         "hands.py",
         "pipeline.py",
         "stage0.py",
+        "stage0_gpvl.py",
         "stage0_virl.py",
     ]
     pattern = re.compile(r"nn\.Module|log_softmax|cross_entropy|optim\.|\.backward\(|multinomial")
