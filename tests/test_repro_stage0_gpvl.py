@@ -124,3 +124,25 @@ def test_agent_repro_quick_from_scratch_trains_a_vision_stage0_on_the_curriculum
         load_from_disk(str(again))["train"]["cards"]
         == load_from_disk(str(out / "data" / "stage0"))["train"]["cards"]
     )
+
+
+def test_stage0_only_builds_and_evaluates_stage0_then_stops(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sftrl.cli import main
+
+    out = tmp_path / "repro"
+    argv = ["repro", "--quick", "--experiment", "gp-vl-visual", "--from-scratch", "--stage0-steps", "1"]
+    assert main([*argv, "--stage0-only", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    (point,) = summary["stage0_evals"]
+    assert point["step"] == 1
+    for split in ("id", "ood"):  # black and red hands, with the recognition metric the paper reports
+        assert point[split]["episodes"] == 12
+        assert 0.0 <= point[split]["recognition_accuracy"] <= 1.0
+    assert (out / "stage0" / "config.json").exists()
+    assert not (out / "warmstart").exists() and not (out / "seed0").exists()
+    assert "## stage 0" in (out / "commands.md").read_text()
+    # Without --from-scratch there is no stage 0 to train: a one-line refusal, nothing written.
+    assert main(["repro", "--quick", "--stage0-only", "--out", str(tmp_path / "no")]) == 2
+    assert "--stage0-only" in capsys.readouterr().err and not (tmp_path / "no").exists()

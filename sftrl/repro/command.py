@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train stage 0 too, on the setting's curriculum (GP-L, V-IRL-L), instead of loading it",
     )
     parser.add_argument(
+        "--stage0-only",
+        action="store_true",
+        help="with --from-scratch: train and evaluate stage 0, then stop (no stages 1-2)",
+    )
+    parser.add_argument(
         "--stage0-steps", type=int, default=None, help="stage-0 optimizer steps when training it"
     )
     parser.add_argument("--stage2-flops", type=float, default=None, help="training FLOPs per stage-2 arm")
@@ -62,6 +67,8 @@ def run_command(ns: argparse.Namespace) -> int:
     from sftrl.repro.pipeline import ABLATIONS, SHIPPED_STAGE0S, ReproConfig, run, with_overrides
 
     names = _experiments(ns.experiment, ns.modality)
+    if ns.stage0_only and not ns.from_scratch:
+        raise ValueError("--stage0-only trains stage 0: it needs --from-scratch")
     ablations = tuple(a.strip() for a in (ns.ablations or "").split(",") if a.strip())
     unknown = sorted(set(ablations) - set(ABLATIONS))
     if unknown:
@@ -129,9 +136,13 @@ def run_command(ns: argparse.Namespace) -> int:
                 out,
                 stage0=stage0,
                 from_scratch=from_scratch,
+                stage0_only=ns.stage0_only,
                 on_progress=on_progress,
                 log=(lambda m: None) if ns.json else (lambda m: err.print(m)),
             )
+        if ns.stage0_only:
+            _print_stage0(results, out, ns.json, err, time.time() - t0)
+            continue
         if ns.json:
             splits = experiments.get(name).splits
             rows = {k: {m: v[m] for m in splits} for k, v in results["rows"].items()}
@@ -146,6 +157,20 @@ def run_command(ns: argparse.Namespace) -> int:
                 f"in {time.time() - t0:.0f} s"
             )
     return 0
+
+
+def _print_stage0(results: dict[str, Any], out: Path, as_json: bool, err: Any, seconds: float) -> None:
+    """The stage-0 build's evaluation points (``--stage0-only``)."""
+    import json
+
+    from sftrl.training.evaluation import summary_line
+
+    if as_json:
+        print(json.dumps({"out": str(out), **results}, sort_keys=True, default=str))
+        return
+    for row in results["stage0_evals"]:
+        err.print(f"step {row['step']:>6}  {summary_line(row)}")
+    err.print(f"wrote {out}/stage0 (eval.jsonl, the checkpoint) and commands.md in {seconds:.0f} s")
 
 
 def _experiments(experiment: str | None, modality: str | None) -> list[str]:

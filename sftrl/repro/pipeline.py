@@ -603,12 +603,15 @@ def run(
     *,
     stage0: Path | None = None,
     from_scratch: bool = False,
+    stage0_only: bool = False,
     on_progress: Callable[[str, float, float, str], None] = lambda *a: None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every stage and write pools, checkpoints, ``results.json``/``.md``, ``figure.png``,
     ``commands.md``. ``stage0`` None trains stage 0 from the experiment's curriculum (GP-L always; other
-    settings with ``from_scratch``, else an untrained tiny model: the --quick pipeline check)."""
+    settings with ``from_scratch``, else an untrained tiny model: the --quick pipeline check).
+    ``stage0_only``: stop after training stage 0 (its evaluations are in ``stage0/eval.jsonl``); the
+    returned dict then has ``stage0_evals`` and no arms."""
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -630,6 +633,15 @@ def run(
         )
         commands["stage 0"] = stage0_commands(cfg, out, specs)
         stage0 = build_stage0(cfg, out, specs, lambda m: on_progress("stage0", 0, 1, f"stage 0: {m}"))
+        if stage0_only:
+            from sftrl.training.evaluation import read_evals
+
+            write_commands(out / "commands.md", commands)
+            return {
+                "stage0_checkpoint": str(stage0),
+                "stage0_evals": read_evals(stage0),
+                "wall_seconds": time.time() - t0,
+            }
     elif exp.name != "gp-l-rule":
         # A given model, or (--quick without --from-scratch) an untrained one.
         log(f"stage 0: {stage0 or 'an untrained ' + exp.model_kind + ' model (pipeline check only)'}")

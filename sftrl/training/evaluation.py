@@ -199,8 +199,18 @@ def evaluate(
 
 
 def summary_line(row: dict[str, Any]) -> str:
-    """``NAME success  NAME success ...`` of one evaluation row (the specs it played)."""
-    return "  ".join(f"{k} {v['success_rate']:.3f}" for k, v in row.items() if isinstance(v, dict))
+    """``NAME success  NAME success ...`` of one evaluation row (the specs it played), with each
+    spec's recognition / per-step accuracy where its env reports one."""
+    parts = []
+    for k, v in row.items():
+        if isinstance(v, dict):
+            extra = "".join(
+                f" ({label} {v[m]:.3f})"
+                for m, label in (("recognition_accuracy", "recognition"), ("step_accuracy", "steps"))
+                if v.get(m) is not None
+            )
+            parts.append(f"{k} {v['success_rate']:.3f}{extra}")
+    return "  ".join(parts)
 
 
 def read_evals(out: Path) -> list[dict[str, Any]]:
