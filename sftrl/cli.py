@@ -230,12 +230,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     tiny.add_argument(
         "--kind",
-        choices=("text", "vision", "char", "char-vision", "stage0", "stage0-virl"),
+        choices=("text", "vision", "char", "char-vision", "stage0", "stage0-virl", "stage0-gpvl"),
         default="text",
         help="text / vision: BPE Llama / Qwen2-VL; char: character-level Llama for compact prompts; "
         "char-vision: the char Llama + a tiny CLIP image encoder (LLaVA); "
-        "stage0 / stage0-virl: a copy of the shipped, trained GP-L / V-IRL-L stage-0 char Llama "
-        "(agent repro's foundations)",
+        "stage0 / stage0-virl: a copy of the shipped, trained GP-L / V-IRL-L stage-0 char Llama; "
+        "stage0-gpvl: the shipped, trained GP-VL stage-0 char LLaVA (agent repro's foundations)",
     )
     tiny.add_argument("--out", type=Path, required=True, help="directory to write the model to")
     tiny.add_argument("--seed", type=int, default=0)
@@ -823,22 +823,25 @@ def cmd_tiny_model(ns: argparse.Namespace) -> int:
         sizes = {k: getattr(ns, k) for k in ("hidden", "layers", "heads") if getattr(ns, k) is not None}
         if sizes and ns.kind not in ("char", "char-vision"):
             raise CLIError("--hidden/--layers/--heads size the char models only (--kind char, char-vision)")
-        if ns.kind in ("stage0", "stage0-virl"):
-            gp = ns.kind == "stage0"
-            out = _copy_stage0(ns.out, "gp-l-rule" if gp else "virl-l-rule", overwrite=ns.overwrite)
-            print(
-                f"the shipped {'GP-L' if gp else 'V-IRL-L'} stage-0 model copied to {out} "
-                "(trained; its README.md says how)"
-            )
-            print(
-                f"  agent run --env {'gp' if gp else 'virl'} --prompt-style compact --policy hf --model {out}"
-            )
+        if ns.kind in _SHIPPED_KINDS:
+            experiment, label, env = _SHIPPED_KINDS[ns.kind]
+            out = _copy_stage0(ns.out, experiment, overwrite=ns.overwrite)
+            print(f"the shipped {label} stage-0 model copied to {out} (trained; its README.md says how)")
+            print(f"  agent run --env {env} --prompt-style compact --policy hf --model {out}")
             return 0
         out = build_tiny_model(ns.kind, ns.out, seed=ns.seed, overwrite=ns.overwrite, **sizes)
     except TinyModelError as exc:
         raise CLIError(str(exc)) from exc
     print(f"tiny {ns.kind} model written to {out} (use: agent run --policy hf --model {out})")
     return 0
+
+
+_SHIPPED_KINDS = {
+    "stage0": ("gp-l-rule", "GP-L", "gp"),
+    "stage0-virl": ("virl-l-rule", "V-IRL-L", "virl"),
+    "stage0-gpvl": ("gp-vl-visual", "GP-VL", "gp --modality vision --resolution 64"),
+}
+"""``agent tiny-model --kind``s that copy a shipped stage-0 model: (experiment, label, env flags)."""
 
 
 def _copy_stage0(out: Path, experiment: str, *, overwrite: bool) -> Path:

@@ -1,4 +1,5 @@
-"""The shipped stage-0 models (GP-L, V-IRL-L): `agent tiny-model --kind stage0|stage0-virl` copies them,
+"""The shipped stage-0 models (GP-L, V-IRL-L, GP-VL): `agent tiny-model --kind stage0|stage0-virl|stage0-gpvl`
+copies them,
 and they are trained models."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 from sftrl.agents.metrics import summarize
 from sftrl.agents.trajectory import read_episodes
 from sftrl.cli import main
-from sftrl.repro.pipeline import SHIPPED_STAGE0, SHIPPED_STAGE0_VIRL
+from sftrl.repro.pipeline import SHIPPED_STAGE0, SHIPPED_STAGE0_GPVL, SHIPPED_STAGE0_VIRL
 
 
 def test_tiny_model_stage0_copies_the_shipped_model_and_refuses_a_non_empty_dir(
@@ -75,7 +76,11 @@ def test_the_shipped_gpvl_stage0_model_reads_held_out_red_and_black_hands(tmp_pa
     colours and solved 16% / 15% of the 200 hands; an untrained or broken copy reads none."""
     from sftrl.repro import experiments
 
-    model = Path(SHIPPED_STAGE0).parent / "stage0-gpvl"
+    model = tmp_path / "stage0-gpvl"
+    assert main(["tiny-model", "--kind", "stage0-gpvl", "--out", str(model)]) == 0
+    assert (model / "model.safetensors").read_bytes() == (
+        SHIPPED_STAGE0_GPVL / "model.safetensors"
+    ).read_bytes()
     exp = experiments.get("gp-vl-visual")
     _, paths, _ = experiments.make_sets(exp, 200, None, 1234, 100, tmp_path / "pools")
     for split, pool in (("id", paths["id_eval"]), ("visual-ood", paths["ood_eval"])):

@@ -43,7 +43,12 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
 )
 SHIPPED_STAGE0 = Path(__file__).parent / "data" / "stage0"
 SHIPPED_STAGE0_VIRL = Path(__file__).parent / "data" / "stage0-virl"
-SHIPPED_STAGE0S = {"gp-l-rule": SHIPPED_STAGE0, "virl-l-rule": SHIPPED_STAGE0_VIRL}
+SHIPPED_STAGE0_GPVL = Path(__file__).parent / "data" / "stage0-gpvl"
+SHIPPED_STAGE0S = {
+    "gp-l-rule": SHIPPED_STAGE0,
+    "virl-l-rule": SHIPPED_STAGE0_VIRL,
+    "gp-vl-visual": SHIPPED_STAGE0_GPVL,
+}
 """The stage-0 models shipped with the package, per experiment (each with a README on its rebuild)."""
 Report = Callable[[float, float, str], None]
 """progress(completed, total, description)."""
@@ -130,6 +135,12 @@ class ReproConfig:
             # step of 64 rows: 64 image tokens + the text): 1600 steps, two epochs of 51,200 rows; a
             # lower peak lr than from scratch, since the decoder is the trained language stage 0 and
             # the image encoder's first outputs are noise to it.
+            # Stages 1-2 sized for the issue's 30 minutes (all arms, 3 seeds, 2 workers) from a timing
+            # probe on the shipped stage 0 (2026-12-06): an SFT step ~1.1 s (6e10 FLOPs), a PPO update
+            # of 64 episodes ~14 s (7e11 FLOPs: each attempt carries 64 image tokens), 400 held-out
+            # episodes ~12 s. So 4e12 FLOPs per arm, 32 episodes (4 hands x 8) per update for ~11
+            # updates, a 150-step warm start (the probe's loss levelled off by step 10), and 10,000
+            # expert episodes (~25k rows: warm start + SFT arm use < 1 epoch).
             return cls(
                 experiment=experiment,
                 verify_iter=exp.verify_iter,
@@ -137,6 +148,10 @@ class ReproConfig:
                 stage0_rows=51_200,
                 stage0_steps=1600,
                 stage0_lr=1e-3,
+                expert_episodes=10_000,
+                stage1_steps=150,
+                stage2_flops=4e12,
+                episodes_per_update=32,
             )
         # GP-L: the 796 rule-OOD hands at each run's end, a fixed 200 of them at the points before.
         return cls(
