@@ -197,6 +197,7 @@ def test_repro_keeps_only_the_recipe() -> None:
         "stage0.py",
         "stage0_gpvl.py",
         "stage0_virl.py",
+        "stage0_virlvl.py",
     ]
     pattern = re.compile(r"nn\.Module|log_softmax|cross_entropy|optim\.|\.backward\(|multinomial")
     for path in REPRO_DIR.glob("*.py"):

@@ -90,6 +90,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             extra_metrics=("step_accuracy",),
             resolution=32,  # per view: the 2x2 grid is 64 px, the tiny VLM's input size
             verify_iter=2,
+            stage0_curriculum="sftrl.repro.stage0_virlvl",
         ),
     )
 }

@@ -117,7 +117,7 @@ class ReproConfig:
             # 70 training routes give a few hundred distinct expert rows per 1000 episodes (the rest
             # are duplicates), a warm-start step takes ~3.5 s, and one PPO update of 64 routes
             # (~500 steps) costs 1.6e12 FLOPs - so 16 routes per update, 4e12 FLOPs per arm.
-            return cls(
+            virl = cls(
                 experiment=experiment,
                 verify_iter=exp.verify_iter,
                 seeds=3,
@@ -130,6 +130,13 @@ class ReproConfig:
                 episodes_per_update=16,
                 group_size=4,
             )
+            if exp.modality == "vision":
+                # V-IRL-VL stage 0, sized for the 60-minute budget on one core from a timing probe
+                # (2026-12-06: 2.65 s per step of 64 rows, 64 image tokens + the route text; ~10 ms a
+                # row to write): 800 steps, one epoch of 51,200 rows, GP-VL's peak lr (the decoder is
+                # the trained V-IRL-L stage 0). Stages 1-2 are V-IRL-L's sizes, not yet probed.
+                return replace(virl, stage0_rows=51_200, stage0_steps=800, stage0_lr=1e-3)
+            return virl
         if exp.name == "gp-vl-visual":
             # Stage 0 sized for the 60-minute rebuild budget on one core from a timing probe (1.74 s per
             # step of 64 rows: 64 image tokens + the text): 1600 steps, two epochs of 51,200 rows; a
@@ -526,6 +533,17 @@ def _stage0_data(cfg: ReproConfig, data: Path) -> None:
         from sftrl.repro import stage0_gpvl
 
         stage0_gpvl.build_dataset(data, cfg.stage0_rows, seed=0, resolution=exp.resolution or 64)
+    elif exp.name == "virl-vl-visual":
+        from sftrl.repro import stage0_virlvl
+
+        stage0_virlvl.build_dataset(
+            data,
+            cfg.stage0_rows,
+            seed=0,
+            held_out=cfg.n_id_eval,
+            split_routes=cfg.virl_routes,
+            resolution=exp.resolution or stage0_virlvl.RESOLUTION,
+        )
     elif exp.env == "virl":
         from sftrl.repro import stage0_virl
 
@@ -542,6 +560,11 @@ def _stage0_data_command(cfg: ReproConfig, data: Path) -> str:
     exp = experiments.get(cfg.experiment)
     if exp.name == "gp-vl-visual":
         return f"python -m {exp.stage0_curriculum} --rows {cfg.stage0_rows} --seed 0 --out {data}"
+    if exp.name == "virl-vl-visual":
+        return (
+            f"python -m {exp.stage0_curriculum} --rows {cfg.stage0_rows} --seed 0"
+            f" --held-out {cfg.n_id_eval} --split-routes {cfg.virl_routes} --out {data}"
+        )
     if exp.env == "virl":
         return (
             f"python -m {exp.stage0_curriculum} --rows {cfg.stage0_rows} --seed 0"
@@ -572,17 +595,22 @@ def build_stage0(
     return out / "stage0"
 
 
+def _text_stage0(cfg: ReproConfig) -> Path:
+    """The shipped language stage-0 model a vision experiment's decoder starts from (same env)."""
+    return SHIPPED_STAGE0_VIRL if experiments.get(cfg.experiment).env == "virl" else SHIPPED_STAGE0
+
+
 def stage0_init(cfg: ReproConfig, init: Path) -> None:
-    """The model stage 0 starts from: a new char model; GP-VL: a new char-vision model whose decoder is
-    the shipped language stage-0 model (it reads compact GP text already; the curriculum teaches it
-    to read the cards), or with the quick sizes an all-new small one."""
+    """The model stage 0 starts from: a new char model; GP-VL / V-IRL-VL: a new char-vision model whose
+    decoder is the shipped language stage-0 model of the same env (it reads the compact text already;
+    the curriculum teaches it to read the image), or with the quick sizes an all-new small one."""
     from sftrl.agents.tiny import build_char_model
     from sftrl.agents.tiny_vlm import build_char_vision_model
 
     if experiments.get(cfg.experiment).modality != "vision":
         build_char_model(init, seed=0, **cfg.model)
     elif cfg.model == ReproConfig().model:
-        build_char_vision_model(init, seed=0, text_model=SHIPPED_STAGE0)
+        build_char_vision_model(init, seed=0, text_model=_text_stage0(cfg))
     else:
         build_char_vision_model(init, seed=0, **cfg.model, **experiments.QUICK_VISION)
 
@@ -593,7 +621,7 @@ def _stage0_init_command(cfg: ReproConfig, init: Path) -> str:
         sizes = "" if m == ReproConfig().model else " --hidden {hidden} --layers {layers} --heads {heads}"
         return f"agent tiny-model --kind char --out {init} --seed 0" + sizes.format(**m)
     if m == ReproConfig().model:
-        call = f"build_char_vision_model('{init}', seed=0, text_model='{SHIPPED_STAGE0}')"
+        call = f"build_char_vision_model('{init}', seed=0, text_model='{_text_stage0(cfg)}')"
     else:
         sizes = ", ".join(f"{k}={v}" for k, v in {**m, **experiments.QUICK_VISION}.items())
         call = f"build_char_vision_model('{init}', seed=0, {sizes})"

@@ -50,18 +50,20 @@ def deal(rng: random.Random) -> list[Card]:
     return [Card(rank=rng.choice(RANKS), suit=rng.choice(SUITS)) for _ in range(4)]
 
 
-def _png(cards: list[Card], resolution: int) -> bytes:
+def hand_png(cards: list[Card], resolution: int) -> bytes:
     buf = io.BytesIO()
     render_hand(cards, resolution).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
-def _user(text: str, image: bool = False) -> dict[str, Any]:
+def user_turn(text: str, image: bool = False) -> dict[str, Any]:
+    """A user turn as ``agent data sft`` writes it (the image part first, as the agent loop sends it)."""
     parts = [{"type": "image", "text": None}] if image else []
     return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
 
 
-def _assistant(text: str) -> dict[str, Any]:
+def assistant_turn(text: str) -> dict[str, Any]:
+    """An assistant turn in the parts format of vision rows."""
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
@@ -93,9 +95,9 @@ def read_item(rng: random.Random, resolution: int = RESOLUTION) -> dict[str, Any
     cards = deal(rng)
     ranks = [c.rank for c in cards]
     return {
-        "prompt": [_user(READ_PROMPT, image=True)],
-        "completion": [_assistant(" ".join(ranks))],
-        "images": [{"bytes": _png(cards, resolution), "path": None}],
+        "prompt": [user_turn(READ_PROMPT, image=True)],
+        "completion": [assistant_turn(" ".join(ranks))],
+        "images": [{"bytes": hand_png(cards, resolution), "path": None}],
         "kind": "V",
         "target": 0,
         "cards": " ".join(f"{c.rank}{c.suit}" for c in cards),
@@ -116,13 +118,13 @@ def make_target_item(rng: random.Random, n_wrong: int, resolution: int = RESOLUT
     state = GPState(
         ranks=tuple(ranks), values=tuple(values), target=target, solutions=(formula,), check_cards=True
     )
-    prompt = [_user(compact.prompt(ranks=None, face_values=face, target=target), image=True)]
+    prompt = [user_turn(compact.prompt(ranks=None, face_values=face, target=target), image=True)]
     for attempt, feedback in wrong_attempts(state, n_wrong, rng):
-        prompt += [_assistant(attempt), _user(feedback)]
+        prompt += [assistant_turn(attempt), user_turn(feedback)]
     return {
         "prompt": prompt,
-        "completion": [_assistant(compact.reply(ranks=ranks, numbers=values, formula=formula))],
-        "images": [{"bytes": _png(cards, resolution), "path": None}],
+        "completion": [assistant_turn(compact.reply(ranks=ranks, numbers=values, formula=formula))],
+        "images": [{"bytes": hand_png(cards, resolution), "path": None}],
         "kind": "M",
         "target": target,
         "cards": " ".join(f"{c.rank}{c.suit}" for c in cards),

@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from sftrl.environments.base import Observation
 from sftrl.environments.virl import compact
 from sftrl.environments.virl.env import VIRLEnv
 from sftrl.environments.virl.prompts import directions
@@ -81,15 +83,22 @@ def wrong_attempts(answer: str, actions: Actions, n: int, rng: random.Random) ->
     return out
 
 
-def route_env(split_routes: int = VIRL_SPLIT_ROUTES) -> VIRLEnv:
+def route_env(
+    split_routes: int = VIRL_SPLIT_ROUTES,
+    modality: Literal["language", "vision"] = "language",
+    resolution: int = 320,
+) -> VIRLEnv:
     """The env of ``R`` items: the ``id`` split in the compact style, absolute actions, enough attempts
-    per step for the deepest revision (the route indices to use are :func:`training_indices`)."""
+    per step for the deepest revision (the route indices to use are :func:`training_indices`).
+    ``modality``/``resolution``: V-IRL-VL's curriculum (:mod:`sftrl.repro.stage0_virlvl`) uses it too."""
     return VIRLEnv(
         split="id",
         actions="absolute",
         prompt_style="compact",
         num_routes=split_routes,
         verify_iter=len(REVISION_MIX),
+        modality=modality,
+        resolution=resolution,
     )
 
 
@@ -108,31 +117,46 @@ def _row(prompt: list[dict[str, str]], answer: str, **columns: Any) -> dict[str,
     }
 
 
-def route_item(env: VIRLEnv, indices: range, n_wrong: int, rng: random.Random) -> dict[str, Any]:
-    """An ``R`` row: the env's compact prompt at a random rail point of a training route."""
+def walk(
+    env: VIRLEnv, indices: range, rng: random.Random, seeds: Sequence[int] | None = None
+) -> tuple[Observation, dict[str, Any]]:
+    """Reset ``env`` on a random training route and let its expert walk to a random rail point (so the
+    ``done:`` list is the expert's actions); the observation there, and the episode's ``route_id``,
+    ``route_index``, ``episode_seed`` and ``position``. ``seeds``: the episode seeds to draw from
+    (None: any)."""
     route_index = rng.choice(indices)
-    seed = rng.randrange(2**31)
+    seed = rng.randrange(2**31) if seeds is None else rng.choice(seeds)
     obs, info = env.reset(seed=seed, options={"route_index": route_index})
     position = rng.randrange(info["rail_length"])
-    for _ in range(position):  # the expert walks there: the done list is the expert's actions
+    for _ in range(position):
         obs, _, _, _, _ = env.step(obs.oracle["expert_reply"])
-    answer, gt_action = obs.oracle["expert_reply"], obs.oracle["gt_action"]
-    prompt = [{"role": "user", "content": obs.text}]
+    where = {
+        "route_id": info["route_id"],
+        "route_index": route_index,
+        "episode_seed": seed,
+        "position": position,
+    }
+    return obs, where
+
+
+def failed_attempts(env: VIRLEnv, answer: str, n_wrong: int, rng: random.Random) -> list[tuple[str, str]]:
+    """``n_wrong`` wrong answers stepped in ``env`` at its current point, each with the env's feedback."""
+    out = []
     for attempt in wrong_attempts(answer, "absolute", n_wrong, rng):
         feedback, _, terminated, _, step_info = env.step(attempt)
         assert not step_info["verdict"].correct and not terminated  # wrong by construction
-        prompt += [{"role": "assistant", "content": attempt}, {"role": "user", "content": feedback.text}]
-    return _row(
-        prompt,
-        answer,
-        kind="R",
-        actions="absolute",
-        gt_action=gt_action,
-        route_id=info["route_id"],
-        route_index=route_index,
-        episode_seed=seed,
-        position=position,
-    )
+        out.append((attempt, feedback.text))
+    return out
+
+
+def route_item(env: VIRLEnv, indices: range, n_wrong: int, rng: random.Random) -> dict[str, Any]:
+    """An ``R`` row: the env's compact prompt at a random rail point of a training route."""
+    obs, where = walk(env, indices, rng)
+    answer, gt_action = obs.oracle["expert_reply"], obs.oracle["gt_action"]
+    prompt = [{"role": "user", "content": obs.text}]
+    for attempt, feedback in failed_attempts(env, answer, n_wrong, rng):
+        prompt += [{"role": "assistant", "content": attempt}, {"role": "user", "content": feedback}]
+    return _row(prompt, answer, kind="R", actions="absolute", gt_action=gt_action, **where)
 
 
 def turn_prompt(facing: str, target: str, actions: Actions) -> str:
