@@ -230,12 +230,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     tiny.add_argument(
         "--kind",
-        choices=("text", "vision", "char", "char-vision", "stage0", "stage0-virl", "stage0-gpvl"),
+        choices=("text", "vision", "char", "char-vision", *_SHIPPED_KINDS),
         default="text",
         help="text / vision: BPE Llama / Qwen2-VL; char: character-level Llama for compact prompts; "
         "char-vision: the char Llama + a tiny CLIP image encoder (LLaVA); "
         "stage0 / stage0-virl: a copy of the shipped, trained GP-L / V-IRL-L stage-0 char Llama; "
-        "stage0-gpvl: the shipped, trained GP-VL stage-0 char LLaVA (agent repro's foundations)",
+        "stage0-gpvl / stage0-virlvl: the shipped, trained GP-VL / V-IRL-VL stage-0 char LLaVA "
+        "(agent repro's foundations)",
     )
     tiny.add_argument("--out", type=Path, required=True, help="directory to write the model to")
     tiny.add_argument("--seed", type=int, default=0)
@@ -840,6 +841,7 @@ _SHIPPED_KINDS = {
     "stage0": ("gp-l-rule", "GP-L", "gp"),
     "stage0-virl": ("virl-l-rule", "V-IRL-L", "virl"),
     "stage0-gpvl": ("gp-vl-visual", "GP-VL", "gp --modality vision --resolution 64"),
+    "stage0-virlvl": ("virl-vl-visual", "V-IRL-VL", "virl --modality vision --resolution 32"),
 }
 """``agent tiny-model --kind``s that copy a shipped stage-0 model: (experiment, label, env flags)."""
 

@@ -90,10 +90,10 @@ def test_a_text_stage0_seeds_the_vision_models_decoder(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--experiment", "virl-vl-visual"], "no stage-0 model exists for it yet"),
+        (["--experiment", "virl-vl-visual", "--stage0", "."], "not a model directory"),
         (["--modality", "vision", "--stage0", "."], "not a model directory"),
         (["--experiment", "virl-vl-visual", "--stage0-only"], "it needs --from-scratch"),
-        (["--experiment", "all"], "stage-0 model"),  # the first refusal: GP-L or V-IRL-L
+        (["--experiment", "all", "--stage0", "."], "not a model directory"),  # checked before any run
         (["--experiment", "gp-l"], "unknown; choose from gp-l-rule"),
         (["--modality", "vision", "--experiment", "virl-l-rule"], "means --experiment gp-vl-visual"),
         (["--quick", "--ablations", "rl-verify2"], "--ablations rl-verify2: unknown"),

@@ -44,10 +44,12 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
 SHIPPED_STAGE0 = Path(__file__).parent / "data" / "stage0"
 SHIPPED_STAGE0_VIRL = Path(__file__).parent / "data" / "stage0-virl"
 SHIPPED_STAGE0_GPVL = Path(__file__).parent / "data" / "stage0-gpvl"
+SHIPPED_STAGE0_VIRLVL = Path(__file__).parent / "data" / "stage0-virlvl"
 SHIPPED_STAGE0S = {
     "gp-l-rule": SHIPPED_STAGE0,
     "virl-l-rule": SHIPPED_STAGE0_VIRL,
     "gp-vl-visual": SHIPPED_STAGE0_GPVL,
+    "virl-vl-visual": SHIPPED_STAGE0_VIRLVL,
 }
 """The stage-0 models shipped with the package, per experiment (each with a README on its rebuild)."""
 Report = Callable[[float, float, str], None]
@@ -134,8 +136,20 @@ class ReproConfig:
                 # V-IRL-VL stage 0, sized for the 60-minute budget on one core from a timing probe
                 # (2026-12-06: 2.65 s per step of 64 rows, 64 image tokens + the route text; ~10 ms a
                 # row to write): 800 steps, one epoch of 51,200 rows, GP-VL's peak lr (the decoder is
-                # the trained V-IRL-L stage 0). Stages 1-2 are V-IRL-L's sizes, not yet probed.
-                return replace(virl, stage0_rows=51_200, stage0_steps=800, stage0_lr=1e-3)
+                # the trained V-IRL-L stage 0). Stages 1-2 sized for the issue's 30 minutes from a
+                # second probe on the shipped stage 0: expert episodes render a grid per step (~6.5
+                # episodes/s), a warm-start step ~2.9 s (loss 0.03 by step 10), a PPO update of 16
+                # routes ~13 s and 5.9e11 FLOPs, one evaluation of the 130 held-out routes ~25 s. So
+                # 1000 expert episodes, a 50-step warm start, 4e12 FLOPs per arm, 4 evaluation points.
+                return replace(
+                    virl,
+                    stage0_rows=51_200,
+                    stage0_steps=800,
+                    stage0_lr=1e-3,
+                    expert_episodes=1000,
+                    stage1_steps=50,
+                    eval_points=4,
+                )
             return virl
         if exp.name == "gp-vl-visual":
             # Stage 0 sized for the 60-minute rebuild budget on one core from a timing probe (1.74 s per
