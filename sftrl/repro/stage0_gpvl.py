@@ -50,10 +50,15 @@ def deal(rng: random.Random) -> list[Card]:
     return [Card(rank=rng.choice(RANKS), suit=rng.choice(SUITS)) for _ in range(4)]
 
 
-def hand_png(cards: list[Card], resolution: int) -> bytes:
+def png_bytes(image: Any) -> bytes:
+    """A PIL image as the PNG bytes of an ``images`` column (fast compression: rows are many)."""
     buf = io.BytesIO()
-    render_hand(cards, resolution).save(buf, format="PNG", compress_level=1)
+    image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def hand_png(cards: list[Card], resolution: int) -> bytes:
+    return png_bytes(render_hand(cards, resolution))
 
 
 def user_turn(text: str, image: bool = False) -> dict[str, Any]:

@@ -247,17 +247,14 @@ def build_dataset(
     return write_dataset(out, train, validation, COLUMNS, meta, about, overwrite=overwrite)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Write the V-IRL-L stage-0 curriculum as an SFT dataset.")
-    ap.add_argument("--rows", type=int, required=True)
-    ap.add_argument("--val-rows", type=int, default=512)
-    ap.add_argument("--seed", type=int, default=0)
+def add_route_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--held-out`` / ``--split-routes``: which routes of the ``id`` split a V-IRL curriculum may use."""
     ap.add_argument(
         "--held-out",
         type=int,
         default=VIRL_ID_EVAL_ROUTES,
         help=f"held-out ID routes at the start of the id split, never used ({VIRL_ID_EVAL_ROUTES}, as "
-        "agent repro --experiment virl-l-rule)",
+        "agent repro's V-IRL experiments)",
     )
     ap.add_argument(
         "--split-routes",
@@ -265,11 +262,23 @@ def main(argv: list[str] | None = None) -> int:
         default=VIRL_SPLIT_ROUTES,
         help=f"routes of the id split, held-out ones included ({VIRL_SPLIT_ROUTES})",
     )
+
+
+def check_route_arguments(ap: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
+    if not 0 < ns.held_out < ns.split_routes:
+        ap.error("--held-out must be between 1 and --split-routes - 1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Write the V-IRL-L stage-0 curriculum as an SFT dataset.")
+    ap.add_argument("--rows", type=int, required=True)
+    ap.add_argument("--val-rows", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=0)
+    add_route_arguments(ap)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--overwrite", action="store_true")
     ns = ap.parse_args(argv)
-    if not 0 < ns.held_out < ns.split_routes:
-        ap.error("--held-out must be between 1 and --split-routes - 1")
+    check_route_arguments(ap, ns)
     build_dataset(
         ns.out,
         ns.rows,

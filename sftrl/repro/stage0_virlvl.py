@@ -25,15 +25,21 @@ rendered by the env itself (the synthetic street view, ``resolution`` pixels per
 from __future__ import annotations
 
 import argparse
-import io
 import random
 from pathlib import Path
 from typing import Any
 
 from sftrl.repro.experiments import VIRL_ID_EVAL_ROUTES, VIRL_SPLIT_ROUTES
 from sftrl.repro.stage0 import REVISION_MIX, refuse_existing, write_dataset
-from sftrl.repro.stage0_gpvl import assistant_turn, user_turn
-from sftrl.repro.stage0_virl import failed_attempts, route_env, training_indices, walk
+from sftrl.repro.stage0_gpvl import assistant_turn, png_bytes, user_turn
+from sftrl.repro.stage0_virl import (
+    add_route_arguments,
+    check_route_arguments,
+    failed_attempts,
+    route_env,
+    training_indices,
+    walk,
+)
 
 MIX: tuple[tuple[str, float], ...] = (("O", 0.35), ("R", 0.65))
 """Item kinds: read the grid, take a route step from the grid."""
@@ -77,7 +83,7 @@ class Curriculum:
         a reset with the same seed and route, walked as far, is at the same point: rendered once."""
         key = (where["route_index"], where["episode_seed"], where["position"])
         if key not in self._grids:
-            self._grids[key] = _png(self.env.render_image())
+            self._grids[key] = png_bytes(self.env.render_image())
         return self._grids[key]
 
     def read_item(self, rng: random.Random) -> dict[str, Any]:
@@ -128,12 +134,6 @@ def split_observation(prompt: str) -> tuple[str, str]:
     if len(now) != 1:
         raise ValueError("not a compact V-IRL-L prompt: no single 'now:' line")
     return lines[now[0]][len(NOW_PREFIX) :], "\n".join(lines[: now[0]] + lines[now[0] + 1 :])
-
-
-def _png(image: Any) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 def rows(
@@ -193,18 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, required=True)
     ap.add_argument("--val-rows", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--held-out", type=int, default=VIRL_ID_EVAL_ROUTES, help="held-out ID routes (never used)"
-    )
-    ap.add_argument("--split-routes", type=int, default=VIRL_SPLIT_ROUTES, help="routes of the id split")
+    add_route_arguments(ap)
     ap.add_argument("--resolution", type=int, default=RESOLUTION, help=f"pixels per view ({RESOLUTION})")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--overwrite", action="store_true")
     ns = ap.parse_args(argv)
     if ns.rows < 1 or ns.val_rows < 1:
         ap.error("--rows and --val-rows must be at least 1")
-    if not 0 < ns.held_out < ns.split_routes:
-        ap.error("--held-out must be between 1 and --split-routes - 1")
+    check_route_arguments(ap, ns)
     build_dataset(
         ns.out,
         ns.rows,
