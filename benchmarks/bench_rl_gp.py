@@ -1,6 +1,6 @@
 """Does the user's path teach a model GP-L?  The README's training block at full size; table + PNG.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_gp.py [--algo ppo|grpo] [--updates 40]
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_gp.py [--algo ppo|grpo] [--updates 100] [--seed 0]
 [--out benchmarks/results/rl_gp]``. Every stage is the user's own command (``agent …`` in process),
 the same commands as the README's quick tour shows:
 
@@ -49,7 +49,7 @@ def _agent(*args: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--algo", choices=("grpo", "ppo"), default="ppo")
-    ap.add_argument("--updates", type=int, default=40)
+    ap.add_argument("--updates", type=int, default=100)
     ap.add_argument("--episodes-per-update", type=int, default=64)
     ap.add_argument("--group-size", type=int, default=8, help="GRPO group size")
     ap.add_argument("--lr", type=float, default=3e-5)
@@ -66,7 +66,8 @@ def main() -> None:
     ap.add_argument("--expert-episodes", type=int, default=40_000)
     ap.add_argument("--sft-steps", type=int, default=300)
     ap.add_argument("--sft-lr", type=float, default=5e-4)
-    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--eval-every", type=int, default=25)
+    ap.add_argument("--seed", type=int, default=0, help="RL run seed (episodes and learner; 0 = the README's)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/rl_gp"))
     args = ap.parse_args()
     out: Path = args.out
@@ -107,6 +108,7 @@ def main() -> None:
             "train", "rl", *train, "--model", str(out / "sft"), "--out", str(rl_dir), "--algo", args.algo,
             "--max-steps", str(args.updates), "--episodes-per-update", str(args.episodes_per_update),
             "--group-size", str(args.group_size if args.algo == "grpo" else 1), "--concurrency", "64",
+            "--seed", str(args.seed),
             "--lr", str(args.lr), "--value-lr", str(args.value_lr), "--ratio", args.ratio,
             "--clip", str(args.clip), "--ppo-epochs", str(args.ppo_epochs),
             "--minibatch-size", str(args.minibatch_size), "--minibatch-order", args.minibatch_order,
