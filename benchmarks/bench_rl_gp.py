@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, default=300)
     ap.add_argument("--sft-lr", type=float, default=5e-4)
     ap.add_argument("--eval-every", type=int, default=25)
-    ap.add_argument("--seed", type=int, default=0, help="RL run seed (episodes and learner; 0 = the README's)")
+    ap.add_argument("--seed", type=int, default=0, help="RL run seed (episodes, learner; 0: the README)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/rl_gp"))
     args = ap.parse_args()
     out: Path = args.out
