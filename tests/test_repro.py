@@ -239,10 +239,13 @@ def test_agent_repro_quick_runs_every_stage_and_each_job_reruns_by_hand(
     commands = (out / "commands.md").read_text()
     by_hand = commands.split("## evaluation of a model directory M")[1].split("## ")[0]
     assert "ood_eval.json" in by_hand and "ood_curve.json" not in by_hand and "--at" not in by_hand
-    for job in ("sft-0", "grpo-0"):
+    import torch
+
+    for job in ("sft-0", "grpo-0", "ppo-0"):
         block = commands.split(f"## {job}\n\n```bash\n")[1].split("\n```")[0]
         again = tmp_path / f"again-{job}"
         argv = _shell_split(block.replace(str(out / "seed0" / job.split("-")[0]), str(again)))
+        torch.manual_seed(987_654)  # this process's global generator is not where the job's was
         assert argv[0] == "agent" and main(argv[1:]) == 0
         mine = [json.loads(x) for x in (again / "eval.jsonl").read_text().splitlines()]
         theirs = [

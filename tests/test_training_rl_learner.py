@@ -176,6 +176,17 @@ def test_state_round_trip(model, tmp_path):
     assert torch.equal(other.value_head.state_dict()["weight"], w1)
 
 
+def test_the_value_head_starts_from_the_seed_not_from_torchs_global_rng(model):
+    # `agent repro` workers run several jobs per process: a PPO job must start the same whatever
+    # the jobs before it drew from torch's global generator.
+    torch.manual_seed(1)
+    a = Learner(model, encode, RLConfig(algo="ppo", seed=3)).value_head.weight.detach().clone()
+    torch.randn(1000)
+    b = Learner(model, encode, RLConfig(algo="ppo", seed=3)).value_head.weight.detach().clone()
+    c = Learner(model, encode, RLConfig(algo="ppo", seed=4)).value_head.weight.detach().clone()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
 @pytest.mark.parametrize("order", ["random", "length"])
 def test_every_transition_is_trained_once_per_epoch_in_either_minibatch_order(model, order):
     learner = Learner(

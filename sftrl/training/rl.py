@@ -88,10 +88,11 @@ class LogprobMismatchError(RuntimeError):
     """Recomputed log-probs disagree with the rollout's: an update would be off-policy garbage."""
 
 
-def actor_critic(policy: Any, with_value: bool) -> Any:
+def actor_critic(policy: Any, with_value: bool, seed: int = 0) -> Any:
     """One ``nn.Module`` holding the policy and (PPO) its value head, so ``accelerate`` (DeepSpeed,
     FSDP, DDP) prepares a single model. ``forward`` returns the policy's logits and the values read
-    from the last hidden state at each row's ``value_index`` (the prompt's last token)."""
+    from the last hidden state at each row's ``value_index`` (the prompt's last token). The value head's
+    initial weights depend on ``seed`` alone (every rank, every process draws the same ones)."""
     import torch
 
     class ActorCritic(torch.nn.Module):
@@ -102,7 +103,13 @@ def actor_critic(policy: Any, with_value: bool) -> Any:
             if with_value:
                 hidden = _hidden_size(policy)
                 self.value_head = torch.nn.Linear(hidden, 1)
-                torch.nn.init.normal_(self.value_head.weight, std=1.0 / math.sqrt(hidden + 1))
+                # Its own generator: torch's global one holds whatever earlier jobs of this process
+                # drew (``agent repro`` workers run several), and a PPO run must not depend on that.
+                torch.nn.init.normal_(
+                    self.value_head.weight,
+                    std=1.0 / math.sqrt(hidden + 1),
+                    generator=torch.Generator().manual_seed(seed),
+                )
                 torch.nn.init.zeros_(self.value_head.bias)
 
         def forward(
@@ -154,7 +161,7 @@ class Learner:
         self.cfg = config
         self.pad_token_id = pad_token_id
         self.ref_model = ref_model
-        module = actor_critic(model, with_value=config.algo == "ppo")
+        module = actor_critic(model, with_value=config.algo == "ppo", seed=config.seed)
         groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
         if module.value_head is not None:
             groups.append(
