@@ -164,6 +164,8 @@ def test_agent_repro_quick_runs_each_new_experiment(
             id_eval | ood
         )
         assert not train & (id_eval | ood)
+    if exp.env == "virl" and exp.modality == "vision":
+        _check_evaluations_read_views_through_the_run_cache(out, commands=(out / "commands.md").read_text())
     # The job's printed command reproduces its evaluations (pools / route files, split, modality flags).
     commands = (out / "commands.md").read_text()
     mine = _rerun(commands, "grpo-0", out, tmp_path / "again")
@@ -173,6 +175,36 @@ def test_agent_repro_quick_runs_each_new_experiment(
         for split in ("id", "ood"):
             assert a[split]["success_rate"] == b[split]["success_rate"]
             assert a[split][metric] == b[split][metric]
+
+
+def _check_evaluations_read_views_through_the_run_cache(out: Path, commands: str) -> None:
+    """V-IRL-VL evaluations read street views through ``out/street-view-cache``: it holds the views
+    every evaluation drew, and the sft arm's last evaluation run without the cache (views drawn anew)
+    plays the very same episodes."""
+    from sftrl.cli import main
+    from sftrl.street_view.cache import CachedProvider
+
+    cache = out / "street-view-cache"
+    assert len(CachedProvider(inner="synthetic", cache_dir=cache)) > 0
+    line = next(x for x in commands.splitlines() if x.startswith("agent run") and "--split visual-ood" in x)
+    assert f"--street-view cache --cache-dir {cache}" in line
+    uncached = out.parent / "uncached"
+    argv = shlex.split(
+        line.replace(f" --street-view cache --cache-dir {cache}", "")
+        .replace("--model M ", f"--model {out / 'seed0' / 'sft'} ")
+        .replace("--out M-eval/ood", f"--out {uncached}")
+    )
+    assert main(argv[1:]) == 0
+    evals = [json.loads(x) for x in (out / "seed0" / "sft" / "eval.jsonl").read_text().splitlines()]
+    cached = _episodes(Path(evals[-1]["ood"]["out"]))
+    fresh = _episodes(uncached)
+    assert {e["env_config"]["street_view"] for e in cached} == {"cache"}
+    assert {e["env_config"]["street_view"] for e in fresh} == {"synthetic"}
+    replies = [
+        [[t["reply"]["text"] for t in e["turns"]] for e in sorted(r, key=lambda e: e["episode_index"])]
+        for r in (cached, fresh)
+    ]
+    assert replies[0] == replies[1] and len(replies[0]) == len(cached)
 
 
 def experiments_metric_label(metric: str) -> str:

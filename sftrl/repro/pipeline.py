@@ -239,11 +239,23 @@ def _env_options(
     return experiments.env_options(exp, verify_iter or cfg.verify_iter, pool, split, by_index)
 
 
-def eval_specs(cfg: ReproConfig, pools: dict[str, Path], sizes: dict[str, int]) -> list[str]:
+def eval_specs(
+    cfg: ReproConfig, pools: dict[str, Path], sizes: dict[str, int], view_cache: Path | None = None
+) -> list[str]:
     """``--eval-env`` specs: every held-out ID and OOD item once, in order (GP: multisets of the
     held-out pool; V-IRL: routes of the held-out route file). With an OOD curve subset: ``ood`` is the
-    subset at every point and ``ood_all`` the whole OOD set at the end (``at=final``)."""
+    subset at every point and ``ood_all`` the whole OOD set at the end (``at=final``).
+
+    ``view_cache``: V-IRL-VL evaluations read their street views through the disk cache there. The rail
+    puts every evaluation of a route at the same points, so each checkpoint sees the very grids the
+    first evaluation drew (same pixels: the cache is lossless), and drawing them was half an
+    evaluation's time."""
     exp = experiments.get(cfg.experiment)
+    views = (
+        {"street_view": "cache", "cache_dir": str(view_cache)}
+        if view_cache is not None and exp.env == "virl" and exp.modality == "vision"
+        else {}
+    )
     out = []
     sets = [("id", "id", "id_eval", "")]
     if "ood_curve" in pools:
@@ -253,6 +265,7 @@ def eval_specs(cfg: ReproConfig, pools: dict[str, Path], sizes: dict[str, int]) 
     for name, split, pool, at in sets:
         opts = {
             **_env_options(cfg, pools[pool], split, by_index=True),
+            **views,
             "episodes": sizes[pool],
             "concurrency": min(sizes[pool], cfg.eval_concurrency),
         }
@@ -679,7 +692,7 @@ def run(
     sets, pools, sizes = experiments.make_sets(
         exp, cfg.n_id_eval, cfg.n_ood_eval, cfg.split_seed, cfg.virl_routes, out / "pools", cfg.n_ood_curve
     )
-    specs = eval_specs(cfg, pools, sizes)
+    specs = eval_specs(cfg, pools, sizes, view_cache=out / "street-view-cache")
     commands: dict[str, list[str]] = {}
     if stage0 is None and (from_scratch or exp.name == "gp-l-rule"):
         if exp.stage0_curriculum is None:
