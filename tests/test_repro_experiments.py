@@ -166,6 +166,7 @@ def test_agent_repro_quick_runs_each_new_experiment(
         assert not train & (id_eval | ood)
     if exp.env == "virl" and exp.modality == "vision":
         _check_evaluations_read_views_through_the_run_cache(out, commands=(out / "commands.md").read_text())
+        _check_landmark_recognition_of_every_checkpoint(out, capsys)
     # The job's printed command reproduces its evaluations (pools / route files, split, modality flags).
     commands = (out / "commands.md").read_text()
     mine = _rerun(commands, "grpo-0", out, tmp_path / "again")
@@ -205,6 +206,32 @@ def _check_evaluations_read_views_through_the_run_cache(out: Path, commands: str
         for r in (cached, fresh)
     ]
     assert replies[0] == replies[1] and len(replies[0]) == len(cached)
+
+
+def _check_landmark_recognition_of_every_checkpoint(out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m sftrl.repro.recognition RUN`` reads the street views with every kept checkpoint; its
+    numbers are the read runs' own summaries (``agent eval`` recomputes them from the logs)."""
+    from sftrl.cli import main
+    from sftrl.repro import recognition
+
+    capsys.readouterr()
+    assert recognition.main([str(out)]) == 0
+    result = json.loads((out / "recognition" / "recognition.json").read_text())
+    assert list(result["checkpoints"]) == ["stage0", "warmstart", "sft", "ppo", "grpo"]
+    assert set(result["paired"]) == {
+        f"{a}-{b}/{s}" for a, b in recognition.COMPARISONS for s in ("id", "ood")
+    }
+    assert "| ppo − sft |" in (out / "recognition" / "recognition.md").read_text()
+    for tag, arm in (("stage0", "stage0"), ("ppo-0", "ppo")):
+        for split in ("id", "ood"):
+            run_dir = out / "recognition" / tag / "eval" / "step-000000" / split
+            assert main(["eval", str(run_dir), "--json"]) == 0
+            summary = json.loads(capsys.readouterr().out)
+            assert {e["env_config"]["task"] for e in _episodes(run_dir)} == {"read"}
+            row = result["checkpoints"][arm]
+            assert summary["recognition_accuracy"] == pytest.approx(row[f"{split}_all"])
+            marks = summary.get("landmark_recognition_accuracy")
+            assert marks is None or marks == pytest.approx(row[f"{split}_landmark"])
 
 
 def experiments_metric_label(metric: str) -> str:

@@ -66,7 +66,7 @@ def summarize(records: Sequence[EpisodeRecord], planned: int | None = None) -> d
     category_reward: dict[str, float] = defaultdict(float)
     attempts = 0
     first_try = 0
-    cards_seen = cards_right = 0
+    read_seen = read_right = marks_seen = marks_right = 0
     # Navigation envs judge one action per turn against the step's ground truth ("gt_action").
     steps_seen = steps_right = first_seen = first_right = 0
     for r in ok:
@@ -74,9 +74,14 @@ def summarize(records: Sequence[EpisodeRecord], planned: int | None = None) -> d
             attempts += 1
             categories[t.verdict.category] += 1
             category_reward[t.verdict.category] += t.reward
-            if "cards_correct" in t.verdict.details:
-                cards_seen += 1
-                cards_right += bool(t.verdict.details["cards_correct"])
+            # What the model read in the image: GP-VL's cards, or V-IRL's street view (task read).
+            for key in ("cards_correct", "landmark_correct"):
+                if key in t.verdict.details:
+                    read_seen += 1
+                    read_right += bool(t.verdict.details[key])
+            if t.verdict.details.get("landmark_in_view"):
+                marks_seen += 1
+                marks_right += bool(t.verdict.details.get("landmark_correct"))
             if "gt_action" in t.verdict.details:
                 steps_seen += 1
                 steps_right += t.verdict.correct
@@ -97,8 +102,10 @@ def summarize(records: Sequence[EpisodeRecord], planned: int | None = None) -> d
         "mean_attempt_reward": sum(category_reward.values()) / attempts if attempts else 0.0,
         "verdicts": dict(sorted(categories.items())),
     }
-    if cards_seen:
-        summary["recognition_accuracy"] = cards_right / cards_seen
+    if read_seen:
+        summary["recognition_accuracy"] = read_right / read_seen
+    if marks_seen:
+        summary["landmark_recognition_accuracy"] = marks_right / marks_seen
     if steps_seen:
         summary["step_accuracy"] = steps_right / steps_seen
         summary["first_try_step_accuracy"] = first_right / first_seen if first_seen else 0.0

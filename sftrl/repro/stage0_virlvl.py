@@ -29,6 +29,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from sftrl.environments.virl import compact
 from sftrl.repro.experiments import VIRL_ID_EVAL_ROUTES, VIRL_SPLIT_ROUTES
 from sftrl.repro.stage0 import REVISION_MIX, refuse_existing, write_dataset
 from sftrl.repro.stage0_gpvl import assistant_turn, png_bytes, user_turn
@@ -43,7 +44,8 @@ from sftrl.repro.stage0_virl import (
 
 MIX: tuple[tuple[str, float], ...] = (("O", 0.35), ("R", 0.65))
 """Item kinds: read the grid, take a route step from the grid."""
-READ_PROMPT = "now"
+READ_PROMPT = compact.READ_PROMPT
+"""An ``O`` row's text: the env's ``read`` task prompt, so that task probes what these rows taught."""
 RESOLUTION = 32
 """Pixels per view (the grid is twice that): ``experiments.EXPERIMENTS['virl-vl-visual'].resolution``."""
 NOW_PREFIX = "now: "

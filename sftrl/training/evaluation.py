@@ -180,6 +180,7 @@ def evaluate(
                     "first_try_success_rate",
                     "mean_reward",
                     "recognition_accuracy",
+                    "landmark_recognition_accuracy",
                     "step_accuracy",
                     "first_try_step_accuracy",
                     "verdicts",

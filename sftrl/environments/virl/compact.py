@@ -31,6 +31,8 @@ from typing import Any, Final, Literal
 from sftrl.environments.virl.rail import INTERSECTION, NO_LANDMARK
 from sftrl.street_view.geometry import RELATIVE_PHRASES
 
+READ_PROMPT: Final = "now"
+"""The ``read`` task's whole text (after the grid): say what the street view shows, compact form."""
 ANSWER_FORMAT: Final = "forward, turn DIRECTION or stop"
 """The answer forms, as the verifier's messages name them (the model itself gets :func:`feedback`)."""
 MAX_REPLY_CHARS: Final = 2_000

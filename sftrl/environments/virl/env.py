@@ -22,6 +22,12 @@ observations appear in the history as the text the expert reported.
 Prompt style ``compact`` (:mod:`~sftrl.environments.virl.compact`): a four-line prompt (route, action
 space, current observation, actions so far) and the action alone as the answer, for small models; the
 same verifier and rewards, without the observation check (the answer states no observation).
+
+Task ``read`` (vision, compact, rail; beyond the paper): a landmark-recognition probe on the same rail.
+At each of the expert's points the prompt is the grid and ``now``; the answer is what it shows in
+compact form (``Bon Chon Chicken F``, ``none, intersection``), judged by
+:func:`~sftrl.environments.virl.verifier.verify_reading`; one attempt per point, then the next point
+whatever was said. The run summary's ``recognition_accuracy`` is the share of views read right.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from sftrl.environments.virl.rail import (
 )
 from sftrl.environments.virl.routes import RouteInfo, route_summary, split_routes
 from sftrl.environments.virl.tools import TOOLS_OUTPUT, expert_tool_call, tool_specs
-from sftrl.environments.virl.verifier import VIRLState, verify
+from sftrl.environments.virl.verifier import VIRLState, verify, verify_reading
 from sftrl.street_view.city import CityMap, available_cities, load_city
 from sftrl.street_view.geometry import COMPASS_NAMES, haversine_m, heading_delta
 from sftrl.street_view.provider import GRID_LAYOUT, StreetViewProvider, ViewRequest, grid_2x2
@@ -143,6 +149,12 @@ class VIRLConfig(BaseModel):
     num_routes: int = Field(default=100, ge=1, le=10_000, description="routes per split")
     route_seed: int = Field(default=0, description="seed of the split's fixed route set")
     max_episode_steps: int | None = Field(default=None, ge=1, description="free mode step budget")
+    task: Literal["navigate", "read"] = Field(
+        default="navigate",
+        description="navigate: follow the route (the paper's task); read: at each of the expert's rail "
+        "points say what the street view grid shows, in compact form (landmark, where it lies, "
+        "intersection), one attempt each: a landmark-recognition probe (vision, compact, rail)",
+    )
     prompt_style: PromptStyle = Field(
         default="paper",
         description="paper: the paper's prompts and JSON answer; compact: four-line prompt (route, "
@@ -172,6 +184,10 @@ class VIRLConfig(BaseModel):
             raise ValueError(
                 "prompt_style compact answers in text; it cannot be combined with protocol tools"
             )
+        if self.task == "read" and (
+            self.modality != "vision" or self.prompt_style != "compact" or self.mode != "rail"
+        ):
+            raise ValueError("task read needs modality vision, prompt_style compact and mode rail")
         object.__setattr__(self, "city", city)
         return self
 
@@ -316,6 +332,8 @@ class VIRLEnv(SftrlEnv):
         reply = action if isinstance(action, str) else str(action)
         if self.config.mode == "free":
             return self._step_free(reply)
+        if self.config.task == "read":
+            return self._step_read(reply)
         return self._step_rail(reply)
 
     # -- rail mode -------------------------------------------------------------------------------
@@ -380,6 +398,28 @@ class VIRLEnv(SftrlEnv):
         info.update({"verdict": verdict, "success": self._success})
         return self._observed(obs), verdict.reward, terminated, False, info
 
+    def _step_read(self, reply: str) -> StepResult:
+        """One reading, judged; then on to the expert's next rail point whatever it said (one attempt
+        per point, so every checkpoint reads the same views). Success: every view of the route read right."""
+        assert self._rail is not None
+        pt = self._point()
+        verdict = verify_reading(pt.observation, reply)
+        self._steps += 1
+        self._wrong_total += not verdict.correct
+        self._act_hist.append(pt.action)
+        terminated = pt.action == "stop()"
+        if terminated:
+            self._success = self._wrong_total == 0
+            self._final_dist = haversine_m(pt.lat, pt.lng, *self._rail.dest)
+            obs = self._feedback(f"{self._steps - self._wrong_total} of {self._steps} views read right")
+        else:
+            self._pos += 1
+            obs = self._task_observation()
+        self._done = terminated
+        info = dict(obs.info)
+        info.update({"verdict": verdict, "success": self._success})
+        return self._observed(obs), verdict.reward, terminated, False, info
+
     def _feedback(self, text: str) -> Observation:
         return Observation(
             text=text,
@@ -403,7 +443,9 @@ class VIRLEnv(SftrlEnv):
         assert cfg.actions is not None
         lat, lng, node, heading, obs_text, _, _, _ = self._current()
         vision = cfg.modality == "vision"
-        if cfg.prompt_style == "compact":
+        if cfg.task == "read":
+            text = compact.READ_PROMPT
+        elif cfg.prompt_style == "compact":
             text = compact.prompt(
                 instructions=self._rail.instructions,
                 actions=cfg.actions,
@@ -545,8 +587,14 @@ class VIRLEnv(SftrlEnv):
             return {}
         _, _, _, _, obs_text, _, instr, action = self._current()
         compact_style = self.config.prompt_style == "compact"
+        if self.config.task == "read":
+            expert = compact.observation_text(obs_text)
+        elif compact_style:
+            expert = compact.reply(action)
+        else:
+            expert = reply_text(obs_text, instr, action)
         return {
-            "expert_reply": compact.reply(action) if compact_style else reply_text(obs_text, instr, action),
+            "expert_reply": expert,
             "expert_tool_call": expert_tool_call(obs_text, instr, action),
             "gt_action": action,
         }

@@ -5,6 +5,7 @@ reply's "current observation" claims an intersection where there is none, or mis
 unparseable reply counts as an incorrect action (-1) with a message saying what the format must be.
 Replies in the ``compact`` style (:mod:`~sftrl.environments.virl.compact`) are read into the same
 fields and judged the same way; they carry no observation, so their states skip the observation check.
+:func:`verify_reading` judges the ``read`` task's replies: what the street view shows, in compact form.
 """
 
 from __future__ import annotations
@@ -200,5 +201,36 @@ def verify(state: VIRLState, reply: str, *, style: PromptStyle = "paper") -> Ver
         message="Correct action",
         correct=True,
         action=parsed,
+        details=details,
+    )
+
+
+def verify_reading(observation: str, reply: str) -> Verdict:
+    """Judge a reading of the street view (the env's ``read`` task) against the rail's ``observation``.
+
+    Right when the reply, folded to ASCII with spaces collapsed and case ignored, is the compact
+    observation (:func:`compact.observation_text`: ``Bon Chon Chicken F``, ``none, intersection``):
+    the landmark's name, where it lies and whether this is an intersection, all at once. Reward 1 or 0.
+    ``details["landmark_correct"]`` feeds the run summary's ``recognition_accuracy``; on the views that
+    show a landmark (``details["landmark_in_view"]``) also its ``landmark_recognition_accuracy``, since
+    most rail points show none and answering ``none`` everywhere would score well.
+    """
+    truth = compact.observation_text(observation)
+    read = compact.ascii_text(reply[: compact.MAX_REPLY_CHARS])
+    correct = read.lower() == truth.lower()
+    details = {
+        "gt_observation": truth,
+        "landmark_correct": correct,
+        "landmark_in_view": truth.split(",")[0] != "none",
+    }
+    if correct:
+        return Verdict(
+            reward=1.0, category="correct_reading", message="correct", correct=True, details=details
+        )
+    return Verdict(
+        reward=0.0,
+        category="incorrect_reading",
+        message=f"the street view shows: {truth}",
+        correct=False,
         details=details,
     )
