@@ -219,7 +219,10 @@ def _check_landmark_recognition_of_every_checkpoint(out: Path, capsys: pytest.Ca
     result = json.loads((out / "recognition" / "recognition.json").read_text())
     assert list(result["checkpoints"]) == ["stage0", "warmstart", "sft", "ppo", "grpo"]
     assert set(result["paired"]) == {
-        f"{a}-{b}/{s}" for a, b in recognition.COMPARISONS for s in ("id", "ood")
+        f"{a}-{b}/{s}/{k}"
+        for a, b in recognition.COMPARISONS
+        for s in ("id", "ood")
+        for k in ("all", "landmark")
     }
     assert "| ppo − sft |" in (out / "recognition" / "recognition.md").read_text()
     for tag, arm in (("stage0", "stage0"), ("ppo-0", "ppo")):

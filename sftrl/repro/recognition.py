@@ -150,26 +150,31 @@ def summarize(run: Path, kept: list[tuple[str, int | None, Path]], out: Path) ->
         if a not in per or b not in per:
             continue
         for name, *_ in SPLITS:
-            ra, rb = per[a][name], per[b][name]
-            # Per route: seed-mean right of a minus that of b, over the route's (shared) landmark views.
-            diff = [
-                sum(run[i][2] for run in ra) / len(ra) - sum(run[i][2] for run in rb) / len(rb)
-                for i in range(len(ra[0]))
-            ]
-            views = [ra[0][i][3] for i in range(len(ra[0]))]
-            if views != [rb[0][i][3] for i in range(len(rb[0]))]:
-                raise ValueError(f"{a} and {b} read different views on {name}: not comparable")
-            entry: dict[str, Any] = {"mean": sum(diff) / max(sum(views), 1), "ci": _ratio_ci(diff, views)}
-            if len(ra) == len(rb) > 1:
-                entry["seeds"] = seed_test(
-                    [
-                        sum(x[2] for x in sa) / max(sum(x[3] for x in sa), 1)
-                        - sum(x[2] for x in sb) / max(sum(x[3] for x in sb), 1)
-                        for sa, sb in zip(ra, rb, strict=True)
-                    ]
-                )
-            result["paired"][f"{a}-{b}/{name}"] = entry
+            for key, (r, v) in (("all", (0, 1)), ("landmark", (2, 3))):
+                result["paired"][f"{a}-{b}/{name}/{key}"] = _paired(per[a][name], per[b][name], r, v)
     return result
+
+
+def _paired(
+    ra: list[list[tuple[int, int, int, int]]], rb: list[list[tuple[int, int, int, int]]], r: int, v: int
+) -> dict[str, Any]:
+    """Checkpoint a − b on the views counted at ``v`` (read right at ``r``): per route the seed-mean
+    right of a minus that of b over the route's views (the same views for both), routes resampled."""
+    routes = range(len(ra[0]))
+    views = [ra[0][i][v] for i in routes]
+    if views != [rb[0][i][v] for i in routes]:
+        raise ValueError("the two checkpoints read different views: not comparable")
+    diff = [sum(run[i][r] for run in ra) / len(ra) - sum(run[i][r] for run in rb) / len(rb) for i in routes]
+    entry: dict[str, Any] = {"mean": sum(diff) / max(sum(views), 1), "ci": _ratio_ci(diff, views)}
+    if len(ra) == len(rb) > 1:
+        entry["seeds"] = seed_test(
+            [
+                sum(x[r] for x in sa) / max(sum(x[v] for x in sa), 1)
+                - sum(x[r] for x in sb) / max(sum(x[v] for x in sb), 1)
+                for sa, sb in zip(ra, rb, strict=True)
+            ]
+        )
+    return entry
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -194,26 +199,26 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {seeds} |")
     lines += [
         "",
-        "Paired differences on the landmark views, points (routes resampled; seeds: mean, t-interval,"
-        " sign-flip p).",
+        "Paired differences, points (routes resampled; seeds: mean, t-interval, sign-flip p).",
         "",
-        "| comparison | ID | other-city | other-city (seeds) |",
-        "| --- | --- | --- | --- |",
+        "| comparison | views | ID | other-city | other-city (seeds) |",
+        "| --- | --- | --- | --- | --- |",
     ]
-    pairs = sorted({k.split("/")[0] for k in result["paired"]}, key=list(result["paired"]).index)
+    pairs = list(dict.fromkeys(k.split("/")[0] for k in result["paired"]))
     for pair in pairs:
-        cells = []
-        for s in ("id", "ood"):
-            e = result["paired"][f"{pair}/{s}"]
-            cells.append(f"{100 * e['mean']:+.1f} [{100 * e['ci'][0]:+.1f}, {100 * e['ci'][1]:+.1f}]")
-        seeds = result["paired"][f"{pair}/ood"].get("seeds")
-        cells.append(
-            "—"
-            if seeds is None or "ci" not in seeds
-            else f"{100 * seeds['mean']:+.1f} [{100 * seeds['ci'][0]:+.1f}, {100 * seeds['ci'][1]:+.1f}], "
-            f"p = {seeds['p_sign_flip']:.3f}"
-        )
-        lines.append(f"| {pair.replace('-', ' − ')} | " + " | ".join(cells) + " |")
+        for key in ("all", "landmark"):
+            cells = []
+            for s in ("id", "ood"):
+                e = result["paired"][f"{pair}/{s}/{key}"]
+                cells.append(f"{100 * e['mean']:+.1f} [{100 * e['ci'][0]:+.1f}, {100 * e['ci'][1]:+.1f}]")
+            seeds = result["paired"][f"{pair}/ood/{key}"].get("seeds")
+            cells.append(
+                "—"
+                if seeds is None or "ci" not in seeds
+                else f"{100 * seeds['mean']:+.1f} [{100 * seeds['ci'][0]:+.1f}, "
+                f"{100 * seeds['ci'][1]:+.1f}], p = {seeds['p_sign_flip']:.3f}"
+            )
+            lines.append(f"| {pair.replace('-', ' − ')} | {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
