@@ -214,8 +214,8 @@ def _check_landmark_recognition_of_every_checkpoint(out: Path, capsys: pytest.Ca
     from sftrl.cli import main
     from sftrl.repro import recognition
 
-    capsys.readouterr()
     assert recognition.main([str(out)]) == 0
+    assert "| ppo − sft | landmark |" in capsys.readouterr().out  # the table it wrote, printed
     result = json.loads((out / "recognition" / "recognition.json").read_text())
     assert list(result["checkpoints"]) == ["stage0", "warmstart", "sft", "ppo", "grpo"]
     assert set(result["paired"]) == {
