@@ -213,7 +213,7 @@ def verify_reading(observation: str, reply: str) -> Verdict:
     the landmark's name, where it lies and whether this is an intersection, all at once. Reward 1 or 0.
     ``details["landmark_correct"]`` feeds the run summary's ``recognition_accuracy``; on the views that
     show a landmark (``details["landmark_in_view"]``) also its ``landmark_recognition_accuracy``, since
-    most rail points show none and answering ``none`` everywhere would score well.
+    answering ``none`` everywhere is right at every plain point.
     """
     truth = compact.observation_text(observation)
     read = compact.ascii_text(reply[: compact.MAX_REPLY_CHARS])
@@ -221,7 +221,7 @@ def verify_reading(observation: str, reply: str) -> Verdict:
     details = {
         "gt_observation": truth,
         "landmark_correct": correct,
-        "landmark_in_view": truth.split(",")[0] != "none",
+        "landmark_in_view": not (truth == "none" or truth.startswith("none,")),
     }
     if correct:
         return Verdict(
