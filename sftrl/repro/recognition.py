@@ -45,6 +45,9 @@ def checkpoints(run: Path, results: dict[str, Any]) -> list[tuple[str, int | Non
     found: list[tuple[str, int | None, Path]] = [("stage0", None, Path(results["stage0_checkpoint"]))]
     if (run / "warmstart" / "config.json").exists():
         found.append(("warmstart", None, run / "warmstart"))
+    for seed in results["seeds"]:  # a run without a shared warm start keeps one per seed
+        if (run / f"seed{seed}" / "warmstart" / "config.json").exists():
+            found.append(("warmstart", seed, run / f"seed{seed}" / "warmstart"))
     arms = [a for a in results["rows"] if a not in ("stage0", "warmstart")]
     for arm in arms:
         for seed in results["seeds"]:
@@ -224,6 +227,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
+        prog="python -m sftrl.repro.recognition",
         description="Landmark recognition of a V-IRL-VL agent repro run's checkpoints."
     )
     ap.add_argument("run", type=Path, help="the output directory of agent repro --experiment virl-vl-visual")
@@ -237,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{ns.run}: a {results.get('experiment')!r} run; this measures {EXPERIMENT} runs")
     out = ns.out or ns.run / "recognition"
     kept = checkpoints(ns.run, results)
+    missing = [str(model) for *_, model in kept if not (model / "config.json").exists()]
+    if missing:
+        ap.error(f"checkpoint gone: {missing[0]} (pass the run's stage-0 model back at that path)")
     specs = _specs(ns.run, results)
     from rich.progress import Progress
 
