@@ -228,7 +228,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m sftrl.repro.recognition",
-        description="Landmark recognition of a V-IRL-VL agent repro run's checkpoints."
+        description="Landmark recognition of a V-IRL-VL agent repro run's checkpoints.",
     )
     ap.add_argument("run", type=Path, help="the output directory of agent repro --experiment virl-vl-visual")
     ap.add_argument("--out", type=Path, default=None, help="where logs and results go (RUN/recognition)")
