@@ -194,6 +194,7 @@ def test_repro_keeps_only_the_recipe() -> None:
         "experiments.py",
         "hands.py",
         "pipeline.py",
+        "recognition.py",
         "stage0.py",
         "stage0_gpvl.py",
         "stage0_virl.py",
