@@ -171,3 +171,29 @@ def test_fsdp_config_on_cpu_is_refused_not_run_as_ddp(tiny_text_model: Path, tmp
         assert all("asked for FSDP but accelerate runs this process as MULTI_CPU" in e for e in errors)
         assert "sftrl/training/" not in proc.stderr, proc.stderr[-3000:]  # no traceback of ours
         assert not (out / "model.safetensors").exists()
+
+
+def test_rl_trains_under_accelerates_bf16_mixed_precision(tiny_text_model: Path, tmp_path: Path) -> None:
+    # What `accelerate launch --mixed_precision bf16` (and configs/accelerate/*.yaml) sets for every
+    # process: rollouts and the learner's scoring both run under bf16 autocast, so the logged and the
+    # recomputed log-probs still agree within the tolerance, and the saved weights stay fp32 masters.
+    out = tmp_path / "rl"
+    cmd = [sys.executable, "-m", "sftrl", "train", "rl", "--model", str(tiny_text_model), "--out", str(out)]
+    cmd += ["--algo", "ppo", "--max-steps", "2", "--episodes-per-update", "4", "--group-size", "1"]
+    cmd += ["--max-new-tokens", "16", "--lr", "1e-3", "--seed", "0", "--save-every", "2"]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env={**_env(), "ACCELERATE_MIXED_PRECISION": "bf16"},
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    gaps = [r["logprob_gap"] for r in rows if r["logprob_gap"] is not None]
+    # fp32 agrees to ~1e-7: a gap this size shows bf16 ran, and it stays well inside the check
+    assert gaps and all(1e-5 < g < 0.05 for g in gaps), gaps
+    trained, start = _weights(out), _weights(tiny_text_model)
+    assert {t.dtype for t in trained.values()} == {start[next(iter(start))].dtype}
+    assert any((trained[k] - start[k]).abs().max() > 1e-4 for k in start if k in trained)

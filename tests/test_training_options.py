@@ -12,10 +12,30 @@ from sftrl.training.trl_grpo import TRL_UNUSED_RL_OPTIONS
 
 
 def test_an_option_the_installed_trl_lacks_is_refused_not_dropped(tmp_path):
-    with pytest.raises(TRLVersionError, match=rf"TRL {trl.__version__} has no SFTConfig option no_such_opt"):
+    with pytest.raises(
+        TRLVersionError,
+        match=rf"TRL {trl.__version__} \(transformers .*\) has no SFTConfig option no_such_opt",
+    ):
         trl_config(SFTConfig, {"output_dir": str(tmp_path), "no_such_opt": 1, "learning_rate": 0.5})
     ok = {"output_dir": str(tmp_path), "learning_rate": 0.5, "use_cpu": True, "bf16": False}
     assert trl_config(GRPOConfig, ok).learning_rate == 0.5
+
+
+def test_a_renamed_option_reaches_an_older_transformers_by_its_old_name(tmp_path):
+    # transformers releases before `activation_checkpointing` (e.g. 5.17, on CUDA images) know only
+    # `gradient_checkpointing`: the setting still arrives, under the name that release has.
+    from dataclasses import dataclass
+
+    @dataclass
+    class OlderArgs:
+        output_dir: str
+        gradient_checkpointing: bool = False
+
+    both = {"output_dir": str(tmp_path), "activation_checkpointing": True, "gradient_checkpointing": True}
+    assert trl_config(OlderArgs, both).gradient_checkpointing is True
+    with pytest.raises(TRLVersionError, match="has no OlderArgs option activation_checkpointing"):
+        trl_config(OlderArgs, {**both, "gradient_checkpointing": False})  # differing values: refused
+    assert trl_config(SFTConfig, {**both, "use_cpu": True}).activation_checkpointing is True
 
 
 def test_the_declared_trl_range_holds_the_installed_trl():

@@ -493,17 +493,19 @@ class HFPolicy:
             seq = e["input_ids"]
             ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)  # left padding
             attn[row, width - len(seq) :] = 1
-        inputs: dict[str, Any] = {"input_ids": ids.to(self.device), "attention_mask": attn.to(self.device)}
+        # The model's own device, not the load option: a trainer may have moved it (accelerate's prepare).
+        device = next(self.model.parameters()).device
+        inputs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": attn.to(device)}
         if any("mm_token_type_ids" in e for e in encs):
             types = torch.zeros_like(ids)
             for row, e in enumerate(encs):
                 t = e.get("mm_token_type_ids") or [0] * len(e["input_ids"])
                 types[row, width - len(t) :] = torch.tensor(t, dtype=torch.long)
-            inputs["mm_token_type_ids"] = types.to(self.device)
+            inputs["mm_token_type_ids"] = types.to(device)
         for key in ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes"):
             parts = [e[key] for e in encs if key in e]
             if parts:
-                inputs[key] = torch.cat(parts, dim=0).to(self.device)
+                inputs[key] = torch.cat(parts, dim=0).to(device)
         gen_cfg = GenerationConfig(
             max_new_tokens=max(budgets),
             do_sample=False,

@@ -339,7 +339,9 @@ def train_rl(
         # A LoRA checkpoint holds adapters only: the base model comes from --model.
         # Batch as many generations as episodes run at once (rollouts and evaluation alike).
         policy = make_trainable_policy(
-            cfg.model if cfg.lora_r else model_path, max_batch_size=cfg.concurrency
+            cfg.model if cfg.lora_r else model_path,
+            max_batch_size=cfg.concurrency,
+            device=str(accelerator.device),
         )
     if cfg.lora_r:
         from sftrl.training.lora import apply_lora

@@ -190,19 +190,31 @@ def declared_trl_range() -> str:
     return next((r.split(";")[0].replace(" ", "") for r in reqs if r.startswith("trl")), "trl")
 
 
+_RENAMED = {"activation_checkpointing": "gradient_checkpointing"}
+"""TrainingArguments options by their newer name -> the older name of the same setting."""
+
+
 def trl_config(cls: type, values: dict[str, Any]) -> Any:
     """``cls(**values)`` for a TRL config class, refusing options this TRL release does not have.
 
     Dropping them would train with TRL's defaults instead of what was asked, without a word.
     """
     known = getattr(cls, "__dataclass_fields__", {})
+    values = dict(values)
+    for new, old in _RENAMED.items():
+        # A newer name of a setting the older one still carries (both are passed, equal): older
+        # transformers releases know only the old one, and lose nothing when the new one is left out.
+        if new in values and new not in known and old in known and values.get(old) == values[new]:
+            del values[new]
     unknown = sorted(set(values) - set(known))
     if unknown:
+        import transformers
         import trl
 
         raise TRLVersionError(
-            f"TRL {trl.__version__} has no {cls.__name__} option {', '.join(unknown)}: sftrl is tested "
-            f"with {declared_trl_range()} (pip install '{declared_trl_range()}')"
+            f"TRL {trl.__version__} (transformers {transformers.__version__}) has no {cls.__name__} "
+            f"option {', '.join(unknown)}: sftrl is tested with {declared_trl_range()} "
+            f"(pip install '{declared_trl_range()}')"
         )
     return cls(**values)
 
