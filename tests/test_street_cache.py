@@ -208,3 +208,15 @@ def test_virl_vision_episode_is_replayed_from_the_cache(tmp_path: Path) -> None:
     # Offline: any view not on disk would raise, so success means every view came from the cache.
     assert play(offline=True) == first
     assert len(CachedProvider("synthetic", cache_dir=tmp_path, city="nyc")) == rows
+
+
+def test_a_cache_passed_to_the_env_serves_its_views_even_while_empty(tmp_path: Path) -> None:
+    # An empty cache has len 0: the env must still read through it (it once fell back to its own
+    # synthetic provider, so the cache never filled and every "warm" replay rendered again).
+    cache = CachedProvider(SyntheticProvider(city="nyc"), cache_dir=tmp_path)
+    env = VIRLEnv(provider=cache, modality="vision", resolution=32)
+    first, _ = env.reset(seed=1, options={"route_index": 0})
+    assert cache.stats == {"hits": 0, "misses": 4, "inner_calls": 4} and len(cache) == 4
+    again, _ = env.reset(seed=1, options={"route_index": 0})
+    assert cache.stats["hits"] == 4 and cache.stats["inner_calls"] == 4
+    assert again.images[0].tobytes() == first.images[0].tobytes()

@@ -31,6 +31,7 @@ from sftrl.training.sft import (  # noqa: E402
     inspect_data,
     train_sft,
     train_sft_main,
+    trl_config,
 )
 from sftrl.training.sft_data import build_sft_dataset  # noqa: E402
 
@@ -167,16 +168,20 @@ def test_preference_pairs_train_with_trl_dpo_unchanged(text_model, fo_run, tmp_p
     build_preference_pairs([fo_run], tmp_path / "pairs", val_fraction=0.0)
     train = load_from_disk(str(tmp_path / "pairs"))["train"]
     tok = AutoTokenizer.from_pretrained(text_model)
-    args = DPOConfig(
-        output_dir=str(tmp_path / "dpo"),
-        max_steps=1,
-        per_device_train_batch_size=2,
-        report_to=[],
-        bf16=False,
-        activation_checkpointing=False,
-        dataloader_pin_memory=False,
-        save_strategy="no",
-        disable_tqdm=True,
+    args = trl_config(
+        DPOConfig,
+        {
+            "output_dir": str(tmp_path / "dpo"),
+            "max_steps": 1,
+            "per_device_train_batch_size": 2,
+            "report_to": [],
+            "bf16": False,
+            "activation_checkpointing": False,
+            "gradient_checkpointing": False,
+            "dataloader_pin_memory": False,
+            "save_strategy": "no",
+            "disable_tqdm": True,
+        },
     )
     trainer = DPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(text_model),

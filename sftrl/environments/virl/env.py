@@ -476,7 +476,8 @@ class VIRLEnv(SftrlEnv):
     def _grid(self, lat: float, lng: float, node: int | None, heading: float) -> Any:
         assert self._rail is not None
         city = self._rail.route.city
-        provider = self._provider or self._default_provider(city)
+        # `is None`, not `or`: a passed cache is falsy while empty (len 0) and would be bypassed.
+        provider = self._provider if self._provider is not None else self._default_provider(city)
         res = self.config.resolution
         route = self._rail.route
         marks = tuple((lm.name, *lm.geocode) for lm in route.route_results.landmark_list)
