@@ -35,7 +35,9 @@ def test_a_renamed_option_reaches_an_older_transformers_by_its_old_name(tmp_path
     assert trl_config(OlderArgs, both).gradient_checkpointing is True
     with pytest.raises(TRLVersionError, match="has no OlderArgs option activation_checkpointing"):
         trl_config(OlderArgs, {**both, "gradient_checkpointing": False})  # differing values: refused
-    assert trl_config(SFTConfig, {**both, "use_cpu": True}).activation_checkpointing is True
+    installed = trl_config(SFTConfig, {**both, "use_cpu": True})  # whichever names this release has
+    assert installed.gradient_checkpointing is True
+    assert getattr(installed, "activation_checkpointing", True) is True
 
 
 def test_the_declared_trl_range_holds_the_installed_trl():
