@@ -15,8 +15,9 @@ same GP-L data, each device runs, each command in its own ``python -m sftrl`` pr
 
 The CPU runs hide the GPU (``CUDA_VISIBLE_DEVICES=``) and use ``--cpu-threads`` torch threads.
 Reported per device: SFT trained tokens/s and steps/s (the trainer's own clock); RL updates/s,
-episodes/s, generated and trained tokens/s over the updates after the first (the first holds
-one-off start-up costs: CUDA context, allocator warm-up), and each process's wall time; then
+episodes/s and generated tokens/s (one epoch per update: each is trained once; the JSON has trained
+tokens/s too) over the updates after the first (the first holds one-off start-up costs: CUDA
+context, allocator warm-up), and each process's wall time; then
 the ratio CUDA / CPU per figure. Prints a table; writes ``OUT/train_devices.json`` and ``.md``.
 A small random model earns no reward: the figures are throughput, not learning.
 """
@@ -145,11 +146,9 @@ FIGURES = (
     ("rl-ppo", "updates_per_s", "PPO updates/s"),
     ("rl-ppo", "episodes_per_s", "PPO episodes/s"),
     ("rl-ppo", "generated_tokens_per_s", "PPO generated tokens/s"),
-    ("rl-ppo", "trained_tokens_per_s", "PPO trained tokens/s"),
     ("rl-grpo", "updates_per_s", "GRPO updates/s"),
     ("rl-grpo", "episodes_per_s", "GRPO episodes/s"),
     ("rl-grpo", "generated_tokens_per_s", "GRPO generated tokens/s"),
-    ("rl-grpo", "trained_tokens_per_s", "GRPO trained tokens/s"),
 )
 
 
