@@ -81,9 +81,11 @@ def test_the_image_reaches_the_decoder(policy: HFPolicy) -> None:
 
 def test_the_assistant_mask_covers_the_reply_and_its_end_token(policy: HFPolicy) -> None:
     reply = "A=1 5=5 J=10 3=3: (5-1)*(10-3)"
+    chat = _chat(reply)
+    # The image inside the message (not an images= argument): the form transformers 5.18 to 5.25 take.
+    chat[0]["content"][0]["image"] = render_hand(["AS", "5C", "JS", "3C"], 64)
     out = policy.processor.apply_chat_template(
-        [_chat(reply)],
-        images=[[render_hand(["AS", "5C", "JS", "3C"], 64)]],
+        [chat],
         tokenize=True,
         return_dict=True,
         return_assistant_tokens_mask=True,
