@@ -25,7 +25,12 @@ from sftrl.agents.runner import RunConfig, run_async, split_config
 from sftrl.config import ConfigError
 from sftrl.training.rl_train import RLRunConfig, rollout_backend
 from sftrl.training.transitions import TransitionError
-from sftrl.training.weight_sync import VLLMServerWeightSync, WeightSyncError, weight_sync_for
+from sftrl.training.weight_sync import (
+    VLLMServerCollectiveSync,
+    VLLMServerWeightSync,
+    WeightSyncError,
+    weight_sync_for,
+)
 
 
 def test_names_build_their_backends_and_bad_names_fail_in_one_line() -> None:
@@ -135,3 +140,24 @@ def test_trainer_gets_rollout_backends_and_their_weight_sync_from_the_factory(tm
         assert rollout_backend(cfg, trained, "m", False)[1] is None
     with pytest.raises(WeightSyncError, match="cannot be sent the trained weights"):
         weight_sync_for(ExpertPolicy(), trained, tmp_path / "w")
+
+
+def test_collective_weight_sync_is_chosen_by_flag_and_needs_a_reachable_trainer(tmp_path: Path) -> None:
+    trained = SimpleNamespace(processor=None)
+    with pytest.raises(ValueError, match="--weight-sync collective pushes to vLLM servers"):
+        _rl(tmp_path, weight_sync="collective")  # hf rollouts: nothing to push
+    with StubServer(models=("served-a",)) as server:
+        cfg = _rl(tmp_path, rollout_policy="vllm", base_url=[server.url], weight_sync="collective")
+        _, sync = rollout_backend(cfg, trained, "m", True)
+        assert isinstance(sync, VLLMServerCollectiveSync)
+        assert (sync.host, sync.port, sync.backend) == ("127.0.0.1", 0, "gloo")  # a CPU model: gloo
+        assert not (tmp_path / "rl" / "live-weights").exists()
+    remote = _rl(
+        tmp_path, rollout_policy="vllm", base_url=["http://10.0.0.7:8000/v1"], weight_sync="collective"
+    )
+    with pytest.raises(WeightSyncError, match="needs --weight-sync-host"):
+        weight_sync_for(VLLMPolicy("m", remote.base_url), trained, tmp_path / "w", mode="collective")
+    sync = weight_sync_for(
+        VLLMPolicy("m", remote.base_url), trained, tmp_path / "w", mode="collective", host="10.0.0.1"
+    )
+    assert isinstance(sync, VLLMServerCollectiveSync) and sync.host == "10.0.0.1"

@@ -138,6 +138,79 @@ def test_train_rl_rolls_out_on_vllm_and_pushes_weights_after_each_update(
 
 
 @pytest.mark.slow
+def test_collective_sync_broadcasts_the_weights_into_the_server_without_disk(
+    dev_server: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """``--weight-sync collective``: the trainer and the server's worker form a gloo group (vLLM's CPU
+    build); each push broadcasts the state dict into the worker's in-place reload. The server ends up
+    serving exactly the trained weights, and no weights file is written anywhere under OUT."""
+    from sftrl.agents.hf_policy import HFPolicy
+    from sftrl.agents.openai_policy import VLLMPolicy
+    from sftrl.cli import main
+    from sftrl.training.weight_sync import VLLMServerCollectiveSync
+
+    server = VLLMPolicy(SERVED, [dev_server])
+    start = HFPolicy(tiny_model)
+    # The module's server may hold an earlier test's weights: the collective push resets them.
+    reset = VLLMServerCollectiveSync([dev_server])
+    reset.push(start.model, 0)
+    assert reset.workers == [1] and reset.pushes[0]["step"] == 0
+    reset.close()
+    before_ids, before_lp = _greedy(server)
+    start_ids, start_lp = _greedy(start)
+    assert before_ids == start_ids
+    assert max(abs(a - b) for a, b in zip(before_lp, start_lp, strict=True)) < 1e-3
+
+    out = tmp_path / "rl"
+    argv = ["train", "rl", "--env", "gp", "--model", str(tiny_model), "--out", str(out)]
+    argv += ["--rollout-policy", "vllm", "--base-url", dev_server, "--max-steps", "2"]
+    argv += ["--episodes-per-update", "2", "--concurrency", "2", "--max-new-tokens", "12"]
+    argv += ["--temperature", "1.0", "--algo", "ppo", "--lr", "0.003", "--ppo-epochs", "2"]
+    assert main([*argv, "--weight-sync", "collective"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # Update 2's batch was sampled after the first push: it matches the learner only if it arrived.
+    assert [r["update"] for r in rows] == [1, 2] and all(r["logprob_gap"] < 1e-3 for r in rows)
+    assert not (out / "live-weights").exists()
+    after_ids, after_lp = _greedy(server)
+    trained_ids, trained_lp = _greedy(HFPolicy(out))
+    assert after_ids == trained_ids
+    assert max(abs(a - b) for a, b in zip(after_lp, trained_lp, strict=True)) < 1e-3
+    n = min(len(before_lp), len(after_lp))
+    moved = max(abs(a - b) for a, b in zip(after_lp[:n], before_lp[:n], strict=True))
+    assert after_ids != before_ids or moved > 1e-2
+
+
+@pytest.mark.slow
+def test_collective_sync_under_accelerate_launch_keeps_its_own_group(
+    dev_server: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Two learner processes (accelerate's gloo group) and the weight group side by side: the main
+    process pushes, both collect from the server, and both batches match the learner after the push."""
+    from test_training_multiprocess import _env, _launch
+
+    from sftrl.agents.hf_policy import HFPolicy
+    from sftrl.agents.openai_policy import VLLMPolicy
+    from sftrl.training.weight_sync import VLLMServerCollectiveSync
+
+    reset = VLLMServerCollectiveSync([dev_server])  # the module's server may hold trained weights
+    reset.push(HFPolicy(tiny_model).model, 0)
+    reset.close()
+    out = tmp_path / "rl"
+    argv = ["train", "rl", "--env", "gp", "--model", str(tiny_model), "--out", str(out)]
+    argv += ["--rollout-policy", "vllm", "--base-url", dev_server, "--max-steps", "2"]
+    argv += ["--episodes-per-update", "4", "--concurrency", "2", "--max-new-tokens", "12"]
+    argv += ["--temperature", "1.0", "--algo", "ppo", "--lr", "0.003", "--ppo-epochs", "2"]
+    argv += ["--weight-sync", "collective"]
+    proc = subprocess.run(
+        [*_launch(2), *argv], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == [1, 2] and all(r["logprob_gap"] < 1e-3 for r in rows)
+    assert _greedy(VLLMPolicy(SERVED, [dev_server]))[0] == _greedy(HFPolicy(out))[0]
+
+
+@pytest.mark.slow
 def test_async_rollouts_on_vllm_label_each_batch_with_the_weights_the_server_held(
     dev_server: str, tiny_model: Path, tmp_path: Path
 ) -> None:

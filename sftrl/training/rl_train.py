@@ -73,6 +73,20 @@ class RLRunConfig(BudgetEvalOptions):
     )
     base_url: list[str] = Field(default_factory=list, description="vLLM servers (--rollout-policy vllm)")
     served_model: str | None = Field(default=None, description="model name the vLLM servers serve")
+    weight_sync: Literal["disk", "collective"] = Field(
+        default="disk",
+        description="how vLLM servers get the weights after each update: disk (save + reload) or "
+        "collective (broadcast into the workers, no disk: gloo on CPU, NCCL on GPUs; needs the servers' "
+        "--worker-extension-cls sftrl.training.weight_sync.VLLMWorkerExtension)",
+    )
+    weight_sync_host: str | None = Field(
+        default=None,
+        description="collective: this trainer's address as the servers reach it (default 127.0.0.1 "
+        "when they all run here)",
+    )
+    weight_sync_port: int = Field(
+        default=0, ge=0, le=65535, description="collective: port of the weight group's rendezvous (0: free)"
+    )
     rollout_options: dict[str, Any] = Field(
         default_factory=dict,
         description="policy options of the rollout backend (vllm-offline: vllm.LLM arguments, e.g. dtype)",
@@ -110,6 +124,11 @@ class RLRunConfig(BudgetEvalOptions):
             raise ValueError("--async-rollouts collects episodes itself: it cannot learn from --episodes")
         elif self.lora_r:
             raise ValueError("--async-rollouts does not train LoRA adapters yet; drop --lora-r or run sync")
+        if self.weight_sync == "collective" and self.rollout_policy != "vllm":
+            raise ValueError(
+                "--weight-sync collective pushes to vLLM servers (--rollout-policy vllm); "
+                f"--rollout-policy {self.rollout_policy} needs no push or syncs in memory already"
+            )
         return self
 
     @property
@@ -194,7 +213,16 @@ def rollout_backend(cfg: RLRunConfig, policy: Any, model_path: str, main: bool) 
             raise TransitionError(f"--base-url is not used by --rollout-policy {TRAINABLE_POLICY}")
         return policy, None
     rollout = make_policy(rollout_run_config(cfg, model_path), plain_sampling=True)
-    return rollout, weight_sync_for(rollout, policy, cfg.out / LIVE_WEIGHTS_DIR, main=main)
+    sync = weight_sync_for(
+        rollout,
+        policy,
+        cfg.out / LIVE_WEIGHTS_DIR,
+        main=main,
+        mode=cfg.weight_sync,
+        host=cfg.weight_sync_host,
+        port=cfg.weight_sync_port,
+    )
+    return rollout, sync
 
 
 def start_producer(
@@ -523,6 +551,8 @@ def train_rl(
     finally:
         if producer is not None:
             producer.close()  # after the collection in progress: no rollout writes after train_rl
+        if sync is not None and hasattr(sync, "close"):
+            sync.close()  # the servers leave the weight group (collective sync)
     last = int(metrics.get("update", start))
     if main and last not in evaluated:
         run_eval(last, final=True)
