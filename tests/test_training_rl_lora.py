@@ -58,7 +58,31 @@ def test_lora_rl_trains_adapters_merges_and_resumes(
     assert (out / "checkpoint-3" / "adapter_model.safetensors").exists()
 
 
-def test_lora_needs_in_process_rollouts(tiny_text_model: Path, tmp_path: Path) -> None:
-    argv = [*_rl(tiny_text_model, tmp_path / "o", "--max-steps", "1")]
-    assert main([*argv, "--rollout-policy", "vllm", "--base-url", "http://127.0.0.1:9/v1"]) == 2
-    assert not (tmp_path / "o" / "rollouts").exists()
+def test_pushes_carry_the_merged_weights_and_leave_the_adapters_alone(tiny_text_model: Path) -> None:
+    # What vLLM is sent for a LoRA run: the base model's names, W + delta on adapted layers, exactly
+    # peft's own merge, computed without merging (no rounding drift of the trained base weights).
+    import copy
+
+    import torch
+
+    from sftrl.agents.hf_policy import HFPolicy
+    from sftrl.training.lora import apply_lora, merged_state_dict
+    from sftrl.training.weight_sync import checkpoint_weights
+
+    policy = HFPolicy(tiny_text_model)
+    apply_lora(policy, 4, None, ["all-linear"], None)
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # B starts at 0: give the adapters a delta to merge
+    before = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    base, merged = merged_state_dict(policy.model)
+    reference = copy.deepcopy(policy.model).merge_and_unload().state_dict()
+    assert sorted(merged) == sorted(reference) and not any("lora_" in k for k in merged)
+    assert all(torch.equal(merged[k], reference[k]) for k in reference)
+    unmerged = base.state_dict()
+    assert any(not torch.equal(merged[k], unmerged[k.replace("proj.", "proj.base_layer.")])
+               for k in merged if "q_proj.weight" in k)  # fmt: skip
+    assert all(torch.equal(before[k], v) for k, v in policy.model.state_dict().items())
+    assert checkpoint_weights(policy.model)[0] is base
+    assert checkpoint_weights(base) == (base, None)  # a plain model pushes its own state dict

@@ -211,6 +211,37 @@ def test_collective_sync_under_accelerate_launch_keeps_its_own_group(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("weight_sync", ["disk", "collective"])
+def test_lora_rl_rolls_out_on_vllm_with_the_adapters_merged_into_each_push(
+    dev_server: str, tiny_model: Path, tmp_path: Path, weight_sync: str
+) -> None:
+    """``--lora-r`` with vLLM rollouts: each push carries the base weights with the adapters merged in
+    (vLLM serves the model the learner scores), by file or by broadcast."""
+    from sftrl.agents.hf_policy import HFPolicy
+    from sftrl.agents.openai_policy import VLLMPolicy
+
+    reset = VLLMServerWeightSync([dev_server], tmp_path / "initial-weights")
+    reset.push(HFPolicy(tiny_model).model, 0)  # the module's server may hold trained weights
+    out = tmp_path / "rl-lora"
+    argv = ["train", "rl", "--env", "gp", "--model", str(tiny_model), "--out", str(out)]
+    argv += ["--rollout-policy", "vllm", "--base-url", dev_server, "--max-steps", "2"]
+    argv += ["--episodes-per-update", "2", "--concurrency", "2", "--max-new-tokens", "12"]
+    argv += ["--temperature", "1.0", "--algo", "ppo", "--lr", "0.03", "--ppo-epochs", "2"]
+    argv += ["--lora-r", "4", "--merge", "--weight-sync", weight_sync]
+    from sftrl.cli import main
+
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # Update 2's batch was sampled after a push of merged weights: it matches the LoRA learner.
+    assert [r["update"] for r in rows] == [1, 2] and all(r["logprob_gap"] < 1e-3 for r in rows)
+    served_ids, served_lp = _greedy(VLLMPolicy(SERVED, [dev_server]))
+    merged_ids, merged_lp = _greedy(HFPolicy(out))  # OUT: the merged model (--merge)
+    assert served_ids == merged_ids
+    assert max(abs(a - b) for a, b in zip(served_lp, merged_lp, strict=True)) < 1e-3
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
 def test_async_rollouts_on_vllm_label_each_batch_with_the_weights_the_server_held(
     dev_server: str, tiny_model: Path, tmp_path: Path
 ) -> None:

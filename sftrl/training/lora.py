@@ -44,6 +44,46 @@ def save_final(policy: Any, out: Path, merge: bool) -> None:
     policy.processor.save_pretrained(str(out))
 
 
+def is_lora(model: Any) -> bool:
+    """Whether ``model`` is a peft model (adapters on a base model)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def merged_state_dict(model: Any) -> tuple[Any, dict[str, Any]]:
+    """(the base transformers model, its state dict in checkpoint format with the adapters merged in).
+
+    What vLLM loads when it serves a LoRA run's rollouts: every adapted weight is ``W + delta`` (peft's
+    ``get_delta_weight``, the same sum the forward pass computes), every other weight is the base one,
+    under the base model's own names (no ``base_layer`` / ``lora_*`` keys). The live model is not
+    touched: no merge / unmerge round trip whose rounding would drift the base weights over a run.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    deltas: dict[str, Any] = {}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if not isinstance(module, LoraLayer) or getattr(module, "merged", False):
+                continue
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {}):
+                    delta = module.get_delta_weight(adapter)
+                    deltas[name] = deltas[name] + delta if name in deltas else delta
+        state: dict[str, Any] = {}
+        for key, value in base.state_dict().items():
+            if ".lora_" in key:
+                continue
+            key = key.replace(".base_layer.", ".")
+            module_name = key.rsplit(".", 1)[0]
+            if key.endswith(".weight") and module_name in deltas:
+                value = value + deltas[module_name].to(value.dtype)
+            state[key] = value.detach()
+    return base, state
+
+
 def trainable_parameters(model: Any) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())

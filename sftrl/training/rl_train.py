@@ -357,10 +357,6 @@ def train_rl(
     if ckpt is not None:
         model_path = str(ckpt)
         start = json.loads((ckpt / "trainer_state.json").read_text())["update"]
-    from sftrl.agents.factory import TRAINABLE_POLICY
-
-    if cfg.lora_r and cfg.rollout_policy != TRAINABLE_POLICY and collects_rollouts(cfg):
-        raise TransitionError("--lora-r trains with --rollout-policy hf (vLLM gets no adapter weights yet)")
     if policy is None:
         from sftrl.agents.factory import make_trainable_policy
 

@@ -196,6 +196,17 @@ def server_root(base_url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
+def checkpoint_weights(model: Any) -> tuple[Any, dict[str, Any] | None]:
+    """(the transformers model to save, its state dict or None for the model's own) in the checkpoint
+    format vLLM loads: a LoRA (peft) model gives its base model with the adapters merged in
+    (:func:`sftrl.training.lora.merged_state_dict`), so vLLM serves what the learner trains."""
+    from sftrl.training.lora import is_lora, merged_state_dict
+
+    if is_lora(model):
+        return merged_state_dict(model)
+    return model, None
+
+
 def save_weights(model: Any, directory: Path, processor: Any = None) -> Path:
     """``save_pretrained`` into ``directory`` atomically (a reader never sees a half-written one)."""
     directory = Path(directory)
@@ -203,7 +214,8 @@ def save_weights(model: Any, directory: Path, processor: Any = None) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     # safetensors: what vLLM's default loader reads; one file per shard, config alongside.
-    model.save_pretrained(tmp, safe_serialization=True)
+    model, state = checkpoint_weights(model)
+    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state} if state else {}))
     if processor is not None:
         processor.save_pretrained(tmp)
     old = directory.with_name(directory.name + ".old")
@@ -444,7 +456,8 @@ class VLLMServerCollectiveSync(VLLMServerWeightSync):
         assert self._group is not None
         group = self._group[1]
         # Checkpoint format, as the disk path saves it: vLLM's load_weights renames, fuses and shards.
-        state = [(k, v.detach()) for k, v in model.state_dict().items()]
+        base, merged = checkpoint_weights(model)
+        state = [(k, v.detach()) for k, v in (merged or base.state_dict()).items()]
         spec = {
             "names": [k for k, _ in state],
             "dtypes": [str(v.dtype).removeprefix("torch.") for _, v in state],
@@ -521,7 +534,10 @@ class VLLMEngineWeightSync:
         t0 = time.perf_counter()
         if self.direct:
             # detach(): vLLM copies into its own (fused, possibly re-laid-out) parameters.
-            weights: list[tuple[str, Any]] = [(k, v.detach()) for k, v in model.state_dict().items()]
+            base, merged = checkpoint_weights(model)
+            weights: list[tuple[str, Any]] = [
+                (k, v.detach()) for k, v in (merged or base.state_dict()).items()
+            ]
             kwargs: dict[str, Any] = {"weights_iterator": weights}
         else:
             assert self.weights_dir is not None
