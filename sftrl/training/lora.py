@@ -9,6 +9,7 @@ Dropout is off: the learner's consistency check needs scoring to be deterministi
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,10 @@ def save_final(policy: Any, out: Path, merge: bool) -> None:
 
 
 def is_lora(model: Any) -> bool:
-    """Whether ``model`` is a peft model (adapters on a base model)."""
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
+    """Whether ``model`` is a peft model (adapters on a base model). Without peft imported it cannot
+    be one: environments without peft (vLLM's own) push plain models."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def merged_state_dict(model: Any) -> tuple[Any, dict[str, Any]]:
