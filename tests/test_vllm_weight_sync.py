@@ -91,6 +91,32 @@ def _greedy(policy: object) -> tuple[list[int], list[float]]:
     return list(reply.token_ids), list(reply.logprobs)
 
 
+def _rl_argv(
+    model: Path, out: Path, server: str, *, lr: str = "0.003", updates: int = 2, episodes: int = 2
+) -> list[str]:
+    """``agent train rl``: PPO on GP, ``updates`` updates of ``episodes`` episodes on ``server``."""
+    argv = ["train", "rl", "--env", "gp", "--model", str(model), "--out", str(out)]
+    argv += ["--rollout-policy", "vllm", "--base-url", server, "--max-steps", str(updates)]
+    argv += ["--episodes-per-update", str(episodes), "--concurrency", "2", "--max-new-tokens", "12"]
+    return argv + ["--temperature", "1.0", "--algo", "ppo", "--lr", lr, "--ppo-epochs", "2"]
+
+
+def _assert_serves(server: object, out: Path, before: tuple[list[int], list[float]] | None) -> None:
+    """The server answers greedily as the model saved in ``out`` does and, given what it answered
+    ``before`` training, no longer as it did then."""
+    from sftrl.agents.hf_policy import HFPolicy
+
+    after_ids, after_lp = _greedy(server)
+    trained_ids, trained_lp = _greedy(HFPolicy(out))
+    assert after_ids == trained_ids
+    assert max(abs(a - b) for a, b in zip(after_lp, trained_lp, strict=True)) < 1e-3
+    if before is not None:
+        before_ids, before_lp = before
+        n = min(len(before_lp), len(after_lp))
+        moved = max(abs(a - b) for a, b in zip(after_lp[:n], before_lp[:n], strict=True))
+        assert after_ids != before_ids or moved > 1e-2
+
+
 @pytest.mark.slow
 def test_train_rl_rolls_out_on_vllm_and_pushes_weights_after_each_update(
     dev_server: str, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -106,10 +132,7 @@ def test_train_rl_rolls_out_on_vllm_and_pushes_weights_after_each_update(
     assert before_ids == start_ids  # same model on both sides before any update
 
     out = tmp_path / "rl"
-    argv = ["train", "rl", "--env", "gp", "--model", str(tiny_model), "--out", str(out)]
-    argv += ["--rollout-policy", "vllm", "--base-url", dev_server, "--max-steps", "2"]
-    argv += ["--episodes-per-update", "2", "--concurrency", "2", "--max-new-tokens", "12"]
-    argv += ["--temperature", "1.0", "--algo", "ppo", "--lr", "0.003", "--ppo-epochs", "2", "--json"]
+    argv = [*_rl_argv(tiny_model, out, dev_server), "--json"]
     assert main(argv) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["update"] == 2
@@ -127,14 +150,7 @@ def test_train_rl_rolls_out_on_vllm_and_pushes_weights_after_each_update(
     assert (out / "live-weights" / "model.safetensors").exists()
 
     # The server now serves the final weights (pushed after update 2, saved to OUT).
-    after_ids, after_lp = _greedy(server)
-    trained_ids, trained_lp = _greedy(HFPolicy(out))
-    assert after_ids == trained_ids
-    assert max(abs(a - b) for a, b in zip(after_lp, trained_lp, strict=True)) < 1e-3
-    # ... and they are not the weights it started with.
-    n = min(len(before_lp), len(after_lp))
-    moved = max(abs(a - b) for a, b in zip(after_lp[:n], before_lp[:n], strict=True))
-    assert after_ids != before_ids or moved > 1e-2
+    _assert_serves(server, out, (before_ids, before_lp))
 
 
 @pytest.mark.slow
@@ -162,22 +178,13 @@ def test_collective_sync_broadcasts_the_weights_into_the_server_without_disk(
     assert max(abs(a - b) for a, b in zip(before_lp, start_lp, strict=True)) < 1e-3
 
     out = tmp_path / "rl"
-    argv = ["train", "rl", "--env", "gp", "--model", str(tiny_model), "--out", str(out)]
-    argv += ["--rollout-policy", "vllm", "--base-url", dev_server, "--max-steps", "2"]
-    argv += ["--episodes-per-update", "2", "--concurrency", "2", "--max-new-tokens", "12"]
-    argv += ["--temperature", "1.0", "--algo", "ppo", "--lr", "0.003", "--ppo-epochs", "2"]
+    argv = _rl_argv(tiny_model, out, dev_server)
     assert main([*argv, "--weight-sync", "collective"]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # Update 2's batch was sampled after the first push: it matches the learner only if it arrived.
     assert [r["update"] for r in rows] == [1, 2] and all(r["logprob_gap"] < 1e-3 for r in rows)
     assert not (out / "live-weights").exists()
-    after_ids, after_lp = _greedy(server)
-    trained_ids, trained_lp = _greedy(HFPolicy(out))
-    assert after_ids == trained_ids
-    assert max(abs(a - b) for a, b in zip(after_lp, trained_lp, strict=True)) < 1e-3
-    n = min(len(before_lp), len(after_lp))
-    moved = max(abs(a - b) for a, b in zip(after_lp[:n], before_lp[:n], strict=True))
-    assert after_ids != before_ids or moved > 1e-2
+    _assert_serves(server, out, (before_ids, before_lp))
 
 
 @pytest.mark.slow
@@ -196,11 +203,7 @@ def test_collective_sync_under_accelerate_launch_keeps_its_own_group(
     reset.push(HFPolicy(tiny_model).model, 0)
     reset.close()
     out = tmp_path / "rl"
-    argv = ["train", "rl", "--env", "gp", "--model", str(tiny_model), "--out", str(out)]
-    argv += ["--rollout-policy", "vllm", "--base-url", dev_server, "--max-steps", "2"]
-    argv += ["--episodes-per-update", "4", "--concurrency", "2", "--max-new-tokens", "12"]
-    argv += ["--temperature", "1.0", "--algo", "ppo", "--lr", "0.003", "--ppo-epochs", "2"]
-    argv += ["--weight-sync", "collective"]
+    argv = [*_rl_argv(tiny_model, out, dev_server, episodes=4), "--weight-sync", "collective"]
     proc = subprocess.run(
         [*_launch(2), *argv], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=600
     )
@@ -223,10 +226,7 @@ def test_lora_rl_rolls_out_on_vllm_with_the_adapters_merged_into_each_push(
     reset = VLLMServerWeightSync([dev_server], tmp_path / "initial-weights")
     reset.push(HFPolicy(tiny_model).model, 0)  # the module's server may hold trained weights
     out = tmp_path / "rl-lora"
-    argv = ["train", "rl", "--env", "gp", "--model", str(tiny_model), "--out", str(out)]
-    argv += ["--rollout-policy", "vllm", "--base-url", dev_server, "--max-steps", "2"]
-    argv += ["--episodes-per-update", "2", "--concurrency", "2", "--max-new-tokens", "12"]
-    argv += ["--temperature", "1.0", "--algo", "ppo", "--lr", "0.03", "--ppo-epochs", "2"]
+    argv = _rl_argv(tiny_model, out, dev_server, lr="0.03")
     argv += ["--lora-r", "4", "--merge", "--weight-sync", weight_sync]
     from sftrl.cli import main
 
@@ -234,10 +234,7 @@ def test_lora_rl_rolls_out_on_vllm_with_the_adapters_merged_into_each_push(
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # Update 2's batch was sampled after a push of merged weights: it matches the LoRA learner.
     assert [r["update"] for r in rows] == [1, 2] and all(r["logprob_gap"] < 1e-3 for r in rows)
-    served_ids, served_lp = _greedy(VLLMPolicy(SERVED, [dev_server]))
-    merged_ids, merged_lp = _greedy(HFPolicy(out))  # OUT: the merged model (--merge)
-    assert served_ids == merged_ids
-    assert max(abs(a - b) for a, b in zip(served_lp, merged_lp, strict=True)) < 1e-3
+    _assert_serves(VLLMPolicy(SERVED, [dev_server]), out, None)  # OUT: the merged model (--merge)
     assert (out / "adapter" / "adapter_model.safetensors").exists()
 
 
@@ -257,10 +254,7 @@ def test_async_rollouts_on_vllm_label_each_batch_with_the_weights_the_server_hel
     sync.push(HFPolicy(tiny_model).model, 0)
 
     out = tmp_path / "rl-async"
-    argv = ["train", "rl", "--env", "gp", "--model", str(tiny_model), "--out", str(out)]
-    argv += ["--rollout-policy", "vllm", "--base-url", dev_server, "--max-steps", "4"]
-    argv += ["--episodes-per-update", "2", "--concurrency", "2", "--max-new-tokens", "12"]
-    argv += ["--temperature", "1.0", "--algo", "ppo", "--lr", "0.003", "--ppo-epochs", "2"]
+    argv = _rl_argv(tiny_model, out, dev_server, updates=4)
     assert main([*argv, "--async-rollouts", "--max-staleness", "1"]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in rows] == [1, 2, 3, 4]
