@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench_rollout_backends import _env as vllm_env
 from rich.console import Console
 from rich.table import Table
 
@@ -43,17 +44,8 @@ def _free_port() -> int:
 
 
 def _server_env(work: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
-    env.update(
-        TMPDIR=str(work),
-        OMP_NUM_THREADS="1",
-        VLLM_CPU_KVCACHE_SPACE="1",
-        VLLM_HOST_IP="127.0.0.1",
-        VLLM_SERVER_DEV_MODE="1",
-        HF_HUB_OFFLINE="1",
-        VLLM_NO_USAGE_STATS="1",
-    )
-    return env
+    """The rollout benchmark's vLLM environment, with the dev endpoints the pushes call."""
+    return {**vllm_env(work), "VLLM_SERVER_DEV_MODE": "1"}
 
 
 def _greedy(policy: object) -> tuple[list[int], list[float]]:
