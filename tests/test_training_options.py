@@ -76,8 +76,25 @@ def test_rl_refuses_sharded_parameters_it_does_not_gather(distributed_type, zero
     if refused is None:
         check_full_weights(distributed_type, zero_stage)
     else:
-        with pytest.raises(TransitionError, match=f"does not run under {refused}: .*ddp.yaml"):
+        with pytest.raises(TransitionError, match=f"does not run under accelerate's {refused}: .*--fsdp"):
             check_full_weights(distributed_type, zero_stage)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "--fsdp shards over the processes of accelerate launch: start 2 or more"),
+        (["--lora-r", "4"], "--fsdp shards full-model training; LoRA adapters are small"),
+        (["--async-rollouts"], "--fsdp runs several processes; --async-rollouts runs in one"),
+    ],
+)
+def test_fsdp_without_processes_to_shard_over_is_refused(tiny_text_model, tmp_path, capsys, extra, message):
+    out = tmp_path / "rl"
+    args = ["train", "rl", "--model", str(tiny_text_model), "--out", str(out), "--max-steps", "1"]
+    assert main([*args, "--fsdp", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (out / "metrics.jsonl").exists()
 
 
 def test_an_fsdp_request_accelerate_ignores_is_refused(monkeypatch):

@@ -188,11 +188,13 @@ def test_collective_sync_broadcasts_the_weights_into_the_server_without_disk(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
 def test_collective_sync_under_accelerate_launch_keeps_its_own_group(
-    dev_server: str, tiny_model: Path, tmp_path: Path
+    dev_server: str, tiny_model: Path, tmp_path: Path, sharding: str
 ) -> None:
     """Two learner processes (accelerate's gloo group) and the weight group side by side: the main
-    process pushes, both collect from the server, and both batches match the learner after the push."""
+    process pushes, both collect from the server, and both batches match the learner after the push.
+    With ``--fsdp`` each process holds half of every weight: the push carries the gathered whole."""
     from test_training_multiprocess import _env, _launch
 
     from sftrl.agents.hf_policy import HFPolicy
@@ -204,6 +206,7 @@ def test_collective_sync_under_accelerate_launch_keeps_its_own_group(
     reset.close()
     out = tmp_path / "rl"
     argv = [*_rl_argv(tiny_model, out, dev_server, episodes=4), "--weight-sync", "collective"]
+    argv += ["--fsdp"] if sharding == "fsdp" else []
     proc = subprocess.run(
         [*_launch(2), *argv], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=600
     )

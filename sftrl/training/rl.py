@@ -123,7 +123,8 @@ def actor_critic(policy: Any, with_value: bool, seed: int = 0) -> Any:
                 last = out.hidden_states[-1]
                 rows = torch.arange(last.shape[0], device=last.device)
                 h = last[rows, value_index]
-                values = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
+                # A fresh tensor, not a view: FSDP2 hooks the outputs of a sharded module for backward.
+                values = self.value_head(h.to(self.value_head.weight.dtype)).float().reshape(-1).clone()
             return out.logits, values
 
     return ActorCritic()
@@ -150,10 +151,12 @@ class Learner:
         ref_model: Any = None,
         accelerator: Any = None,
         suppressed_token_ids: Sequence[int] = (),
+        fsdp: bool = False,
     ) -> None:
         import torch
 
         self.model = model
+        self.fsdp = fsdp
         # Tokens the sampler never emits (e.g. image placeholders): excluded here too, so the scored
         # distribution is the sampled one.
         self.suppressed = sorted(set(suppressed_token_ids))
@@ -162,19 +165,27 @@ class Learner:
         self.pad_token_id = pad_token_id
         self.ref_model = ref_model
         module = actor_critic(model, with_value=config.algo == "ppo", seed=config.seed)
+        if accelerator is None:
+            from accelerate import Accelerator
+
+            accelerator = Accelerator()
+        self.accelerator = accelerator
+        if fsdp:
+            from sftrl.training.fsdp import shard
+
+            shard(module, accelerator.device.type)  # replaces the parameters: the optimizer comes after
         groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
         if module.value_head is not None:
             groups.append(
                 {"params": list(module.value_head.parameters()), "lr": config.value_lr or config.lr * 10}
             )
         optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
-        if accelerator is None:
-            from accelerate import Accelerator
-
-            accelerator = Accelerator()
-        self.accelerator = accelerator
-        # Under `accelerate launch` this wraps for DDP / DeepSpeed ZeRO / FSDP; on one CPU it is a no-op.
-        self.module, self.optimizer = accelerator.prepare(module, optimizer)
+        if fsdp:
+            # Sharded already: accelerate would wrap it for DDP on top (its own FSDP is GPU-only).
+            self.module, self.optimizer = module, accelerator.prepare(optimizer)
+        else:
+            # Under `accelerate launch` this wraps for DDP / DeepSpeed ZeRO; on one CPU it is a no-op.
+            self.module, self.optimizer = accelerator.prepare(module, optimizer)
         self.rng = random.Random(config.seed)
         self.updates = 0
         self._encoded: dict[int, dict[str, Any]] = {}
@@ -511,27 +522,65 @@ class Learner:
         return out
 
     # -- persistence ------------------------------------------------------------------------------
-    def save_state(self, path: Path) -> None:
-        """Optimizer, value head and counters (the model itself is saved with ``save_pretrained``)."""
-        import torch
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Optimizer, value head and counters (the model itself is saved with ``save_pretrained``).
 
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "value_head": self.value_head.state_dict() if self.value_head is not None else None,
+        Under ``fsdp`` a collective (every process calls it): the optimizer state and the value head
+        are gathered in full, keyed by parameter name, so a run resumes with any number of processes.
+        """
+        if self.fsdp:
+            from sftrl.training.fsdp import full_optimizer_state
+
+            optimizer = full_optimizer_state(self.module, self.optimizer.optimizer)
+            head = None
+            if self.value_head is not None:
+                head = {k: v.full_tensor().cpu() for k, v in self.value_head.state_dict().items()}
+        else:
+            optimizer = self.optimizer.state_dict()
+            head = self.value_head.state_dict() if self.value_head is not None else None
+        return {
+            "optimizer": optimizer,
+            "value_head": head,
+            "fsdp": self.fsdp,
             "updates": self.updates,
             "rng": self.rng.getstate(),
         }
-        torch.save(state, path)
+
+    def save_state(self, path: Path, state: dict[str, Any] | None = None) -> None:
+        """Write :meth:`checkpoint_state` (or ``state``, gathered by it on every process) to ``path``."""
+        import torch
+
+        torch.save(state if state is not None else self.checkpoint_state(), path)
 
     def load_state(self, path: Path) -> None:
+        """Every process loads the file (under ``fsdp`` each keeps its shard)."""
         import torch
 
         state = torch.load(path, weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.value_head is not None and state.get("value_head") is not None:
-            self.value_head.load_state_dict(state["value_head"])
+        if bool(state.get("fsdp", False)) != self.fsdp:
+            saved = "with" if state.get("fsdp") else "without"
+            raise ValueError(f"{path} was saved {saved} --fsdp: resume it {saved} --fsdp")
+        if self.fsdp:
+            from sftrl.training.fsdp import load_full_model_state, load_full_optimizer_state
+
+            load_full_optimizer_state(self.module, self.optimizer.optimizer, state["optimizer"])
+            if self.value_head is not None and state.get("value_head") is not None:
+                head = {f"value_head.{k}": v for k, v in state["value_head"].items()}
+                load_full_model_state(self.module, head)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.value_head is not None and state.get("value_head") is not None:
+                self.value_head.load_state_dict(state["value_head"])
         self.updates = int(state["updates"])
         self.rng.setstate(state["rng"])
+
+    def full_policy_state(self) -> dict[str, Any]:
+        """``fsdp``: the policy model's full weights (its own parameter names), gathered on every
+        process (a collective) for the full copy that samples, is pushed and is saved."""
+        from sftrl.training.fsdp import full_model_state
+
+        prefix = "policy."
+        return {k[len(prefix) :]: v for k, v in full_model_state(self.module).items() if k.startswith(prefix)}
 
 
 def _token_surrogate(

@@ -97,6 +97,11 @@ class RLRunConfig(BudgetEvalOptions):
         default_factory=lambda: ["all-linear"], description="modules that get adapters (peft names)"
     )
     merge: bool = Field(default=False, description="LoRA: save the merged full model to OUT too")
+    fsdp: bool = Field(
+        default=False,
+        description="shard parameters, gradients and optimizer state over the processes of accelerate "
+        "launch (torch FSDP2; gloo on CPU, NCCL on GPUs); sampling uses full weights gathered each update",
+    )
     report_to: ReportTo = Field(default_factory=list, description="trackers: tensorboard, wandb, trackio")
     track_episodes: int = Field(default=4, ge=0, description="sample episodes per update sent to trackers")
     async_rollouts: bool = Field(
@@ -124,6 +129,10 @@ class RLRunConfig(BudgetEvalOptions):
             raise ValueError("--async-rollouts collects episodes itself: it cannot learn from --episodes")
         elif self.lora_r:
             raise ValueError("--async-rollouts does not train LoRA adapters yet; drop --lora-r or run sync")
+        if self.fsdp and self.lora_r:
+            raise ValueError("--fsdp shards full-model training; LoRA adapters are small: drop one of them")
+        if self.fsdp and self.async_rollouts:
+            raise ValueError("--fsdp runs several processes; --async-rollouts runs in one")
         if self.weight_sync == "collective" and self.rollout_policy != "vllm":
             raise ValueError(
                 "--weight-sync collective pushes to vLLM servers (--rollout-policy vllm); "
@@ -151,10 +160,10 @@ def check_full_weights(distributed_type: str, zero_stage: int | None) -> None:
     if distributed_type == "FSDP" or (distributed_type == "DEEPSPEED" and zero_stage == 3):
         mode = "FSDP" if distributed_type == "FSDP" else "DeepSpeed ZeRO-3"
         raise TransitionError(
-            f"agent train rl does not run under {mode}: its rollouts, vLLM weight pushes and checkpoints "
-            "need full parameters on every process, and it does not gather sharded ones; use DDP "
-            "(configs/accelerate/ddp.yaml) or ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml), or "
-            "--trainer trl (TRL gathers ZeRO-3 parameters for generation)"
+            f"agent train rl does not run under accelerate's {mode}: its rollouts, vLLM weight pushes and "
+            "checkpoints need full parameters; shard with --fsdp under a plain multi-process launch "
+            "(configs/accelerate/ddp.yaml: the learner applies torch's FSDP2 and gathers), use ZeRO-2 "
+            "(configs/accelerate/deepspeed_zero2.yaml), or --trainer trl (TRL gathers ZeRO-3 parameters)"
         )
 
 
@@ -163,12 +172,30 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def _save(policy: Any, learner: Learner, path: Path, meta: dict[str, Any]) -> None:
+def check_fsdp(cfg: RLRunConfig, world: int, mixed_precision: str) -> None:
+    """``--fsdp`` shards over several processes and trains in fp32 (refused otherwise, not ignored)."""
+    if not cfg.fsdp:
+        return
+    if world < 2:
+        raise TransitionError(
+            "--fsdp shards over the processes of accelerate launch: start 2 or more "
+            "(accelerate launch --multi_gpu --num_processes N -m sftrl train rl ... --fsdp)"
+        )
+    if mixed_precision != "no":
+        raise TransitionError(
+            f"--fsdp trains in fp32; this launch asks for {mixed_precision} mixed precision: "
+            "launch with --mixed_precision no"
+        )
+
+
+def _save(policy: Any, learner: Learner, path: Path, meta: dict[str, Any], state: dict[str, Any]) -> None:
+    """Write a checkpoint: ``policy`` (full weights) and the learner's ``state``
+    (:meth:`~sftrl.training.rl.Learner.checkpoint_state`, gathered by every process under --fsdp)."""
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     policy.save_pretrained(tmp)
-    learner.save_state(tmp / STATE_FILE)
+    learner.save_state(tmp / STATE_FILE, state)
     (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=1))
     if path.exists():
         shutil.rmtree(path)
@@ -345,6 +372,7 @@ def train_rl(
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     check_full_weights(accelerator.distributed_type.name, getattr(plugin, "zero_stage", None))
     world = accelerator.num_processes
+    check_fsdp(cfg, world, str(accelerator.mixed_precision))
     rank = accelerator.process_index
     main = accelerator.is_main_process
     out = cfg.out
@@ -380,6 +408,14 @@ def train_rl(
         import copy
 
         ref_model = copy.deepcopy(policy.model).eval()
+    # Who samples, is evaluated, pushed and saved: the trained policy, or under --fsdp a full copy of it
+    # that takes the gathered weights after each update (the trained one holds shards).
+    sampler = policy
+    if cfg.fsdp:
+        from sftrl.training.async_rollouts import hf_rollout_copy
+
+        sampler = hf_rollout_copy(policy, cfg.concurrency)
+    n_model_params = n_params(policy.model)
     learner = Learner(
         policy.model,
         encode,
@@ -388,23 +424,27 @@ def train_rl(
         ref_model=ref_model,
         accelerator=accelerator,
         suppressed_token_ids=getattr(policy, "suppressed_token_ids", ()),
+        fsdp=cfg.fsdp,
     )
     if ckpt is not None and (ckpt / STATE_FILE).exists():
-        learner.load_state(ckpt / STATE_FILE)
+        try:
+            learner.load_state(ckpt / STATE_FILE)
+        except ValueError as exc:
+            raise TransitionError(str(exc)) from None
     try:
         specs = [parse_eval_env(s) for s in cfg.eval_env]
         validate_specs(specs)
     except ValueError as exc:
         raise TransitionError(str(exc)) from None
     done = read_metrics(out)
-    flops = FlopCounter(n_params(policy.model), float(done[start - 1]["flops"]) if start and done else 0.0)
+    flops = FlopCounter(n_model_params, float(done[start - 1]["flops"]) if start and done else 0.0)
     metrics: dict[str, Any] = {}
 
     def run_eval(update: int, final: bool = False) -> None:
         if not specs or not main:
             return
         row = evaluate(
-            policy,
+            sampler,
             specs,
             out,
             step=update,
@@ -427,11 +467,11 @@ def train_rl(
     offline_batch = load_episodes(cfg.episodes, model=None) if cfg.episodes else None
     rollout_policy, sync = policy, None
     if offline_batch is None:
-        rollout_policy, sync = rollout_backend(cfg, policy, model_path, main)
+        rollout_policy, sync = rollout_backend(cfg, sampler, model_path, main)
         if sync is not None:
             sync.check()  # before any rollout: a server without dev mode fails now, not after update 1
             if ckpt is not None:
-                sync.push(policy.model, start)  # the engines still serve the weights they started with
+                sync.push(sampler.model, start)  # the engines still serve the weights they started with
         accelerator.wait_for_everyone()
     tracker = open_rl_tracker(cfg, resume=ckpt is not None) if main else None
     torch.manual_seed(cfg.seed)
@@ -480,12 +520,14 @@ def train_rl(
             gap: float | None = stats.pop("logprob_gap", None)
             if world > 1:
                 stats = reduce_stats(accelerator, stats)
+            if cfg.fsdp:
+                sampler.model.load_state_dict(learner.full_policy_state())  # a collective: every rank
             sync_s = 0.0
             if producer is not None:
                 sync_s = producer.publish(policy.model, update + 1)  # later batches sample from it
             elif sync is not None:
                 t_sync = time.perf_counter()
-                sync.push(policy.model, update + 1)  # the next collection samples from the updated model
+                sync.push(sampler.model, update + 1)  # the next collection samples from the updated model
                 sync_s = time.perf_counter() - t_sync
             if offline_batch is None:
                 flops.forward(stats["rollout_tokens"])
@@ -537,13 +579,11 @@ def train_rl(
             if due and not past_budget and not last_update:  # the last evaluation runs after the loop
                 run_eval(update + 1)
                 evaluated.add(update + 1)
-            if main and ((update + 1) % cfg.save_every == 0 or update + 1 == cfg.updates):
-                _save(
-                    policy,
-                    learner,
-                    out / f"checkpoint-{update + 1}",
-                    {"update": update + 1, "flops": flops.total, **cfg.model_dump(mode="json")},
-                )
+            if (update + 1) % cfg.save_every == 0 or update + 1 == cfg.updates:
+                state = learner.checkpoint_state() if main or cfg.fsdp else {}
+                if main:
+                    meta = {"update": update + 1, "flops": flops.total, **cfg.model_dump(mode="json")}
+                    _save(sampler, learner, out / f"checkpoint-{update + 1}", meta, state)
     finally:
         if producer is not None:
             producer.close()  # after the collection in progress: no rollout writes after train_rl
@@ -552,16 +592,19 @@ def train_rl(
     last = int(metrics.get("update", start))
     if main and last not in evaluated:
         run_eval(last, final=True)
-    if main and metrics and last % cfg.save_every != 0 and last != cfg.updates:
+    if metrics and last % cfg.save_every != 0 and last != cfg.updates:
         # Stopped by the FLOP budget between checkpoints: the final state is a checkpoint too.
-        _save(policy, learner, out / f"checkpoint-{last}", {"update": last, "flops": flops.total})
+        state = learner.checkpoint_state() if main or cfg.fsdp else {}
+        if main:
+            meta = {"update": last, "flops": flops.total}
+            _save(sampler, learner, out / f"checkpoint-{last}", meta, state)
     if main:
         if cfg.lora_r:
             from sftrl.training.lora import save_final
 
             save_final(policy, out, cfg.merge)
         else:
-            policy.save_pretrained(out)
+            sampler.save_pretrained(out)
         plot_metrics(out)
         if specs:
             plot_evals(out, f"RL ({cfg.rl.algo}) {Path(cfg.model).name}: evaluation")

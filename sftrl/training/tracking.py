@@ -93,7 +93,8 @@ def check_distributed_type(state: Any) -> None:
         raise DistributedSetupError(
             f"accelerate launch asked for FSDP but accelerate runs this process as {got}: accelerate "
             "enables FSDP only on GPUs/accelerators, not on CPU/gloo; use configs/accelerate/fsdp.yaml on "
-            "GPUs, or plain data-parallel on CPU (accelerate launch --multi_gpu --num_processes N)"
+            "GPUs, or plain data-parallel on CPU (accelerate launch --multi_gpu --num_processes N; "
+            "agent train rl shards there too with --fsdp)"
         )
 
 

@@ -1,0 +1,88 @@
+"""FSDP2 for the own RL learner (``agent train rl --fsdp``): torch's ``fully_shard`` on the learner's
+model, and the gathers that give full weights and full optimizer state back.
+
+Each process holds a shard of every parameter, gradient and optimizer state; a forward or backward
+all-gathers one wrapped block (each transformer layer, then the rest) at a time and reduce-scatters its
+gradients. That works with gloo on CPU as with NCCL on GPUs, which is why the learner applies it itself:
+accelerate (1.15) turns FSDP on only for GPUs/accelerators. Sampling cannot run on a sharded model (every
+process would have to run the same forward calls in lockstep), so rollouts, evaluation, weight pushes and
+checkpoints use full weights gathered after each update (:func:`full_model_state`).
+
+All gathers here are collectives: every process of the launch calls them, in the same order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def layer_classes(model: Any) -> set[str]:
+    """Class names of the blocks each wrapped on its own: what transformers declares must not be split
+    across devices (``_no_split_modules``: decoder layers, vision blocks)."""
+    names: set[str] = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or ())
+    return names
+
+
+def shard(module: Any, device_type: str) -> Any:
+    """Apply ``fully_shard`` to every block of :func:`layer_classes` inside ``module``, then to
+    ``module`` itself (what is left: embeddings, head, the PPO value head) over all processes of the
+    default process group. Build the optimizer afterwards: sharding replaces the parameters."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("--fsdp shards over the processes of `accelerate launch`; none was started")
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    blocks = layer_classes(module)
+    for sub in list(module.modules()):
+        if sub is not module and type(sub).__name__ in blocks:
+            fully_shard(sub, mesh=mesh)
+    fully_shard(module, mesh=mesh)
+    return module
+
+
+def full_model_state(module: Any) -> dict[str, Any]:
+    """The full (unsharded) state dict of ``module``, on every process, on CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
+def full_optimizer_state(module: Any, optimizer: Any) -> dict[str, Any]:
+    """The full optimizer state (parameters by name) on every process, on CPU; loadable by
+    :func:`load_full_optimizer_state` with any number of processes."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=False)
+    state = get_optimizer_state_dict(module, optimizer, options=options)
+    return _to_cpu(state)
+
+
+def load_full_optimizer_state(module: Any, optimizer: Any, state: dict[str, Any]) -> None:
+    """Each process takes its shard of a full optimizer state (every process passes the whole)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(
+        module, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True)
+    )
+
+
+def load_full_model_state(module: Any, state: dict[str, Any]) -> None:
+    """Each process takes its shard of the full tensors in ``state`` (a subset of the keys is fine)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def _to_cpu(obj: Any) -> Any:
+    if hasattr(obj, "detach"):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
