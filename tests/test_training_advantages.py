@@ -48,3 +48,15 @@ def test_normalize():
     out = normalize([1.0, 2.0, 3.0])
     assert sum(out) == pytest.approx(0.0) and out[2] > 0
     assert normalize([4.0, 4.0]) == [0.0, 0.0] and normalize([]) == []
+
+
+def test_normalize_by_the_whole_batch_a_shard_belongs_to():
+    """Data-parallel PPO: each process normalizes its share by the moments summed over all shares,
+    which gives exactly the values one process normalizing the whole batch gets."""
+    whole = [0.5, -1.0, 2.0, 3.5, -0.25, 1.0]
+    shards = [whole[:2], whole[2:]]
+    n = sum(len(s) for s in shards)
+    moments = (n, sum(sum(s) for s in shards), sum(x * x for s in shards for x in s))
+    together = [x for s in shards for x in normalize(s, moments=moments)]
+    assert together == pytest.approx(normalize(whole), abs=1e-12)
+    assert normalize(shards[0]) != pytest.approx(together[:2])  # alone, a shard normalizes differently

@@ -144,26 +144,34 @@ def test_rl_with_fsdp_shards_yet_trains_like_ddp_and_resumes(
 ) -> None:
     """``--fsdp``: torch's FSDP2 over the two gloo processes. PPO (so the value head is sharded too)
     stopped after update 1 and resumed from its gathered checkpoint (full optimizer state, value head)
-    matches an uninterrupted DDP run: same losses, same saved weights, a complete checkpoint."""
-    common = ["train", "rl", "--model", str(tiny_text_model), "--algo", "ppo", "--minibatch-size", "2"]
+    matches an uninterrupted DDP run and one process: same losses (PPO's advantages are normalized by
+    the whole batch's moments on every rank), same saved weights, a complete checkpoint."""
+    common = ["train", "rl", "--model", str(tiny_text_model), "--algo", "ppo"]
     common += ["--episodes-per-update", "4", "--group-size", "2", "--verify-iter", "1", "--concurrency", "1"]
     common += ["--max-new-tokens", "8", "--ppo-epochs", "2", "--lr", "1e-3", "--json"]
+    one = [*common, "--out", str(tmp_path / "one"), "--minibatch-size", "4", "--max-steps", "3"]
+    _run([sys.executable, "-m", "sftrl", *one])
+    common += ["--minibatch-size", "2"]
     _run([*_launch(2), *common, "--out", str(tmp_path / "ddp"), "--max-steps", "3"])
     fsdp = [*common, "--out", str(tmp_path / "fsdp"), "--save-every", "1", "--fsdp"]
     _run([*_launch(2), *fsdp, "--max-steps", "1"])
     proc = _run([*_launch(2), *fsdp, "--max-steps", "3", "--resume"])
     assert "FSDP2-wrapped module" not in proc.stderr  # no output hooks dropped (views)
-    rows = [
-        [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-        for d in ("ddp", "fsdp")
-    ]
-    assert [r["update"] for r in rows[1]] == [1, 2, 3]
-    for key in ("reward", "entropy", "policy_loss", "value_loss", "transitions", "flops"):
-        assert [r[key] for r in rows[1]] == pytest.approx([r[key] for r in rows[0]], rel=1e-4, abs=1e-5), key
+    rows = {
+        d: [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        for d in ("one", "ddp", "fsdp")
+    }
+    assert [r["update"] for r in rows["fsdp"]] == [1, 2, 3]
+    for run in ("ddp", "fsdp"):
+        for key in ("reward", "entropy", "policy_loss", "value_loss", "transitions", "flops"):
+            got, want = [r[key] for r in rows[run]], [r[key] for r in rows["one"]]
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-5), (run, key)
     start, ddp, sharded = _weights(tiny_text_model), _weights(tmp_path / "ddp"), _weights(tmp_path / "fsdp")
     moved = max((ddp[k] - start[k]).abs().max().item() for k in ddp if k in start)
     apart = max((ddp[k] - sharded[k]).abs().max().item() for k in ddp)
     assert sorted(ddp) == sorted(sharded) and moved > 1e-3 and apart < 1e-4, (moved, apart)
+    solo = _weights(tmp_path / "one")
+    assert max((solo[k] - sharded[k]).abs().max().item() for k in solo) < 1e-3
 
     import torch
 

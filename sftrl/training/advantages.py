@@ -38,12 +38,23 @@ def gae(
     return advantages, returns
 
 
-def normalize(xs: Sequence[float], eps: float = 1e-8) -> list[float]:
-    """Zero-mean, unit-variance copy of ``xs`` (a constant list becomes zeros)."""
+def normalize(
+    xs: Sequence[float], eps: float = 1e-8, moments: tuple[float, float, float] | None = None
+) -> list[float]:
+    """Zero-mean, unit-variance copy of ``xs`` (a constant list becomes zeros).
+
+    ``moments`` (count, sum, sum of squares) of a larger batch ``xs`` is part of — e.g. summed over
+    the processes of a data-parallel run — normalize by that batch's mean and deviation instead.
+    """
     if not xs:
         return []
-    mean = sum(xs) / len(xs)
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs))
+    if moments is None:
+        mean = sum(xs) / len(xs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs))
+    else:
+        n, total, squares = moments
+        mean = total / n
+        std = math.sqrt(max(squares / n - mean * mean, 0.0))
     return [(x - mean) / (std + eps) for x in xs]
 
 

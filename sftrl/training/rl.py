@@ -346,8 +346,21 @@ class Learner:
             ret.extend(r)
             k += len(ep)
         if self.cfg.normalize_advantages:
-            adv = normalize(adv)
+            adv = normalize(adv, moments=self._global_moments(adv))
         return items, adv, ret, _gap(scored) if check else None
+
+    def _global_moments(self, xs: list[float]) -> tuple[float, float, float] | None:
+        """(count, sum, sum of squares) of ``xs`` over all processes (None in one process): several
+        processes normalize by the whole batch's statistics, as one process would."""
+        import torch
+
+        if self.accelerator.num_processes == 1:
+            return None
+        local = torch.tensor(
+            [len(xs), sum(xs), sum(x * x for x in xs)], dtype=torch.float64, device=self.accelerator.device
+        )
+        n, total, squares = self.accelerator.reduce(local, reduction="sum").tolist()
+        return n, total, squares
 
     # -- update -----------------------------------------------------------------------------------
     def _proximal(self, items: Sequence[Transition]) -> list[torch.Tensor]:
