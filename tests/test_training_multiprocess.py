@@ -187,6 +187,30 @@ def test_rl_with_fsdp_shards_yet_trains_like_ddp_and_resumes(
     assert "was saved with --fsdp: resume it with --fsdp" in err and err.count("\n") == 1, err
 
 
+def test_vlm_rl_on_two_processes_with_ddp_and_with_fsdp(tmp_path: Path) -> None:
+    """GP-VL PPO on a tiny LLaVA-style VLM, whose vision tower's final norm no forward reaches: DDP
+    runs (it used to stop on the parameter without a gradient), and --fsdp trains exactly like it."""
+    vlm = tmp_path / "char-vision"
+    assert main(["tiny-model", "--kind", "char-vision", "--out", str(vlm)]) == 0
+    common = ["train", "rl", "--env", "gp", "--modality", "vision", "--prompt-style", "compact"]
+    common += ["--resolution", "64", "--model", str(vlm), "--max-steps", "2", "--algo", "ppo"]
+    common += ["--episodes-per-update", "4", "--concurrency", "2", "--max-new-tokens", "8"]
+    common += ["--verify-iter", "1", "--minibatch-size", "2", "--lr", "1e-3", "--no-eval-at-start"]
+    for run in ("ddp", "fsdp"):
+        _run([*_launch(2), *common, "--out", str(tmp_path / run), *(["--fsdp"] if run == "fsdp" else [])])
+    rows = {
+        d: [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        for d in ("ddp", "fsdp")
+    }
+    for key in ("reward", "entropy", "policy_loss", "value_loss", "logprob_gap"):
+        got, want = [r[key] for r in rows["fsdp"]], [r[key] for r in rows["ddp"]]
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-5), key
+    start, ddp, sharded = _weights(vlm), _weights(tmp_path / "ddp"), _weights(tmp_path / "fsdp")
+    moved = max((ddp[k] - start[k]).abs().max().item() for k in ddp if k in start)
+    apart = max((ddp[k] - sharded[k]).abs().max().item() for k in ddp)
+    assert sorted(ddp) == sorted(sharded) and moved > 1e-3 and apart < 1e-4, (moved, apart)
+
+
 @pytest.mark.skipif(
     __import__("torch").cuda.is_available(), reason="on GPUs accelerate really runs FSDP from this config"
 )

@@ -130,6 +130,11 @@ def actor_critic(policy: Any, with_value: bool, seed: int = 0) -> Any:
     return ActorCritic()
 
 
+def _has_vision(model: Any) -> bool:
+    """Whether ``model`` is a vision-language model (its config has a vision part)."""
+    return getattr(getattr(model, "config", None), "vision_config", None) is not None
+
+
 def _hidden_size(model: Any) -> int:
     cfg = model.config
     for c in (cfg, getattr(cfg, "text_config", None)):
@@ -180,6 +185,13 @@ class Learner:
                 {"params": list(module.value_head.parameters()), "lr": config.value_lr or config.lr * 10}
             )
         optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
+        if accelerator.ddp_handler is None and _has_vision(model):
+            from accelerate.utils import DistributedDataParallelKwargs
+
+            # VLMs hold parameters no forward reaches (LLaVA-style towers read the second-to-last
+            # vision layer: the tower's final norm gets no gradient), on which DDP stops; transformers'
+            # Trainer turns this on by default for the same reason. Text models skip its extra pass.
+            accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
         if fsdp:
             # Sharded already: accelerate would wrap it for DDP on top (its own FSDP is GPU-only).
             self.module, self.optimizer = module, accelerator.prepare(optimizer)
