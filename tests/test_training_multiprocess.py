@@ -211,6 +211,95 @@ def test_vlm_rl_on_two_processes_with_ddp_and_with_fsdp(tmp_path: Path) -> None:
     assert sorted(ddp) == sorted(sharded) and moved > 1e-3 and apart < 1e-4, (moved, apart)
 
 
+UNEVEN_SCRIPT = """
+import json, sys
+from pathlib import Path
+
+import torch, transformers
+from accelerate import Accelerator
+
+from sftrl.training.rl import Learner, RLConfig
+from sftrl.training.transitions import EpisodeBatch, Transition
+
+out, layout, minibatch = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+acc = Accelerator(cpu=True)
+torch.manual_seed(0)
+config = transformers.LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
+model = transformers.LlamaForCausalLM(config)
+rl = RLConfig(algo="ppo", lr=1e-2, minibatch_size=minibatch, ppo_epochs=2)
+learner = Learner(model, lambda t: {"input_ids": t.prompt[0]["ids"]}, rl, accelerator=acc,
+                  fsdp=layout == "fsdp")
+# Multi-turn episodes of 3 attempts on even indices, 1 on odd ones: with two processes, rank 0 holds
+# 9 transitions and rank 1 holds 3 (and, in mini-batches of 2, 5 steps against 2).
+episodes, returns = [], []
+for e in range(6):
+    turns = 3 if e % 2 == 0 else 1
+    final = 1.0 if e % 3 == 0 else -1.0
+    ep = []
+    for k in range(turns):
+        prompt = [1 + e, 2, 3] + [4 + k] * (k + 1)
+        ep.append(Transition(prompt=[{"role": "user", "content": "x", "ids": prompt}],
+                             completion_ids=[5 + e, 6 + k, 7], behaviour_logprobs=None,
+                             reward=final if k == turns - 1 else -0.5, done=k == turns - 1,
+                             temperature=1.0, run_dir=Path("."), episode_key=f"e{e}",
+                             group_key=f"g{e}", index=k))
+    episodes.append(ep)
+    returns.append(sum(t.reward for t in ep))
+rank, world = acc.process_index, acc.num_processes
+mine = list(range(rank, 6, world))
+batch = EpisodeBatch([episodes[i] for i in mine], [returns[i] for i in mine], [False] * len(mine))
+stats = learner.update(batch)
+policy = acc.unwrap_model(learner.module).policy
+weights = learner.full_policy_state() if layout == "fsdp" else policy.state_dict()
+if acc.is_main_process:
+    torch.save({k: v.detach().cpu() for k, v in weights.items()}, out / f"{layout}-{minibatch}.pt")
+    (out / f"{layout}-{minibatch}.json").write_text(json.dumps(stats))
+"""
+
+
+def test_rl_ranks_with_different_numbers_of_transitions_train_like_one_process(tmp_path: Path) -> None:
+    """Multi-turn episodes give the processes different numbers of transitions (9 and 3 here). Every
+    process runs as many passes (idle ones where it has no batch left) and scales its gradient by its
+    share of the step's rows, so with one mini-batch per process the update equals one process's on
+    all episodes, under DDP and under --fsdp; with uneven mini-batch counts it runs to the end."""
+    import torch
+
+    script = tmp_path / "uneven.py"
+    script.write_text(UNEVEN_SCRIPT)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    _run([sys.executable, str(script), str(tmp_path), "one", "64"])
+    for layout, minibatch in (("ddp", "64"), ("fsdp", "64"), ("ddp", "2"), ("fsdp", "2")):
+        port = ["--main_process_port", str(_free_port())]
+        _run([*launch, *port, str(script), str(tmp_path), layout, minibatch])
+    one = torch.load(tmp_path / "one-64.pt")
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+    )  # fmt: skip
+    start = transformers.LlamaForCausalLM(config).state_dict()
+    moved = max((one[k] - start[k]).abs().max().item() for k in one)
+    assert moved > 1e-3, moved
+    for layout in ("ddp", "fsdp"):
+        got = torch.load(tmp_path / f"{layout}-64.pt")
+        apart = max((one[k] - got[k]).abs().max().item() for k in one)
+        assert apart < 1e-5, (layout, apart, moved)
+        solo, split = (json.loads((tmp_path / f).read_text()) for f in ("one-64.json", f"{layout}-64.json"))
+        for key in ("policy_loss", "value_loss"):  # rank 0's mini-batch, not the whole batch: differs
+            assert split[key] != pytest.approx(solo[key], rel=1e-3)
+    for layout in ("ddp", "fsdp"):
+        uneven = torch.load(tmp_path / f"{layout}-2.pt")
+        assert all(torch.isfinite(v).all() for v in uneven.values())
+        assert max((uneven[k] - start[k]).abs().max().item() for k in uneven) > 1e-3
+        assert json.loads((tmp_path / f"{layout}-2.json").read_text())["transitions"] == 9  # rank 0's
+    ddp, fsdp = (torch.load(tmp_path / f"{layout}-2.pt") for layout in ("ddp", "fsdp"))
+    assert max((ddp[k] - fsdp[k]).abs().max().item() for k in ddp) < 1e-5  # the same steps, sharded
+
+
 @pytest.mark.skipif(
     __import__("torch").cuda.is_available(), reason="on GPUs accelerate really runs FSDP from this config"
 )

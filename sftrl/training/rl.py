@@ -315,10 +315,50 @@ class Learner:
     ) -> list[tuple[list[Transition], Scored]]:
         """Forward passes over ``items`` in mini-batches of similar length: (the batch, its scores)."""
         out = []
-        for idx in self._batches(items):
+        for idx in self._in_step(self._batches(items)):
+            if idx is None:
+                self._idle_pass(items, with_values=with_values)
+                continue
             chunk = [items[i] for i in idx]
             out.append((chunk, self.score(chunk, with_values=with_values)))
         return out
+
+    # -- several processes --------------------------------------------------------------------------
+    def _in_step(self, batches: list[list[int]]) -> list[list[int] | None]:
+        """``batches`` padded with ``None`` to the most any process has: every process then runs as
+        many passes (DDP and FSDP synchronize in each), though multi-turn episodes give the processes
+        different numbers of transitions. A ``None`` is an idle pass (:meth:`_idle_pass`)."""
+        import torch
+
+        if self.accelerator.num_processes == 1:
+            return list(batches)
+        local = torch.tensor([len(batches)], device=self.accelerator.device)
+        most = int(self.accelerator.gather(local).max())
+        return [*batches, *([None] * (most - len(batches)))]
+
+    def _idle_pass(self, items: Sequence[Transition], *, with_values: bool) -> Scored:
+        """A pass over one transition whose result only feeds a zero loss, for the collectives of a
+        step this process has no batch for; counted in no statistic."""
+        if not items:
+            raise RuntimeError("a process has no transitions to score: every process needs episodes")
+        trained, scored = self.tokens_trained, self.tokens_scored
+        s = self.score([items[0]], with_values=with_values)
+        self.tokens_trained, self.tokens_scored = trained, scored
+        return s
+
+    def _share(self, rows: int) -> float:
+        """This process's weight in a step's gradient: its rows over the mean rows per process. DDP
+        and FSDP average the processes' gradients; scaled so, the average is the gradient of the mean
+        loss over all rows of the step, whatever each process held (1.0 when they hold equal shares)."""
+        import torch
+
+        world = self.accelerator.num_processes
+        if world == 1:
+            return 1.0
+        total = self.accelerator.reduce(
+            torch.tensor([float(rows)], dtype=torch.float64, device=self.accelerator.device), reduction="sum"
+        )
+        return rows * world / float(total)
 
     def check_consistency(self, items: Sequence[Transition]) -> float:
         gap = self.logprob_gap(items)
@@ -459,7 +499,18 @@ class Learner:
             else:
                 self.rng.shuffle(order)
                 minibatches = _chunks(order, cfg.minibatch_size)
-            for idx in minibatches:
+            for idx in self._in_step(minibatches):
+                if idx is None:
+                    # Another process still has a mini-batch: join its step (its collectives in the
+                    # same order: forward, share, backward, clipping) and add a zero gradient.
+                    s = self._idle_pass(items, with_values=cfg.algo == "ppo")
+                    zero = (s.logprobs * 0).sum() + (0 if s.values is None else (s.values * 0).sum())
+                    self._share(0)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.accelerator.backward(zero)
+                    self.accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    continue
                 chunk = [items[i] for i in idx]
                 s = self.score(chunk, with_values=cfg.algo == "ppo")
                 old = torch.zeros_like(s.logprobs)
@@ -517,8 +568,9 @@ class Learner:
                         kl = ((k3 * s.mask).sum(-1) / n_tok).mean()
                 ent = ((s.entropy * s.mask).sum(-1) / n_tok).mean()
                 loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * ent + cfg.kl_coef * kl
+                share = self._share(len(idx))
                 self.optimizer.zero_grad(set_to_none=True)
-                self.accelerator.backward(loss)
+                self.accelerator.backward(loss * share if share != 1.0 else loss)
                 self.accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 stats["policy_loss"].append(float(pg.detach()))

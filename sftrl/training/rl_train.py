@@ -507,8 +507,6 @@ def train_rl(
                     cfg, rollout_policy, update, progress if main else None, rank, world
                 )
                 batch = load_episodes([rollout_dir])
-            if world > 1:
-                check_equal_shares(accelerator, len(batch.transitions))
             # The logged log-probs are checked against the model that sampled them: online, that is the
             # model right now; offline, only the model before its first update. Later offline updates are
             # off-policy on purpose and use the logged log-probs as the behaviour policy (clipped ratios).
@@ -613,25 +611,13 @@ def train_rl(
     return metrics
 
 
-# Per-rank counts that add up over the ranks; every other statistic is averaged (equal shares).
+# Per-rank counts that add up over the ranks; every other statistic is the mean of the ranks' values.
 _SUMMED_STATS = ("tokens", "transitions", "tokens_trained", "tokens_scored", "rollout_tokens")
 
 
-def check_equal_shares(accelerator: Any, transitions: int) -> None:
-    """Every rank must hold as many transitions (so as many mini-batches, so as many all-reduces);
-    otherwise all ranks stop together with one message instead of hanging in a collective."""
-    import torch
-
-    counts = [int(c) for c in accelerator.gather(torch.tensor([transitions]))]
-    if len(set(counts)) > 1:
-        raise TransitionError(
-            f"the ranks collected different numbers of transitions ({counts}): multi-process RL needs "
-            "equal shares; use --verify-iter 1 (one model call per episode) or one process"
-        )
-
-
 def reduce_stats(accelerator: Any, stats: dict[str, Any]) -> dict[str, Any]:
-    """``stats`` over all ranks: counts summed, the rest averaged (every rank holds an equal share)."""
+    """``stats`` over all ranks: counts summed, the rest the mean of the ranks' values (each rank plays
+    as many episodes; with multi-turn episodes their transitions differ, and so do their weights)."""
     import torch
 
     keys = [k for k, v in stats.items() if isinstance(v, int | float) and not isinstance(v, bool)]
