@@ -44,11 +44,13 @@ def shard(module: Any, device_type: str) -> Any:
     return module
 
 
-def full_model_state(module: Any) -> dict[str, Any]:
-    """The full (unsharded) state dict of ``module``, on every process, on CPU."""
+def full_model_state(module: Any, everyone: bool = True) -> dict[str, Any]:
+    """The full (unsharded) state dict of ``module`` on CPU: on every process, or (``everyone``
+    False) on the first only, the others getting ``{}`` and never holding the whole."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+    options = StateDictOptions(full_state_dict=True, cpu_offload=not everyone)
+    state = get_model_state_dict(module, options=options)
     return {k: v.detach().cpu() for k, v in state.items()}
 
 

@@ -651,13 +651,14 @@ class Learner:
         self.updates = int(state["updates"])
         self.rng.setstate(state["rng"])
 
-    def full_policy_state(self) -> dict[str, Any]:
-        """``fsdp``: the policy model's full weights (its own parameter names), gathered on every
-        process (a collective) for the full copy that samples, is pushed and is saved."""
+    def full_policy_state(self, everyone: bool = True) -> dict[str, Any]:
+        """``fsdp``: the policy model's full weights (its own parameter names) for the full copy that
+        samples, is pushed and is saved; a collective. ``everyone`` False: on the main process only."""
         from sftrl.training.fsdp import full_model_state
 
         prefix = "policy."
-        return {k[len(prefix) :]: v for k, v in full_model_state(self.module).items() if k.startswith(prefix)}
+        state = full_model_state(self.module, everyone)
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _token_surrogate(

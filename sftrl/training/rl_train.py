@@ -409,12 +409,15 @@ def train_rl(
 
         ref_model = copy.deepcopy(policy.model).eval()
     # Who samples, is evaluated, pushed and saved: the trained policy, or under --fsdp a full copy of it
-    # that takes the gathered weights after each update (the trained one holds shards).
+    # that takes the gathered weights after each update (the trained one holds shards). Every process
+    # needs one when it generates itself (hf, its own vLLM engine); with vLLM servers or logged
+    # episodes only the main process does (pushes, evaluation, checkpoints).
     sampler = policy
+    copies_everywhere = collects_rollouts(cfg) and cfg.rollout_policy != "vllm"
     if cfg.fsdp:
         from sftrl.training.async_rollouts import hf_rollout_copy
 
-        sampler = hf_rollout_copy(policy, cfg.concurrency)
+        sampler = hf_rollout_copy(policy, cfg.concurrency) if main or copies_everywhere else None
     n_model_params = n_params(policy.model)
     learner = Learner(
         policy.model,
@@ -519,7 +522,9 @@ def train_rl(
             if world > 1:
                 stats = reduce_stats(accelerator, stats)
             if cfg.fsdp:
-                sampler.model.load_state_dict(learner.full_policy_state())  # a collective: every rank
+                full = learner.full_policy_state(everyone=copies_everywhere)  # a collective: every rank
+                if sampler is not None:
+                    sampler.model.load_state_dict(full)
             sync_s = 0.0
             if producer is not None:
                 sync_s = producer.publish(policy.model, update + 1)  # later batches sample from it
