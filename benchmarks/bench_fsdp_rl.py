@@ -23,6 +23,7 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from bench_lora_rl import random_llama
 from rich.console import Console
 from rich.table import Table
 
@@ -43,23 +44,12 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
     from accelerate import Accelerator
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from sftrl.training.rl import Learner, RLConfig
 
     accelerator = Accelerator(cpu=True)
     for fsdp in (False, True):
-        torch.manual_seed(0)
-        config = LlamaConfig(
-            vocab_size=args.vocab,
-            hidden_size=args.hidden,
-            intermediate_size=args.hidden * 4,
-            num_hidden_layers=args.layers,
-            num_attention_heads=8,
-            num_key_value_heads=8,
-            max_position_embeddings=256,
-        )
-        model = LlamaForCausalLM(config)
+        model = random_llama(args.hidden, args.layers, args.vocab)
         copy_bytes = 0
         sampler_model = None
         if fsdp:  # what --fsdp keeps besides the shards: the full copy that samples

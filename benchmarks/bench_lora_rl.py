@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from types import SimpleNamespace
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -26,24 +27,31 @@ def state_bytes(optimizer) -> int:
     )
 
 
-def measure(args: argparse.Namespace, rank: int | None) -> dict[str, float]:
+def random_llama(hidden: int, layers: int, vocab: int) -> Any:
+    """A random-weight Llama-style causal LM built from scratch (seed 0): no download."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sftrl.training.lora import apply_lora, trainable_parameters
-    from sftrl.training.rl import Learner, RLConfig
-
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.hidden * 4,
-        num_hidden_layers=args.layers,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 4,
+        num_hidden_layers=layers,
         num_attention_heads=8,
         num_key_value_heads=8,
         max_position_embeddings=256,
     )
-    policy = SimpleNamespace(model=LlamaForCausalLM(config))
+    return LlamaForCausalLM(config)
+
+
+def measure(args: argparse.Namespace, rank: int | None) -> dict[str, float]:
+    import torch
+
+    from sftrl.training.lora import apply_lora, trainable_parameters
+    from sftrl.training.rl import Learner, RLConfig
+
+    policy = SimpleNamespace(model=random_llama(args.hidden, args.layers, args.vocab))
     if rank is not None:
         apply_lora(policy, rank, None, ["all-linear"], None)
     learner = Learner(policy.model, lambda t: {}, RLConfig(algo="ppo"))
