@@ -787,9 +787,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from exc
     except (WeightSyncError, LogprobMismatchError, DistributedSetupError) as exc:
         raise CLIError(str(exc)) from exc
-    from sftrl.training.tracking import process_info
+    from sftrl.training.tracking import end_processes, process_info
 
-    if not process_info()[0]:
+    main_process = process_info()[0]
+    end_processes()
+    if not main_process:
         return 0  # under accelerate launch the main process reports for all
     if ns.json:
         print(json.dumps(metrics, sort_keys=True))

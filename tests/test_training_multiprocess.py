@@ -255,6 +255,8 @@ weights = learner.full_policy_state() if layout == "fsdp" else policy.state_dict
 if acc.is_main_process:
     torch.save({k: v.detach().cpu() for k, v in weights.items()}, out / f"{layout}-{minibatch}.pt")
     (out / f"{layout}-{minibatch}.json").write_text(json.dumps(stats))
+from sftrl.training.tracking import end_processes
+end_processes()
 """
 
 

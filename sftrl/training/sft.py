@@ -32,6 +32,7 @@ from sftrl.training.tracking import (
     Tracker,
     TrackingError,
     check_installed,
+    end_processes,
     process_info,
     sample_rows,
     trainer_callback,
@@ -637,7 +638,9 @@ def train_sft_main(
     except SFTError as exc:
         print(f"agent: error: {exc}", file=sys.stderr)
         return 2
-    if not process_info()[0]:
+    main = process_info()[0]
+    end_processes()
+    if not main:
         return 0  # the main process reports for all
     if json_output:
         print(json.dumps(metrics, sort_keys=True))

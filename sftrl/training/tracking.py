@@ -98,6 +98,17 @@ def check_distributed_type(state: Any) -> None:
         )
 
 
+def end_processes() -> None:
+    """Under ``accelerate launch``: wait for every process, then tear the process group down while
+    the interpreter is intact. Left to interpreter exit, a rank was seen aborting after its work was
+    done (SIGABRT, "terminate called without an active exception") and failing the launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def process_info() -> tuple[bool, int]:
     """(is this the main process, how many data-parallel processes) under ``accelerate launch``."""
     import torch
