@@ -39,11 +39,11 @@ def _weights(path: Path) -> dict:
     return load_file(str(path / "model.safetensors"))
 
 
-def _launch(n: int) -> list[str]:
+def _launch(n: int, mixed_precision: str = "no") -> list[str]:
     # accelerate's own CPU launcher: `--multi_gpu` selects its torchrun path, which on a machine
     # without GPUs runs MULTI_CPU with gloo (`--cpu --num_processes 2` starts ONE process).
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n)]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
     return [*launch, "--main_process_port", str(_free_port()), "-m", "sftrl"]
 
 
@@ -174,6 +174,21 @@ def test_rl_with_fsdp_shards_yet_trains_like_ddp_and_resumes(
     assert max((solo[k] - sharded[k]).abs().max().item() for k in solo) < 1e-3
 
     import torch
+
+    # bf16 compute (FSDP2's mixed precision): log-probs drift from the fp32 sampler's by a bf16-sized
+    # gap (fp32: ~1e-7), the masters and what is saved stay fp32, and the update goes where fp32's went.
+    _run([*_launch(2, "bf16"), *common, "--out", str(tmp_path / "bf16"), "--max-steps", "3", "--fsdp"])
+    bf16_rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    assert all(1e-5 < r["logprob_gap"] < 0.05 for r in bf16_rows), bf16_rows
+    for key in ("entropy", "value_loss"):  # update 1: the same batch, scored in bf16 vs fp32
+        assert bf16_rows[0][key] == pytest.approx(rows["ddp"][0][key], rel=0.01), key
+    half = _weights(tmp_path / "bf16")
+    assert {v.dtype for v in half.values()} == {torch.float32}
+
+    def update(w: dict) -> torch.Tensor:
+        return torch.cat([(w[k] - start[k]).flatten() for k in sorted(start) if k in w])
+
+    assert torch.nn.functional.cosine_similarity(update(half), update(ddp), dim=0) > 0.8
 
     state = torch.load(tmp_path / "fsdp" / "checkpoint-3" / "learner_state.pt", weights_only=True)
     # Gathered in full and keyed by name: the embedding's moments have the embedding's whole shape.

@@ -97,6 +97,23 @@ def test_fsdp_without_processes_to_shard_over_is_refused(tiny_text_model, tmp_pa
     assert not (out / "metrics.jsonl").exists()
 
 
+@pytest.mark.parametrize(
+    ("precision", "refused"), [("no", False), ("bf16", False), ("fp16", True), ("fp8", True)]
+)
+def test_fsdp_takes_fp32_or_bf16_compute(tmp_path, precision, refused):
+    from sftrl.training.rl_train import RLRunConfig, check_fsdp
+    from sftrl.training.transitions import TransitionError
+
+    cfg = RLRunConfig(model="m", out=tmp_path, fsdp=True)
+    if not refused:
+        check_fsdp(cfg, 2, precision)
+        return
+    with pytest.raises(
+        TransitionError, match=f"asks for {precision} mixed precision: .*--mixed_precision bf16"
+    ):
+        check_fsdp(cfg, 2, precision)
+
+
 def test_an_fsdp_request_accelerate_ignores_is_refused(monkeypatch):
     from types import SimpleNamespace
 

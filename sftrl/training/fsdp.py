@@ -25,22 +25,29 @@ def layer_classes(model: Any) -> set[str]:
     return names
 
 
-def shard(module: Any, device_type: str) -> Any:
+def shard(module: Any, device_type: str, compute_dtype: Any = None) -> Any:
     """Apply ``fully_shard`` to every block of :func:`layer_classes` inside ``module``, then to
     ``module`` itself (what is left: embeddings, head, the PPO value head) over all processes of the
-    default process group. Build the optimizer afterwards: sharding replaces the parameters."""
+    default process group. Build the optimizer afterwards: sharding replaces the parameters.
+
+    ``compute_dtype`` (e.g. ``torch.bfloat16``): FSDP2's mixed precision. The shards, the optimizer
+    and everything gathered for sampling or saving stay in the parameters' dtype (fp32 masters);
+    each all-gather casts a block's parameters to ``compute_dtype`` for its forward and backward (half
+    the traffic and the memory of the gathered block), and gradients are reduce-scattered in fp32."""
+    import torch
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("--fsdp shards over the processes of `accelerate launch`; none was started")
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     blocks = layer_classes(module)
     for sub in list(module.modules()):
         if sub is not module and type(sub).__name__ in blocks:
-            fully_shard(sub, mesh=mesh)
-    fully_shard(module, mesh=mesh)
+            fully_shard(sub, mesh=mesh, mp_policy=policy)
+    fully_shard(module, mesh=mesh, mp_policy=policy)
     return module
 
 

@@ -178,7 +178,10 @@ class Learner:
         if fsdp:
             from sftrl.training.fsdp import shard
 
-            shard(module, accelerator.device.type)  # replaces the parameters: the optimizer comes after
+            # accelerate's bf16 autocast wraps only models it prepares: under --fsdp the all-gathers
+            # cast instead (fp32 masters, bf16 compute, fp32 gradient reduction).
+            compute = torch.bfloat16 if str(accelerator.mixed_precision) == "bf16" else None
+            shard(module, accelerator.device.type, compute)  # new parameters: the optimizer comes after
         groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
         if module.value_head is not None:
             groups.append(

@@ -100,7 +100,8 @@ class RLRunConfig(BudgetEvalOptions):
     fsdp: bool = Field(
         default=False,
         description="shard parameters, gradients and optimizer state over the processes of accelerate "
-        "launch (torch FSDP2; gloo on CPU, NCCL on GPUs); sampling uses full weights gathered each update",
+        "launch (torch FSDP2; gloo on CPU, NCCL on GPUs; bf16 compute under --mixed_precision bf16); "
+        "sampling uses full weights gathered each update",
     )
     report_to: ReportTo = Field(default_factory=list, description="trackers: tensorboard, wandb, trackio")
     track_episodes: int = Field(default=4, ge=0, description="sample episodes per update sent to trackers")
@@ -173,7 +174,8 @@ def _latest_checkpoint(out: Path) -> Path | None:
 
 
 def check_fsdp(cfg: RLRunConfig, world: int, mixed_precision: str) -> None:
-    """``--fsdp`` shards over several processes and trains in fp32 (refused otherwise, not ignored)."""
+    """``--fsdp`` shards over several processes, in fp32 or with bf16 compute (refused otherwise, not
+    ignored: fp16 would need a sharded gradient scaler, fp8 an engine of its own)."""
     if not cfg.fsdp:
         return
     if world < 2:
@@ -181,10 +183,10 @@ def check_fsdp(cfg: RLRunConfig, world: int, mixed_precision: str) -> None:
             "--fsdp shards over the processes of accelerate launch: start 2 or more "
             "(accelerate launch --multi_gpu --num_processes N -m sftrl train rl ... --fsdp)"
         )
-    if mixed_precision != "no":
+    if mixed_precision not in ("no", "bf16"):
         raise TransitionError(
-            f"--fsdp trains in fp32; this launch asks for {mixed_precision} mixed precision: "
-            "launch with --mixed_precision no"
+            f"--fsdp trains in fp32 or with bf16 compute; this launch asks for {mixed_precision} mixed "
+            "precision: launch with --mixed_precision bf16 or no"
         )
 
 
