@@ -7,7 +7,9 @@ machine without GPUs) of this script's worker, which builds a random Llama-style
 backward + optimizer step on a random batch (so AdamW allocates its moments) and, under ``fsdp``,
 gathers the full weights into the sampling copy as ``agent train rl --fsdp`` does after each update.
 Each process reports the bytes it holds of parameters, gradients and optimizer state (its shards:
-``DTensor.to_local``) and of the sampling copy; the table shows the largest process. Bytes, not time.
+``DTensor.to_local``) and of the sampling copy; the table shows the largest process. A second table
+shows what a checkpoint gathers on each process (``Learner.checkpoint_state``: under ``fsdp`` the full
+optimizer state goes to the main process only). Bytes, not time.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def worker(args: argparse.Namespace) -> None:
         moments = [v for s in learner.optimizer.optimizer.state.values() for v in s.values() if v.dim() > 0]
         if sampler_model is not None:
             sampler_model.load_state_dict(learner.full_policy_state())  # the per-update gather
+        # As `agent train rl` checkpoints: a collective under fsdp, the main process alone under DDP.
+        ckpt = learner.checkpoint_state() if fsdp or accelerator.is_main_process else {}
         row = {
             "processes": dist.get_world_size(),
             "rank": dist.get_rank(),
@@ -75,10 +79,23 @@ def worker(args: argparse.Namespace) -> None:
             "grads": _local_bytes(grads),
             "optimizer": _local_bytes(moments),
             "copy": copy_bytes,
+            "checkpoint": _state_bytes(ckpt),
         }
         with open(args.worker_out, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         accelerator.wait_for_everyone()
+
+
+def _state_bytes(obj: Any) -> int:
+    """Bytes of the tensors anywhere in a (nested) state dict."""
+    if hasattr(obj, "element_size"):
+        local = obj.to_local() if hasattr(obj, "to_local") else obj
+        return local.numel() * local.element_size()
+    if isinstance(obj, dict):
+        return sum(_state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_state_bytes(v) for v in obj)
+    return 0
 
 
 def copy_model(model: Any) -> Any:
@@ -149,6 +166,22 @@ def main() -> None:
             )
             summary.append({**r, "total_vs_ddp": ratio})
     console.print(table)
+    ckpt_table = Table(title="Checkpoint state gathered per process (Learner.checkpoint_state, MiB)")
+    for col in ("processes", "layout", "main process", "each other process", "all processes"):
+        ckpt_table.add_column(col, justify="right")
+    checkpoints = []
+    for n in args.processes:
+        for layout in ("ddp", "fsdp"):
+            mine = [r for r in rows if r["processes"] == n and r["layout"] == layout]
+            main_bytes = next(r["checkpoint"] for r in mine if r["rank"] == 0)
+            others = max(r["checkpoint"] for r in mine if r["rank"] != 0)
+            total = sum(r["checkpoint"] for r in mine)
+            ckpt_table.add_row(str(n), layout, *(f"{b / MIB:.1f}" for b in (main_bytes, others, total)))
+            checkpoints.append(
+                {"processes": n, "layout": layout, "main": main_bytes, "others": others, "all": total}
+            )
+    console.print(ckpt_table)
+    summary.append({"checkpoint_state": checkpoints})
     (args.out / "fsdp_rl.json").write_text(json.dumps(summary, indent=1))
     console.print(f"wrote {args.out / 'fsdp_rl.json'}")
 

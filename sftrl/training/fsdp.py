@@ -62,22 +62,24 @@ def full_model_state(module: Any, everyone: bool = True) -> dict[str, Any]:
 
 
 def full_optimizer_state(module: Any, optimizer: Any) -> dict[str, Any]:
-    """The full optimizer state (parameters by name) on every process, on CPU; loadable by
-    :func:`load_full_optimizer_state` with any number of processes."""
+    """The full optimizer state (parameters by name) on the first process, on CPU; ``{}`` on the
+    others, which never hold the whole (AdamW's moments are twice the fp32 weights: N processes on
+    one node holding a copy each would need N times that in host memory at every checkpoint).
+    Loadable by :func:`load_full_optimizer_state` with any number of processes."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=False)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_optimizer_state_dict(module, optimizer, options=options)
     return _to_cpu(state)
 
 
 def load_full_optimizer_state(module: Any, optimizer: Any, state: dict[str, Any]) -> None:
-    """Each process takes its shard of a full optimizer state (every process passes the whole)."""
+    """Each process takes its shard of a full optimizer state that the first process passes (the
+    others pass ``{}``): tensors are broadcast one at a time, so no other process holds the whole."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(
-        module, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True)
-    )
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_optimizer_state_dict(module, optimizer, optim_state_dict=state, options=options)
 
 
 def load_full_model_state(module: Any, state: dict[str, Any]) -> None:

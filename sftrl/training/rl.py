@@ -605,8 +605,9 @@ class Learner:
     def checkpoint_state(self) -> dict[str, Any]:
         """Optimizer, value head and counters (the model itself is saved with ``save_pretrained``).
 
-        Under ``fsdp`` a collective (every process calls it): the optimizer state and the value head
-        are gathered in full, keyed by parameter name, so a run resumes with any number of processes.
+        Under ``fsdp`` a collective (every process calls it): the optimizer state (to the main process
+        only; the others get ``{}`` for it) and the value head are gathered in full, keyed by parameter
+        name, so a run resumes with any number of processes.
         """
         if self.fsdp:
             from sftrl.training.fsdp import full_optimizer_state
@@ -633,17 +634,19 @@ class Learner:
         torch.save(state if state is not None else self.checkpoint_state(), path)
 
     def load_state(self, path: Path) -> None:
-        """Every process loads the file (under ``fsdp`` each keeps its shard)."""
+        """Every process loads the file (under ``fsdp`` each keeps its shard, broadcast from the main
+        process; the file is memory-mapped, so the others never read its optimizer state)."""
         import torch
 
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, mmap=self.fsdp)
         if bool(state.get("fsdp", False)) != self.fsdp:
             saved = "with" if state.get("fsdp") else "without"
             raise ValueError(f"{path} was saved {saved} --fsdp: resume it {saved} --fsdp")
         if self.fsdp:
             from sftrl.training.fsdp import load_full_model_state, load_full_optimizer_state
 
-            load_full_optimizer_state(self.module, self.optimizer.optimizer, state["optimizer"])
+            full = state["optimizer"] if self.accelerator.is_main_process else {}
+            load_full_optimizer_state(self.module, self.optimizer.optimizer, full)
             if self.value_head is not None and state.get("value_head") is not None:
                 head = {f"value_head.{k}": v for k, v in state["value_head"].items()}
                 load_full_model_state(self.module, head)
