@@ -177,7 +177,18 @@ def test_rl_with_fsdp_shards_yet_trains_like_ddp_and_resumes(
 
     # bf16 compute (FSDP2's mixed precision): log-probs drift from the fp32 sampler's by a bf16-sized
     # gap (fp32: ~1e-7), the masters and what is saved stay fp32, and the update goes where fp32's went.
-    _run([*_launch(2, "bf16"), *common, "--out", str(tmp_path / "bf16"), "--max-steps", "3", "--fsdp"])
+    # With activation checkpointing too (each block recomputed inside FSDP2's gather; exact in fp32:
+    # tests/test_training_rl_learner.py).
+    bf16 = [
+        *common,
+        "--out",
+        str(tmp_path / "bf16"),
+        "--max-steps",
+        "3",
+        "--fsdp",
+        "--gradient-checkpointing",
+    ]
+    _run([*_launch(2, "bf16"), *bf16])
     bf16_rows = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
     assert all(1e-5 < r["logprob_gap"] < 0.05 for r in bf16_rows), bf16_rows
     for key in ("entropy", "value_loss"):  # update 1: the same batch, scored in bf16 vs fp32

@@ -213,3 +213,46 @@ def test_update_checks_logged_logprobs_before_any_step(model, algo):
         learner.update(bad, check=True)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert learner.updates == 1
+
+
+def test_gradient_checkpointing_recomputes_each_block_and_trains_the_same(
+    tiny_text_model: Path, tmp_path: Path
+) -> None:
+    """``agent train rl --gradient-checkpointing``: every block's forward with gradients runs again in
+    backward (its activations were not kept), and the update is the same as without it."""
+    from safetensors.torch import load_file
+
+    from sftrl.agents.factory import make_trainable_policy
+    from sftrl.training.rl_train import RLRunConfig, read_metrics, train_rl
+
+    runs = {}
+    for on in (False, True):
+        policy = make_trainable_policy(str(tiny_text_model))
+        passes: list[bool] = []  # one entry per forward of the first block's MLP: with gradients or not
+        mlp = policy.model.model.layers[0].mlp
+        forward = mlp.forward
+
+        def counted(*args, _forward=forward, _passes=passes, **kwargs):
+            _passes.append(torch.is_grad_enabled())
+            return _forward(*args, **kwargs)
+
+        mlp.forward = counted  # not a hook: the recompute in backward skips module hooks
+        out = tmp_path / f"checkpointing-{on}"
+        cfg = RLRunConfig(
+            model=str(tiny_text_model),
+            out=out,
+            updates=2,
+            episodes_per_update=4,
+            group_size=2,
+            max_new_tokens=8,
+            gradient_checkpointing=on,
+            rl=RLConfig(algo="ppo", minibatch_size=2, lr=1e-3),
+        )
+        train_rl(cfg, policy=policy)
+        runs[on] = (passes, read_metrics(out), load_file(str(out / "model.safetensors")))
+    (plain, rows, weights), (recomputed, rows_ckpt, weights_ckpt) = runs[False], runs[True]
+    assert sum(plain) > 0 and sum(recomputed) == 2 * sum(plain)
+    assert len(recomputed) - sum(recomputed) == len(plain) - sum(plain)  # sampling, scoring: no grad
+    for key in ("reward", "policy_loss", "value_loss", "entropy"):
+        assert [r[key] for r in rows_ckpt] == pytest.approx([r[key] for r in rows], abs=1e-6), key
+    assert max((weights[k] - weights_ckpt[k]).abs().max().item() for k in weights) < 1e-6

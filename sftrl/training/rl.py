@@ -157,9 +157,16 @@ class Learner:
         accelerator: Any = None,
         suppressed_token_ids: Sequence[int] = (),
         fsdp: bool = False,
+        checkpointing: bool = False,
     ) -> None:
         import torch
 
+        if checkpointing:
+            # Keep each block's input only and recompute the block in backward. Non-reentrant: composes
+            # with DDP, FSDP2 (transformers checkpoints a block's forward, its hooks stay outside) and
+            # LoRA (no input needs requires_grad). Active only with gradients in train mode: in updates,
+            # not while sampling or scoring.
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.model = model
         self.fsdp = fsdp
         # Tokens the sampler never emits (e.g. image placeholders): excluded here too, so the scored

@@ -36,6 +36,7 @@ from sftrl.training.evaluation import (
     validate_specs,
 )
 from sftrl.training.rl import Learner, RLConfig
+from sftrl.training.sft import wants_checkpointing
 from sftrl.training.tracking import DistributedSetupError, ReportTo, check_distributed_type
 from sftrl.training.transitions import EpisodeBatch, Transition, TransitionError, load_episodes
 
@@ -102,6 +103,11 @@ class RLRunConfig(BudgetEvalOptions):
         description="shard parameters, gradients and optimizer state over the processes of accelerate "
         "launch (torch FSDP2; gloo on CPU, NCCL on GPUs; bf16 compute under --mixed_precision bf16); "
         "sampling uses full weights gathered each update",
+    )
+    gradient_checkpointing: bool | None = Field(
+        default=None,
+        description="activation checkpointing: keep each block's inputs only and recompute the block in "
+        "backward (memory for time); default: on for models of >= 100M parameters",
     )
     report_to: ReportTo = Field(default_factory=list, description="trackers: tensorboard, wandb, trackio")
     track_episodes: int = Field(default=4, ge=0, description="sample episodes per update sent to trackers")
@@ -430,6 +436,7 @@ def train_rl(
         accelerator=accelerator,
         suppressed_token_ids=getattr(policy, "suppressed_token_ids", ()),
         fsdp=cfg.fsdp,
+        checkpointing=wants_checkpointing(cfg.gradient_checkpointing, policy.model),
     )
     if ckpt is not None and (ckpt / STATE_FILE).exists():
         try:

@@ -48,6 +48,14 @@ ADAPTER_DIR = "adapter"
 CHECKPOINTING_MIN_PARAMS = 100_000_000
 
 
+def wants_checkpointing(setting: bool | None, model: Any) -> bool:
+    """Whether to train ``model`` with activation checkpointing: ``setting`` when given, else on for
+    models of at least :data:`CHECKPOINTING_MIN_PARAMS` parameters (it only costs time on small ones)."""
+    if setting is not None:
+        return setting
+    return sum(p.numel() for p in model.parameters()) >= CHECKPOINTING_MIN_PARAMS
+
+
 class SFTError(ValueError):
     """A training request that cannot run (bad data dir, model, options…): one line for the CLI."""
 
@@ -294,9 +302,7 @@ def build_trainer(
     """The configured ``SFTTrainer`` (loss masking by row format, LoRA when asked)."""
     from trl import SFTTrainer
 
-    checkpointing = cfg.gradient_checkpointing
-    if checkpointing is None:
-        checkpointing = sum(p.numel() for p in model.parameters()) >= CHECKPOINTING_MIN_PARAMS
+    checkpointing = wants_checkpointing(cfg.gradient_checkpointing, model)
     args = sft_config(cfg, info, checkpointing=checkpointing, quiet=quiet)
     trainer_cls = SFTTrainer
     if cfg.batch_groups == "turns":

@@ -441,7 +441,7 @@ def train_rl_trl(
     import os
     import warnings
 
-    from sftrl.training.sft import CHECKPOINTING_MIN_PARAMS
+    from sftrl.training.sft import wants_checkpointing
 
     if cfg.rl.algo != "grpo":
         raise TRLGRPOError("--trainer trl runs GRPO only (TRL has no PPO trainer); pass --algo grpo")
@@ -494,11 +494,10 @@ def train_rl_trl(
         concurrency=cfg.concurrency,
         rollouts_dir=out / "rollouts",
     )
-    n_params = sum(p.numel() for p in policy.model.parameters())
     args = _grpo_args(
         cfg,
         _micro_batch(cfg.episodes_per_update, cfg.rl.minibatch_size),
-        n_params >= CHECKPOINTING_MIN_PARAMS,
+        wants_checkpointing(cfg.gradient_checkpointing, policy.model),
     )
 
     class _Progress(TrainerCallback):  # type: ignore[misc]
