@@ -105,7 +105,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(
 def test_rl_on_two_processes_plays_the_same_episodes_and_trains_like_one(
     tiny_text_model: Path, tmp_path: Path
 ) -> None:
-    common = ["train", "rl", "--model", str(tiny_text_model), "--algo", "grpo"]
+    # With a KL penalty: the reference model is the initial one, also after the resume.
+    common = ["train", "rl", "--model", str(tiny_text_model), "--algo", "grpo", "--kl-coef", "0.5"]
     common += ["--episodes-per-update", "4", "--group-size", "2", "--verify-iter", "1", "--concurrency", "1"]
     common += ["--max-new-tokens", "8", "--ppo-epochs", "1", "--lr", "1e-3", "--json"]
     one_args = [*common, "--out", str(tmp_path / "one"), "--minibatch-size", "4", "--max-steps", "2"]
@@ -131,12 +132,22 @@ def test_rl_on_two_processes_plays_the_same_episodes_and_trains_like_one(
         [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
         for d in ("one", "two")
     ]
-    for key in ("reward", "entropy", "policy_loss", "transitions", "flops"):
+    for key in ("reward", "entropy", "policy_loss", "kl", "transitions", "flops"):
         assert [r[key] for r in rows[1]] == pytest.approx([r[key] for r in rows[0]], rel=1e-4, abs=1e-5), key
     start, w1, w2 = _weights(tiny_text_model), _weights(tmp_path / "one"), _weights(tmp_path / "two")
     moved = max((w1[k] - start[k]).abs().max().item() for k in w1 if k in start)
     apart = max((w1[k] - w2[k]).abs().max().item() for k in w1)
     assert moved > 1e-3 and apart < 1e-5, (moved, apart)
+
+    # --fsdp shards the reference model as well; its passes are collectives like the policy's.
+    fsdp = [*common, "--out", str(tmp_path / "fsdp"), "--minibatch-size", "2", "--max-steps", "2", "--fsdp"]
+    _run([*_launch(2), *fsdp])
+    sharded = [json.loads(line) for line in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
+    assert sharded[1]["kl"] > 1e-4
+    for key in ("reward", "policy_loss", "kl"):
+        assert [r[key] for r in sharded] == pytest.approx([r[key] for r in rows[0]], rel=1e-4, abs=1e-5), key
+    w3 = _weights(tmp_path / "fsdp")
+    assert max((w1[k] - w3[k]).abs().max().item() for k in w1) < 1e-5
 
 
 def test_rl_with_fsdp_shards_yet_trains_like_ddp_and_resumes(

@@ -189,6 +189,10 @@ class Learner:
             # cast instead (fp32 masters, bf16 compute, fp32 gradient reduction).
             compute = torch.bfloat16 if str(accelerator.mixed_precision) == "bf16" else None
             shard(module, accelerator.device.type, compute)  # new parameters: the optimizer comes after
+            if ref_model is not None:
+                # GRPO's frozen reference: sharded alike (it is as large as the policy), so its passes
+                # are collectives too (``_in_step`` lines them up).
+                shard(ref_model, accelerator.device.type, compute)
         groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
         if module.value_head is not None:
             groups.append(
@@ -346,13 +350,13 @@ class Learner:
         most = int(self.accelerator.gather(local).max())
         return [*batches, *([None] * (most - len(batches)))]
 
-    def _idle_pass(self, items: Sequence[Transition], *, with_values: bool) -> Scored:
+    def _idle_pass(self, items: Sequence[Transition], *, with_values: bool, model: Any = None) -> Scored:
         """A pass over one transition whose result only feeds a zero loss, for the collectives of a
         step this process has no batch for; counted in no statistic."""
         if not items:
             raise RuntimeError("a process has no transitions to score: every process needs episodes")
         trained, scored = self.tokens_trained, self.tokens_scored
-        s = self.score([items[0]], with_values=with_values)
+        s = self.score([items[0]], with_values=with_values, model=model)
         self.tokens_trained, self.tokens_scored = trained, scored
         return s
 
@@ -495,7 +499,10 @@ class Learner:
         ref_lp: dict[int, torch.Tensor] = {}
         if cfg.algo == "grpo" and cfg.kl_coef > 0 and self.ref_model is not None:
             with torch.no_grad():
-                for chunk in self._batches(items):
+                for chunk in self._in_step(self._batches(items)):
+                    if chunk is None:
+                        self._idle_pass(items, with_values=False, model=self.ref_model)
+                        continue
                     s = self.score([items[i] for i in chunk], model=self.ref_model, with_values=False)
                     for j, i in enumerate(chunk):
                         ref_lp[i] = s.logprobs[j]

@@ -413,9 +413,16 @@ def train_rl(
     encode = encode or policy.encode_transition
     ref_model = None
     if cfg.rl.algo == "grpo" and cfg.rl.kl_coef > 0:
-        import copy
+        # The KL anchor is the initial model (--model), also when the policy resumes from a checkpoint.
+        if ckpt is None:
+            import copy
 
-        ref_model = copy.deepcopy(policy.model).eval()
+            ref_model = copy.deepcopy(policy.model).eval()
+        else:
+            from sftrl.agents.factory import make_trainable_policy
+
+            initial = make_trainable_policy(cfg.model, max_batch_size=1, device=str(accelerator.device))
+            ref_model = initial.model.eval()
     # Who samples, is evaluated, pushed and saved: the trained policy, or under --fsdp a full copy of it
     # that takes the gathered weights after each update (the trained one holds shards). Every process
     # needs one when it generates itself (hf, its own vLLM engine); with vLLM servers or logged
