@@ -132,6 +132,37 @@ def test_prompt_longer_than_the_context_is_scored_not_a_crash(text_policy: HFPol
     assert reply.text == "" and reply.finish_reason == "length"
 
 
+def test_a_trainers_mixed_precision_reaches_the_sampler_and_its_copies(text_policy: HFPolicy) -> None:
+    """``agent train rl`` under bf16 sets ``autocast_dtype``: replies are computed in bf16 (the fp32
+    weights stay), and the rollout copy an --fsdp or --async-rollouts run samples with inherits it."""
+    import torch
+
+    from sftrl.training.async_rollouts import hf_rollout_copy
+
+    def sample(policy: HFPolicy) -> tuple[set[Any], list[float]]:
+        dtypes: set[Any] = set()
+        hook = policy.model.lm_head.register_forward_hook(lambda m, a, out: dtypes.add(out.dtype))
+        try:
+            reply = asyncio.run(
+                policy.generate([HumanMessage(content="hi")], SamplingParams(max_new_tokens=4, seed=0))
+            )
+        finally:
+            hook.remove()
+        return dtypes, reply.logprobs
+
+    plain, plain_lp = sample(text_policy)
+    text_policy.autocast_dtype = torch.bfloat16
+    try:
+        half, half_lp = sample(text_policy)
+        copied, copied_lp = sample(hf_rollout_copy(text_policy, 2))
+    finally:
+        text_policy.autocast_dtype = None
+    assert plain == {torch.float32} and half == copied == {torch.bfloat16}
+    assert half_lp == copied_lp and half_lp != plain_lp
+    assert half_lp == pytest.approx(plain_lp, abs=0.05)
+    assert next(text_policy.model.parameters()).dtype == torch.float32
+
+
 def test_bad_model_path_and_options_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(HFPolicyError, match="no such model directory"):
         HFPolicy(tmp_path / "missing")

@@ -17,6 +17,7 @@ The same loading code serves local tiny models (:mod:`sftrl.agents.tiny`) and hu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,6 +310,9 @@ class HFPolicy:
         self.prefix_store = PrefixStore(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         self.batches: list[int] = []
         """Sizes of the generate calls made so far (dynamic batching, for benchmarks and tests)."""
+        self.autocast_dtype: Any = None
+        """A torch dtype to generate under ``torch.autocast`` in (a trainer's mixed precision: the
+        learner scores under it, so its sampler does too); None: the model's own dtype."""
 
     @classmethod
     def from_run_config(cls, run: Any) -> HFPolicy:
@@ -441,7 +445,12 @@ class HFPolicy:
                 [batch[i].sampling.top_p for i in live],
                 self.suppressed_token_ids,
             )
-            with torch.no_grad():
+            precision = (
+                torch.autocast(next(self.model.parameters()).device.type, dtype=self.autocast_dtype)
+                if self.autocast_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with torch.no_grad(), precision:
                 if self.fast_decode:
                     outs = self._decode(sampler, [encs[i] for i in live], budgets)
                 else:

@@ -47,7 +47,11 @@ def hf_rollout_copy(policy: Any, max_batch_size: int) -> Any:
     model = copy.deepcopy(policy.model).eval()
     for p in model.parameters():
         p.requires_grad_(False)  # the copy only generates: no autograd bookkeeping
-    return HFPolicy.from_model(model, policy.processor, name=policy.model_name, max_batch_size=max_batch_size)
+    rollout = HFPolicy.from_model(
+        model, policy.processor, name=policy.model_name, max_batch_size=max_batch_size
+    )
+    rollout.autocast_dtype = getattr(policy, "autocast_dtype", None)
+    return rollout
 
 
 def snapshot(model: Any) -> dict[str, Any]:

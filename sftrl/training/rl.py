@@ -163,10 +163,13 @@ class Learner:
 
         if checkpointing:
             # Keep each block's input only and recompute the block in backward. Non-reentrant: composes
-            # with DDP, FSDP2 (transformers checkpoints a block's forward, its hooks stay outside) and
-            # LoRA (no input needs requires_grad). Active only with gradients in train mode: in updates,
-            # not while sampling or scoring.
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            # with DDP, FSDP2 and LoRA (no input needs requires_grad). Active only with gradients in
+            # train mode: in updates, not while sampling or scoring.
+            kwargs = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:  # older transformers (5.18, the declared minimum) name it so
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.model = model
         self.fsdp = fsdp
         # Tokens the sampler never emits (e.g. image placeholders): excluded here too, so the scored

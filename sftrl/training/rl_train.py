@@ -410,6 +410,12 @@ def train_rl(
             apply_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_target, ckpt)
         except ValueError as exc:
             raise TransitionError(str(exc)) from None
+    if str(accelerator.mixed_precision) in ("bf16", "fp16") and hasattr(policy, "autocast_dtype"):
+        # accelerate autocasts the learner's forward (it prepares that module), not generation: the hf
+        # sampler (and the copies made of it below) generate under the same precision themselves.
+        policy.autocast_dtype = (
+            torch.bfloat16 if str(accelerator.mixed_precision) == "bf16" else torch.float16
+        )
     encode = encode or policy.encode_transition
     ref_model = None
     if cfg.rl.algo == "grpo" and cfg.rl.kl_coef > 0:
