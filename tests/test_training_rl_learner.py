@@ -256,3 +256,33 @@ def test_gradient_checkpointing_recomputes_each_block_and_trains_the_same(
     for key in ("reward", "policy_loss", "value_loss", "entropy"):
         assert [r[key] for r in rows_ckpt] == pytest.approx([r[key] for r in rows], abs=1e-6), key
     assert max((weights[k] - weights_ckpt[k]).abs().max().item() for k in weights) < 1e-6
+
+
+def test_lora_grpo_scores_its_kl_against_the_base_model_without_a_copy(model):
+    """GRPO's KL reference for a LoRA policy is the base model: the learner turns the adapters off
+    instead of holding a frozen copy, and the update is the one a copy of the base would give."""
+    import copy
+
+    from peft import get_peft_model
+
+    from sftrl.training.lora import lora_config
+
+    base = copy.deepcopy(model)
+
+    def lora_learner(ref_model):
+        torch.manual_seed(0)  # peft draws lora_A from torch's global generator
+        peft_model = get_peft_model(copy.deepcopy(model), lora_config(4, None, ["all-linear"]))
+        gen = torch.Generator().manual_seed(0)
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:  # adapters that already moved the policy away from the base
+                torch.nn.init.normal_(p, std=0.5, generator=gen)
+        rl = RLConfig(algo="grpo", kl_coef=0.5, lr=1e-2, minibatch_size=4)
+        return Learner(peft_model, encode, rl, ref_model=ref_model)
+
+    without_copy, with_copy = lora_learner(None), lora_learner(base)
+    for _ in range(2):
+        got, want = without_copy.update(batch_of(without_copy)), with_copy.update(batch_of(with_copy))
+        assert got["kl"] > 1e-4 and got["kl"] == pytest.approx(want["kl"], abs=1e-7)
+    trained = dict(without_copy.model.named_parameters())
+    for name, p in with_copy.model.named_parameters():
+        assert torch.equal(trained[name], p), name

@@ -11,9 +11,10 @@ official batch size 1 with 128 accumulation steps. Runs on plain torch, so ``acc
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sftrl.training.advantages import gae, group_advantages, normalize
 from sftrl.training.batching import length_batches
+from sftrl.training.lora import is_lora
 from sftrl.training.transitions import EpisodeBatch, Transition
 
 if TYPE_CHECKING:
@@ -340,6 +342,16 @@ class Learner:
             out.append((chunk, self.score(chunk, with_values=with_values)))
         return out
 
+    @contextlib.contextmanager
+    def _reference(self) -> Iterator[Any]:
+        """The model GRPO's KL penalty scores against: the frozen ``ref_model``, or for a LoRA policy
+        without one the base model itself, i.e. the policy with its adapters off (no second copy)."""
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        with self.model.disable_adapter():
+            yield self.model
+
     # -- several processes --------------------------------------------------------------------------
     def _in_step(self, batches: list[list[int]]) -> list[list[int] | None]:
         """``batches`` padded with ``None`` to the most any process has: every process then runs as
@@ -500,13 +512,13 @@ class Learner:
         # return): reported so that an update without any signal is visible, not a silent no-op.
         zero_adv = sum(1 for a in adv if abs(a) < 1e-8) / max(len(adv), 1)
         ref_lp: dict[int, torch.Tensor] = {}
-        if cfg.algo == "grpo" and cfg.kl_coef > 0 and self.ref_model is not None:
-            with torch.no_grad():
+        if cfg.algo == "grpo" and cfg.kl_coef > 0 and (self.ref_model is not None or is_lora(self.model)):
+            with torch.no_grad(), self._reference() as ref:
                 for chunk in self._in_step(self._batches(items)):
                     if chunk is None:
-                        self._idle_pass(items, with_values=False, model=self.ref_model)
+                        self._idle_pass(items, with_values=False, model=ref)
                         continue
-                    s = self.score([items[i] for i in chunk], model=self.ref_model, with_values=False)
+                    s = self.score([items[i] for i in chunk], model=ref, with_values=False)
                     for j, i in enumerate(chunk):
                         ref_lp[i] = s.logprobs[j]
         stats: dict[str, list[float]] = {

@@ -418,8 +418,9 @@ def train_rl(
         )
     encode = encode or policy.encode_transition
     ref_model = None
-    if cfg.rl.algo == "grpo" and cfg.rl.kl_coef > 0:
-        # The KL anchor is the initial model (--model), also when the policy resumes from a checkpoint.
+    # The KL anchor is the initial model (--model), also when the policy resumes from a checkpoint.
+    # With LoRA that is the base model: the learner scores with the adapters off (no copy).
+    if cfg.rl.algo == "grpo" and cfg.rl.kl_coef > 0 and not cfg.lora_r:
         if ckpt is None:
             import copy
 
