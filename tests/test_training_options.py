@@ -129,3 +129,28 @@ def test_an_fsdp_request_accelerate_ignores_is_refused(monkeypatch):
     ):
         check_distributed_type(cpu)
     check_distributed_type(SimpleNamespace(distributed_type=DistributedType.FSDP))
+
+
+def test_activation_checkpointing_default_and_refusal():
+    import torch
+    import transformers
+
+    from sftrl.training.sft import CHECKPOINTING_MIN_PARAMS, wants_checkpointing
+
+    def llama(hidden: int) -> transformers.LlamaForCausalLM:
+        config = transformers.LlamaConfig(
+            vocab_size=32000, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=4,
+            num_attention_heads=8, num_key_value_heads=8,
+        )  # fmt: skip
+        with torch.device("meta"):  # shapes only: no memory for the 100M+ one
+            return transformers.LlamaForCausalLM(config)
+
+    large, small = llama(1024), llama(64)
+    assert sum(p.numel() for p in large.parameters()) >= CHECKPOINTING_MIN_PARAMS
+    assert wants_checkpointing(None, large) and not wants_checkpointing(None, small)
+    assert wants_checkpointing(True, small) and not wants_checkpointing(False, large)
+    with torch.device("meta"):
+        plain = torch.nn.Sequential(*(torch.nn.Linear(8192, 8192) for _ in range(2)))  # no such support
+    assert not wants_checkpointing(None, plain)  # the default skips it
+    with pytest.raises(ValueError, match="Sequential does not support activation checkpointing: drop"):
+        wants_checkpointing(True, plain)

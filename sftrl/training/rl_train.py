@@ -441,6 +441,10 @@ def train_rl(
 
         sampler = hf_rollout_copy(policy, cfg.concurrency) if main or copies_everywhere else None
     n_model_params = n_params(policy.model)
+    try:
+        checkpointing = wants_checkpointing(cfg.gradient_checkpointing, policy.model)
+    except ValueError as exc:
+        raise TransitionError(str(exc)) from None
     learner = Learner(
         policy.model,
         encode,
@@ -450,7 +454,7 @@ def train_rl(
         accelerator=accelerator,
         suppressed_token_ids=getattr(policy, "suppressed_token_ids", ()),
         fsdp=cfg.fsdp,
-        checkpointing=wants_checkpointing(cfg.gradient_checkpointing, policy.model),
+        checkpointing=checkpointing,
     )
     if ckpt is not None and (ckpt / STATE_FILE).exists():
         try:

@@ -50,10 +50,16 @@ CHECKPOINTING_MIN_PARAMS = 100_000_000
 
 def wants_checkpointing(setting: bool | None, model: Any) -> bool:
     """Whether to train ``model`` with activation checkpointing: ``setting`` when given, else on for
-    models of at least :data:`CHECKPOINTING_MIN_PARAMS` parameters (it only costs time on small ones)."""
+    models of at least :data:`CHECKPOINTING_MIN_PARAMS` parameters (it only costs time on small ones)
+    that support it. Asking for it on a model that does not is a ``ValueError``."""
+    supported = bool(getattr(model, "supports_gradient_checkpointing", False))
+    if setting and not supported:
+        raise ValueError(
+            f"{type(model).__name__} does not support activation checkpointing: drop --gradient-checkpointing"
+        )
     if setting is not None:
         return setting
-    return sum(p.numel() for p in model.parameters()) >= CHECKPOINTING_MIN_PARAMS
+    return supported and sum(p.numel() for p in model.parameters()) >= CHECKPOINTING_MIN_PARAMS
 
 
 class SFTError(ValueError):
@@ -302,7 +308,10 @@ def build_trainer(
     """The configured ``SFTTrainer`` (loss masking by row format, LoRA when asked)."""
     from trl import SFTTrainer
 
-    checkpointing = wants_checkpointing(cfg.gradient_checkpointing, model)
+    try:
+        checkpointing = wants_checkpointing(cfg.gradient_checkpointing, model)
+    except ValueError as exc:
+        raise SFTError(str(exc)) from None
     args = sft_config(cfg, info, checkpointing=checkpointing, quiet=quiet)
     trainer_cls = SFTTrainer
     if cfg.batch_groups == "turns":

@@ -494,11 +494,11 @@ def train_rl_trl(
         concurrency=cfg.concurrency,
         rollouts_dir=out / "rollouts",
     )
-    args = _grpo_args(
-        cfg,
-        _micro_batch(cfg.episodes_per_update, cfg.rl.minibatch_size),
-        wants_checkpointing(cfg.gradient_checkpointing, policy.model),
-    )
+    try:
+        checkpointing = wants_checkpointing(cfg.gradient_checkpointing, policy.model)
+    except ValueError as exc:
+        raise TRLGRPOError(str(exc)) from None
+    args = _grpo_args(cfg, _micro_batch(cfg.episodes_per_update, cfg.rl.minibatch_size), checkpointing)
 
     class _Progress(TrainerCallback):  # type: ignore[misc]
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
