@@ -9,7 +9,8 @@ gathers the full weights into the sampling copy as ``agent train rl --fsdp`` doe
 Each process reports the bytes it holds of parameters, gradients and optimizer state (its shards:
 ``DTensor.to_local``) and of the sampling copy; the table shows the largest process. A second table
 shows what a checkpoint gathers on each process (``Learner.checkpoint_state``: under ``fsdp`` the full
-optimizer state goes to the main process only). Bytes, not time.
+optimizer state goes to the main process only) and the bytes of GRPO's KL reference model each process
+holds (``--kl-coef``: sharded under ``fsdp``). Bytes, not time.
 """
 
 from __future__ import annotations
@@ -57,7 +58,12 @@ def worker(args: argparse.Namespace) -> None:
         if fsdp:  # what --fsdp keeps besides the shards: the full copy that samples
             sampler_model = copy_model(model)
             copy_bytes = _local_bytes(list(sampler_model.parameters()))
-        learner = Learner(model, lambda t: {}, RLConfig(algo="ppo"), accelerator=accelerator, fsdp=fsdp)
+        # GRPO's KL reference (a frozen copy of the initial model), given to the learner as `agent train
+        # rl --kl-coef` does: sharded under fsdp, whole under DDP. Unused by the PPO step measured here.
+        reference = copy_model(model)
+        learner = Learner(
+            model, lambda t: {}, RLConfig(algo="ppo"), accelerator=accelerator, fsdp=fsdp, ref_model=reference
+        )
         ids = torch.randint(0, args.vocab, (2, 32))
         logits, values = learner.module(
             value_index=torch.tensor([31, 31]), input_ids=ids, attention_mask=torch.ones_like(ids)
@@ -80,6 +86,7 @@ def worker(args: argparse.Namespace) -> None:
             "optimizer": _local_bytes(moments),
             "copy": copy_bytes,
             "checkpoint": _state_bytes(ckpt),
+            "reference": _local_bytes(list(reference.parameters())),
         }
         with open(args.worker_out, "a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -166,8 +173,10 @@ def main() -> None:
             )
             summary.append({**r, "total_vs_ddp": ratio})
     console.print(table)
-    ckpt_table = Table(title="Checkpoint state gathered per process (Learner.checkpoint_state, MiB)")
-    for col in ("processes", "layout", "main process", "each other process", "all processes"):
+    ckpt_table = Table(
+        title="Checkpoint state gathered per process (Learner.checkpoint_state) and GRPO's KL reference, MiB"
+    )
+    for col in ("processes", "layout", "ckpt: main process", "ckpt: each other", "ckpt: all", "KL reference"):
         ckpt_table.add_column(col, justify="right")
     checkpoints = []
     for n in args.processes:
@@ -176,12 +185,22 @@ def main() -> None:
             main_bytes = next(r["checkpoint"] for r in mine if r["rank"] == 0)
             others = max(r["checkpoint"] for r in mine if r["rank"] != 0)
             total = sum(r["checkpoint"] for r in mine)
-            ckpt_table.add_row(str(n), layout, *(f"{b / MIB:.1f}" for b in (main_bytes, others, total)))
+            reference = max(r["reference"] for r in mine)
+            ckpt_table.add_row(
+                str(n), layout, *(f"{b / MIB:.1f}" for b in (main_bytes, others, total, reference))
+            )
             checkpoints.append(
-                {"processes": n, "layout": layout, "main": main_bytes, "others": others, "all": total}
+                {
+                    "processes": n,
+                    "layout": layout,
+                    "main": main_bytes,
+                    "others": others,
+                    "all": total,
+                    "reference": reference,
+                }
             )
     console.print(ckpt_table)
-    summary.append({"checkpoint_state": checkpoints})
+    summary.append({"checkpoint_state_and_reference": checkpoints})
     (args.out / "fsdp_rl.json").write_text(json.dumps(summary, indent=1))
     console.print(f"wrote {args.out / 'fsdp_rl.json'}")
 
