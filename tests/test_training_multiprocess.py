@@ -186,8 +186,9 @@ def test_rl_with_fsdp_shards_yet_trains_like_ddp_and_resumes(
 
     import torch
 
-    # bf16 compute (FSDP2's mixed precision): log-probs drift from the fp32 sampler's by a bf16-sized
-    # gap (fp32: ~1e-7), the masters and what is saved stay fp32, and the update goes where fp32's went.
+    # bf16 compute (FSDP2's mixed precision): the learner's bf16-cast weights drift from the sampler's
+    # bf16 autocast by a bf16-sized gap (fp32: ~1e-7), the masters and what is saved stay fp32, and the
+    # update goes where fp32's went.
     # With activation checkpointing too (each block recomputed inside FSDP2's gather; exact in fp32:
     # tests/test_training_rl_learner.py).
     bf16 = [
