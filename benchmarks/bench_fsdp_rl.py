@@ -7,10 +7,12 @@ machine without GPUs) of this script's worker, which builds a random Llama-style
 backward + optimizer step on a random batch (so AdamW allocates its moments) and, under ``fsdp``,
 gathers the full weights into the sampling copy as ``agent train rl --fsdp`` does after each update.
 Each process reports the bytes it holds of parameters, gradients and optimizer state (its shards:
-``DTensor.to_local``) and of the sampling copy; the table shows the largest process. A second table
-shows what a checkpoint gathers on each process (``Learner.checkpoint_state``: under ``fsdp`` the full
-optimizer state goes to the main process only) and the bytes of GRPO's KL reference model each process
-holds (``--kl-coef``: sharded under ``fsdp``). Bytes, not time.
+``DTensor.to_local``) and of the sampling copy (fp32, and bf16 as ``--fsdp`` keeps it under
+``--mixed_precision bf16``, where the shards and AdamW stay fp32); the table shows the largest
+process. A second table shows what a checkpoint gathers on each process
+(``Learner.checkpoint_state``: under ``fsdp`` the full optimizer state goes to the main process only)
+and the bytes of GRPO's KL reference model each process holds (``--kl-coef``: sharded under
+``fsdp``). Bytes, not time.
 """
 
 from __future__ import annotations
@@ -53,11 +55,13 @@ def worker(args: argparse.Namespace) -> None:
     accelerator = Accelerator(cpu=True)
     for fsdp in (False, True):
         model = random_llama(args.hidden, args.layers, args.vocab)
-        copy_bytes = 0
-        sampler_model = None
+        copy_bytes = copy_bf16_bytes = 0
+        sampler_model = sampler_bf16 = None
         if fsdp:  # what --fsdp keeps besides the shards: the full copy that samples
             sampler_model = copy_model(model)
             copy_bytes = _local_bytes(list(sampler_model.parameters()))
+            sampler_bf16 = copy_model(model, torch.bfloat16)  # the copy under --mixed_precision bf16
+            copy_bf16_bytes = _local_bytes(list(sampler_bf16.parameters()))
         # GRPO's KL reference (a frozen copy of the initial model), given to the learner as `agent train
         # rl --kl-coef` does: sharded under fsdp, whole under DDP. Unused by the PPO step measured here.
         reference = copy_model(model)
@@ -73,8 +77,11 @@ def worker(args: argparse.Namespace) -> None:
         grads = [p.grad for p in params if p.grad is not None]
         learner.optimizer.step()
         moments = [v for s in learner.optimizer.optimizer.state.values() for v in s.values() if v.dim() > 0]
-        if sampler_model is not None:
-            sampler_model.load_state_dict(learner.full_policy_state())  # the per-update gather
+        if sampler_model is not None and sampler_bf16 is not None:
+            full = learner.full_policy_state()  # the per-update gather
+            sampler_model.load_state_dict(full)
+            sampler_bf16.load_state_dict(full)
+            del full
         # As `agent train rl` checkpoints: a collective under fsdp, the main process alone under DDP.
         ckpt = learner.checkpoint_state() if fsdp or accelerator.is_main_process else {}
         row = {
@@ -85,6 +92,7 @@ def worker(args: argparse.Namespace) -> None:
             "grads": _local_bytes(grads),
             "optimizer": _local_bytes(moments),
             "copy": copy_bytes,
+            "copy_bf16": copy_bf16_bytes,
             "checkpoint": _state_bytes(ckpt),
             "reference": _local_bytes(list(reference.parameters())),
         }
@@ -105,11 +113,14 @@ def _state_bytes(obj: Any) -> int:
     return 0
 
 
-def copy_model(model: Any) -> Any:
-    """A frozen deep copy, as :func:`sftrl.training.async_rollouts.hf_rollout_copy` makes."""
+def copy_model(model: Any, dtype: Any = None) -> Any:
+    """A frozen deep copy (cast to ``dtype`` if given), as
+    :func:`sftrl.training.async_rollouts.hf_rollout_copy` makes."""
     import copy
 
     clone = copy.deepcopy(model).eval()
+    if dtype is not None:
+        clone = clone.to(dtype)
     for p in clone.parameters():
         p.requires_grad_(False)
     return clone
@@ -148,7 +159,9 @@ def main() -> None:
         if proc.returncode != 0:
             raise SystemExit(f"the {n}-process launch failed:\n{proc.stderr[-3000:]}")
     rows = [json.loads(line) for line in lines.read_text().splitlines()]
-    table = Table(title=f"RL learner state per process (PPO, Llama {args.hidden}x{args.layers}, fp32, MiB)")
+    table = Table(
+        title=f"RL learner state per process (PPO, Llama {args.hidden}x{args.layers}, fp32 masters, MiB)"
+    )
     for col in ("processes", "layout", "params", "grads", "AdamW", "train state", "sampling copy", "total"):
         table.add_column(col, justify="right")
     table.add_column("total vs DDP", justify="right")
@@ -160,6 +173,16 @@ def main() -> None:
             worst = max(mine, key=lambda r: r["params"] + r["grads"] + r["optimizer"] + r["copy"])
             train = worst["params"] + worst["grads"] + worst["optimizer"]
             by_layout[layout] = {**worst, "train_state": train, "total": train + worst["copy"]}
+            if layout == "fsdp":  # the same shards; under bf16 compute the sampling copy is bf16
+                bf16 = max(mine, key=lambda r: r["params"] + r["grads"] + r["optimizer"] + r["copy_bf16"])
+                train = bf16["params"] + bf16["grads"] + bf16["optimizer"]
+                by_layout["fsdp, bf16"] = {
+                    **bf16,
+                    "layout": "fsdp, bf16",
+                    "copy": bf16["copy_bf16"],
+                    "train_state": train,
+                    "total": train + bf16["copy_bf16"],
+                }
         for layout, r in by_layout.items():
             ratio = r["total"] / by_layout["ddp"]["total"]
             table.add_row(

@@ -186,9 +186,9 @@ def test_rl_with_fsdp_shards_yet_trains_like_ddp_and_resumes(
 
     import torch
 
-    # bf16 compute (FSDP2's mixed precision): the learner's bf16-cast weights drift from the sampler's
-    # bf16 autocast by a bf16-sized gap (fp32: ~1e-7), the masters and what is saved stay fp32, and the
-    # update goes where fp32's went.
+    # bf16 compute (FSDP2's mixed precision): the learner's bf16-cast weights and the sampling copy's
+    # bf16 weights score apart by a bf16-sized gap (fp32: ~1e-7), the masters and what is saved stay
+    # fp32 (gathered, not the copy's), and the update goes where fp32's went.
     # With activation checkpointing too (each block recomputed inside FSDP2's gather; exact in fp32:
     # tests/test_training_rl_learner.py).
     bf16 = [
@@ -206,7 +206,11 @@ def test_rl_with_fsdp_shards_yet_trains_like_ddp_and_resumes(
     for key in ("entropy", "value_loss"):  # update 1: the same batch, scored in bf16 vs fp32
         assert bf16_rows[0][key] == pytest.approx(rows["ddp"][0][key], rel=0.01), key
     half = _weights(tmp_path / "bf16")
-    assert {v.dtype for v in half.values()} == {torch.float32}
+    assert {v.dtype for v in half.values()} == {torch.float32} and sorted(half) == sorted(ddp)
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "float32"
+    for rank_dir in ("update-00000", "update-00000-rank1"):  # every process samples with a bf16 copy
+        episode = (tmp_path / "bf16" / "rollouts" / rank_dir / "episodes.jsonl").read_text().splitlines()[0]
+        assert json.loads(episode)["policy"]["dtype"] == "bfloat16"
 
     def update(w: dict) -> torch.Tensor:
         return torch.cat([(w[k] - start[k]).flatten() for k in sorted(start) if k in w])

@@ -343,8 +343,11 @@ class HFPolicy:
             "vision": self.vision,
         }
 
-    def save_pretrained(self, path: str | Path) -> None:
-        self.model.save_pretrained(path)
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, Any] | None = None) -> None:
+        """The model and its processor, as ``from_pretrained`` loads them; ``state_dict`` (full
+        tensors by this model's names): weights to write instead of the model's own (e.g. gathered
+        from FSDP shards, whose module keeps the config and dtype)."""
+        self.model.save_pretrained(path, state_dict=state_dict)
         self.processor.save_pretrained(path)
 
     # -- encoding ----------------------------------------------------------------------------------

@@ -38,13 +38,16 @@ class VersionedPolicy:
         return getattr(self._inner, name)
 
 
-def hf_rollout_copy(policy: Any, max_batch_size: int) -> Any:
-    """A second :class:`~sftrl.agents.hf_policy.HFPolicy` over a deep copy of ``policy``'s model."""
+def hf_rollout_copy(policy: Any, max_batch_size: int, dtype: Any = None) -> Any:
+    """A second :class:`~sftrl.agents.hf_policy.HFPolicy` over a deep copy of ``policy``'s model,
+    its weights cast to ``dtype`` (a torch dtype) if given."""
     import copy
 
     from sftrl.agents.hf_policy import HFPolicy
 
     model = copy.deepcopy(policy.model).eval()
+    if dtype is not None:
+        model = model.to(dtype)
     for p in model.parameters():
         p.requires_grad_(False)  # the copy only generates: no autograd bookkeeping
     rollout = HFPolicy.from_model(

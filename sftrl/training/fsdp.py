@@ -57,8 +57,15 @@ def full_model_state(module: Any, everyone: bool = True) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=not everyone)
-    state = get_model_state_dict(module, options=options)
-    return {k: v.detach().cpu() for k, v in state.items()}
+    state = {k: v.detach().cpu() for k, v in get_model_state_dict(module, options=options).items()}
+    # Each name of a tied parameter (lm_head = embed_tokens) gets its own gathered tensor; alias them
+    # again, so the tie survives (transformers' save_pretrained finds ties by shared storage).
+    first: dict[int, str] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        owner = first.setdefault(id(param), name)
+        if owner != name and name in state and owner in state:
+            state[name] = state[owner]
+    return state
 
 
 def full_optimizer_state(module: Any, optimizer: Any) -> dict[str, Any]:

@@ -196,13 +196,20 @@ def check_fsdp(cfg: RLRunConfig, world: int, mixed_precision: str) -> None:
         )
 
 
-def _save(policy: Any, learner: Learner, path: Path, meta: dict[str, Any], state: dict[str, Any]) -> None:
-    """Write a checkpoint: ``policy`` (full weights) and the learner's ``state``
-    (:meth:`~sftrl.training.rl.Learner.checkpoint_state`, gathered by every process under --fsdp)."""
+def _save(
+    policy: Any,
+    learner: Learner,
+    path: Path,
+    meta: dict[str, Any],
+    state: dict[str, Any],
+    weights: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint: ``policy`` (its full weights, or ``weights`` gathered from --fsdp shards)
+    and the learner's ``state`` (:meth:`~sftrl.training.rl.Learner.checkpoint_state`)."""
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    policy.save_pretrained(tmp)
+    policy.save_pretrained(tmp, state_dict=weights)
     learner.save_state(tmp / STATE_FILE, state)
     (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=1))
     if path.exists():
@@ -430,16 +437,22 @@ def train_rl(
 
             initial = make_trainable_policy(cfg.model, max_batch_size=1, device=str(accelerator.device))
             ref_model = initial.model.eval()
-    # Who samples, is evaluated, pushed and saved: the trained policy, or under --fsdp a full copy of it
-    # that takes the gathered weights after each update (the trained one holds shards). Every process
+    # Who samples, is evaluated and pushed: the trained policy, or under --fsdp a full copy of it that
+    # takes the gathered weights after each update (the trained one holds shards). Every process
     # needs one when it generates itself (hf, its own vLLM engine); with vLLM servers or logged
-    # episodes only the main process does (pushes, evaluation, checkpoints).
+    # episodes only the main process does (pushes, evaluation). Under bf16 the copy holds bf16
+    # weights, as FSDP2 computes with (half the memory); checkpoints save the gathered fp32 weights.
     sampler = policy
     copies_everywhere = collects_rollouts(cfg) and cfg.rollout_policy != "vllm"
+    full: dict[str, Any] | None = None  # --fsdp: the latest gathered weights (main process)
     if cfg.fsdp:
         from sftrl.training.async_rollouts import hf_rollout_copy
 
-        sampler = hf_rollout_copy(policy, cfg.concurrency) if main or copies_everywhere else None
+        copy_dtype = torch.bfloat16 if str(accelerator.mixed_precision) == "bf16" else None
+        if main or copies_everywhere:
+            sampler = hf_rollout_copy(policy, cfg.concurrency, dtype=copy_dtype)
+        else:
+            sampler = None
     n_model_params = n_params(policy.model)
     try:
         checkpointing = wants_checkpointing(cfg.gradient_checkpointing, policy.model)
@@ -613,7 +626,7 @@ def train_rl(
                 state = learner.checkpoint_state() if main or cfg.fsdp else {}
                 if main:
                     meta = {"update": update + 1, "flops": flops.total, **cfg.model_dump(mode="json")}
-                    _save(sampler, learner, out / f"checkpoint-{update + 1}", meta, state)
+                    _save(policy, learner, out / f"checkpoint-{update + 1}", meta, state, full)
     finally:
         if producer is not None:
             producer.close()  # after the collection in progress: no rollout writes after train_rl
@@ -627,14 +640,16 @@ def train_rl(
         state = learner.checkpoint_state() if main or cfg.fsdp else {}
         if main:
             meta = {"update": last, "flops": flops.total}
-            _save(sampler, learner, out / f"checkpoint-{last}", meta, state)
+            _save(policy, learner, out / f"checkpoint-{last}", meta, state, full)
+    if cfg.fsdp and full is None:  # no update ran here: the weights as loaded (a collective)
+        full = learner.full_policy_state(everyone=False)
     if main:
         if cfg.lora_r:
             from sftrl.training.lora import save_final
 
             save_final(policy, out, cfg.merge)
         else:
-            sampler.save_pretrained(out)
+            policy.save_pretrained(out, state_dict=full)
         plot_metrics(out)
         if specs:
             plot_evals(out, f"RL ({cfg.rl.algo}) {Path(cfg.model).name}: evaluation")
