@@ -124,6 +124,12 @@ def test_trl_grpo_needs_grpo(
     args = ["train", "rl", "--trainer", "trl", "--algo", "ppo", "--model", str(tiny_text_model)]
     assert main([*args, "--out", str(tmp_path / "o")]) == 2
     assert "GRPO only" in capsys.readouterr().err
+    # Options only the own learner honours are refused in one line, not silently dropped.
+    args[args.index("ppo")] = "grpo"
+    for flag, says in ((["--fsdp"], "--fsdp is for --trainer sftrl"), (["--track-episodes", "2"], "episode")):
+        assert main([*args, "--out", str(tmp_path / "o"), *flag]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
 
 
 def test_train_rl_with_trl_grpo_then_run_the_checkpoint(
@@ -152,29 +158,44 @@ def test_train_rl_with_trl_grpo_then_run_the_checkpoint(
         "--group-size",
         "2",
         "--ppo-epochs",
-        "1",
+        "2",
         "--max-new-tokens",
         "16",
         "--save-every",
         "1",
         "--report-to",
         "tensorboard",
+        "--eval-env",
+        "id=gp:verify_iter=1,episodes=2",
+        "--eval-every",
+        "1",
+        "--eval-max-new-tokens",
+        "8",
         "--json",
     ]
     assert main(args) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert metrics["trainer"] == "trl" and metrics["step"] == 2
-    for key in ("loss", "reward", "entropy"):
-        assert abs(metrics[key]) < float("inf")  # finite (NaN fails too)
-    assert metrics["episode/turns"] == 2.0  # multi-turn: the attempt and the one after feedback
+    assert metrics["trainer"] == "trl" and metrics["step"] == 4 and metrics["update"] == 2
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logged] == [1, 2]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4]
+    generated = logged[2]  # rewards are logged on the steps that generated: 1 and 3
+    for key in ("loss", "reward", "entropy"):
+        assert abs(generated[key]) < float("inf")  # finite (NaN fails too)
+    assert generated["episode/turns"] == 2.0  # multi-turn: the attempt and the one after feedback
+    # Evaluated between updates (2 optimizer steps each) as --trainer sftrl does: before the first,
+    # after each, on the weights being trained; the FLOPs grow with each update's batch.
+    evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 1, 2] and all(e["id"]["episodes"] == 2 for e in evals)
+    assert 0 == evals[0]["flops"] < evals[1]["flops"] < evals[2]["flops"] == metrics["flops"]
+    assert (out / "eval" / "step-000002" / "id" / "episodes.jsonl").exists()
+    assert (out / "eval_curve.png").exists()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(out / "tensorboard"))
-    acc.Reload()  # --report-to gets TRL's log entries
+    acc.Reload()  # --report-to gets TRL's log entries and the evaluations
     assert [e.value for e in acc.Scalars("loss")] == pytest.approx([r["loss"] for r in logged])
-    assert (out / "checkpoint-2" / "model.safetensors").exists()
+    assert [e.step for e in acc.Scalars("eval/id/success_rate")] == [0, 2, 4]
+    assert (out / "checkpoint-4" / "model.safetensors").exists()
     episodes = (out / "rollouts" / "step-00000" / "episodes.jsonl").read_text().splitlines()
     assert len(episodes) == 4
     # The trained model runs as a policy.

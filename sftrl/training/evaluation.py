@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,92 @@ def plot_evals(out: Path, title: str) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def budget_eval_callback(
+    cfg: Any,
+    specs: list[EvalSpec],
+    progress: Callable[[str], None],
+    *,
+    out: Path,
+    model_name: str,
+    seed: int,
+    flops: Callable[[Any, int], float],
+    steps_per_point: int = 1,
+    on_eval: Callable[[dict[str, Any], Any], None] | None = None,
+) -> Any:
+    """A ``transformers.TrainerCallback`` for the TRL trainers (``train sft``, ``train rl --trainer
+    trl``) that applies ``cfg``'s :class:`~sftrl.training.config.BudgetEvalOptions`: stop once past
+    ``max_flops`` and evaluate ``specs`` at the start, every ``eval_every`` points, each time another
+    ``eval_flops`` have passed, and at the end.
+
+    A point is ``steps_per_point`` optimizer steps (1 for SFT; an RL update is ``--ppo-epochs``
+    steps): evaluations and the budget check happen only between points, and ``eval.jsonl`` rows are
+    labelled with the point. ``flops(state, n_params)`` is the training compute so far. ``on_eval``
+    gets each evaluation row and the trainer state (e.g. for trackers). One process evaluates (every
+    data-parallel rank has the same weights)."""
+    from transformers import TrainerCallback
+
+    class _BudgetEval(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.n = 0
+            self.last_eval: int | None = None
+            self.next_flops: float | None = None
+
+        def flops(self, state: Any) -> float:
+            return flops(state, self.n)
+
+        def _eval(self, state: Any, model: Any, processing_class: Any, final: bool = False) -> None:
+            point = state.global_step // steps_per_point
+            if not specs or self.last_eval == point or not state.is_world_process_zero:
+                return
+            from sftrl.agents.hf_policy import HFPolicy
+
+            policy = HFPolicy.from_model(
+                model, processing_class, name=model_name, max_batch_size=64, seed=seed
+            )
+            row = evaluate(
+                policy,
+                specs,
+                out,
+                step=point,
+                flops=self.flops(state),
+                episodes=cfg.eval_episodes,
+                seed=cfg.eval_seed,
+                max_new_tokens=cfg.eval_max_new_tokens,
+                final=final,
+            )
+            self.last_eval = point
+            if on_eval is not None:
+                on_eval(row, state)
+            label = "step" if steps_per_point == 1 else "update"
+            progress(f"eval {label} {point}: {summary_line(row)}")
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            self.n = n_params(model)
+            self.next_flops = cfg.eval_flops
+            if cfg.eval_flops:
+                while self.next_flops <= self.flops(state):
+                    self.next_flops += cfg.eval_flops
+            if state.global_step == 0 and cfg.eval_at_start:
+                self._eval(state, model, kw.get("processing_class"))
+
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            if state.global_step % steps_per_point:
+                return  # inside a point (an RL update's later epochs): neither stop nor evaluate
+            spent = self.flops(state)
+            if cfg.max_flops is not None and spent >= cfg.max_flops:
+                control.should_training_stop = True  # the final evaluation runs in on_train_end
+                return
+            due = bool(cfg.eval_every and (state.global_step // steps_per_point) % cfg.eval_every == 0)
+            if self.next_flops is not None and spent >= self.next_flops:
+                due = True
+                while self.next_flops <= spent:
+                    self.next_flops += cfg.eval_flops or spent
+            if due and state.global_step < state.max_steps:  # the last evaluation runs in on_train_end
+                self._eval(state, model, kw.get("processing_class"))
+
+        def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            self._eval(state, model, kw.get("processing_class"), final=True)
+
+    return _BudgetEval()

@@ -368,74 +368,6 @@ def _progress_callback(progress: Callable[[str], None], step_times: list[float])
     return _Progress()
 
 
-def _budget_eval_callback(cfg: SFTTrainConfig, specs: list[Any], progress: Callable[[str], None]) -> Any:
-    """Stops at ``cfg.max_flops`` and evaluates on ``cfg.eval_env`` at step 0, every ``eval_every``
-    steps and at the end (FLOPs = 6·N·non-padding tokens seen)."""
-    from transformers import TrainerCallback
-
-    from sftrl.training.evaluation import evaluate, n_params, summary_line
-
-    class _BudgetEval(TrainerCallback):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.n = 0
-            self.last_eval: int | None = None
-            self.next_flops: float | None = None
-
-        def flops(self, state: Any) -> float:
-            return 6.0 * self.n * float(state.num_input_tokens_seen)
-
-        def _eval(self, state: Any, model: Any, processing_class: Any, final: bool = False) -> None:
-            # One process evaluates (the weights are the same on every data-parallel rank).
-            if not specs or self.last_eval == state.global_step or not state.is_world_process_zero:
-                return
-            from sftrl.agents.hf_policy import HFPolicy
-
-            policy = HFPolicy.from_model(
-                model, processing_class, name=str(cfg.model), max_batch_size=64, seed=cfg.seed
-            )
-            row = evaluate(
-                policy,
-                specs,
-                cfg.out,
-                step=state.global_step,
-                flops=self.flops(state),
-                episodes=cfg.eval_episodes,
-                seed=cfg.eval_seed,
-                max_new_tokens=cfg.eval_max_new_tokens,
-                final=final,
-            )
-            self.last_eval = state.global_step
-            progress(f"eval step {state.global_step}: {summary_line(row)}")
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-            self.n = n_params(model)
-            self.next_flops = cfg.eval_flops
-            if cfg.eval_flops:
-                while self.next_flops <= self.flops(state):
-                    self.next_flops += cfg.eval_flops
-            if state.global_step == 0 and cfg.eval_at_start:
-                self._eval(state, model, kw.get("processing_class"))
-
-        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-            flops = self.flops(state)
-            if cfg.max_flops is not None and flops >= cfg.max_flops:
-                control.should_training_stop = True  # the final evaluation runs in on_train_end
-                return
-            due = bool(cfg.eval_every and state.global_step % cfg.eval_every == 0)
-            if self.next_flops is not None and flops >= self.next_flops:
-                due = True
-                while self.next_flops <= flops:
-                    self.next_flops += cfg.eval_flops or flops
-            if due and state.global_step < state.max_steps:  # the last evaluation runs in on_train_end
-                self._eval(state, model, kw.get("processing_class"))
-
-        def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-            self._eval(state, model, kw.get("processing_class"), final=True)
-            self.final_flops = self.flops(state)
-
-    return _BudgetEval()
-
-
 def loss_curve(log_history: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Train and eval loss points from ``trainer.state.log_history``."""
     train, evals = [], []
@@ -531,7 +463,7 @@ def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) 
     cfg.out.mkdir(parents=True, exist_ok=True)
     if main:
         (cfg.out / RUN_FILE).write_text(cfg.model_dump_json(indent=1) + "\n")
-    from sftrl.training.evaluation import parse_eval_env, plot_evals, validate_specs
+    from sftrl.training.evaluation import budget_eval_callback, parse_eval_env, plot_evals, validate_specs
 
     try:
         specs = [parse_eval_env(s) for s in cfg.eval_env]
@@ -540,7 +472,15 @@ def run_sft(cfg: SFTTrainConfig, progress: Callable[[str], None] | None = None) 
         raise SFTError(str(exc)) from None
     step_times: list[float] = []
     callback = _progress_callback(progress or (lambda _m: None), step_times)
-    budget = _budget_eval_callback(cfg, specs, progress or (lambda _m: None))
+    budget = budget_eval_callback(
+        cfg,
+        specs,
+        progress or (lambda _m: None),
+        out=cfg.out,
+        model_name=str(cfg.model),
+        seed=cfg.seed,
+        flops=lambda state, n: 6.0 * n * float(state.num_input_tokens_seen),  # non-padding tokens
+    )
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()  # no per-map bars in a training log; progress() reports one line per log step

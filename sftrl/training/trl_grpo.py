@@ -87,6 +87,8 @@ class EpisodeTokens:
     """Sampling log-probs of the model's tokens (0.0 on feedback tokens, which carry no loss)."""
     inexact_turns: int = 0
     """Calls after the first whose input differs from the sequence's tokens before them."""
+    rollout_tokens: int = 0
+    """What sampling cost: each call's input (prefill) and reply tokens (the FLOP count)."""
 
     def extend(self, ids: Sequence[int], mask: int, logprobs: Sequence[float] | None = None) -> None:
         self.completion_ids.extend(ids)
@@ -174,6 +176,7 @@ def episode_tokens(policy: HFPolicy, calls: Sequence[PolicyCall]) -> EpisodeToke
         raise TRLGRPOError("the episode made no model call")
     first = calls[0]
     out = EpisodeTokens(prompt_ids=_input_ids(policy, first))
+    out.rollout_tokens = len(out.prompt_ids)
     seq_text = _render(policy, first.messages, first.tools, True)
     closure: str | None = None
     for k, call in enumerate(calls):
@@ -199,9 +202,12 @@ def episode_tokens(policy: HFPolicy, calls: Sequence[PolicyCall]) -> EpisodeToke
             seq_text += delta
             # Token-level check: is the sequence so far exactly the input this call was given? Not when
             # a sampled reply was a non-canonical tokenisation (the next call re-tokenised its text).
-            if _input_ids(policy, call) != out.prompt_ids + out.completion_ids:
+            given = _input_ids(policy, call)
+            out.rollout_tokens += len(given)
+            if given != out.prompt_ids + out.completion_ids:
                 out.inexact_turns += 1
         ids = list(call.reply.token_ids or [])
+        out.rollout_tokens += len(ids)
         logprobs = list(call.reply.logprobs or [])
         if len(logprobs) != len(ids):
             raise TRLGRPOError("the policy returned a reply without one log-prob per token")
@@ -334,6 +340,7 @@ def make_rollout_func(
                 "env_mask",
                 "episode_reward",
                 "episode_success",
+                "rollout_tokens",
             )
         }
         inexact = 0
@@ -348,6 +355,7 @@ def make_rollout_func(
             out["env_mask"].append(tok.env_mask)
             out["episode_reward"].append(float(record.total_reward))
             out["episode_success"].append(float(record.success))
+            out["rollout_tokens"].append(tok.rollout_tokens)
         mode = "train" if trainer.model.training else "eval"
         metrics = getattr(trainer, "_metrics", None)
         if metrics is not None:
@@ -416,6 +424,49 @@ def _grpo_args(cfg: RLRunConfig, micro: int, checkpointing: bool) -> Any:
         raise TRLGRPOError(str(exc)) from None
 
 
+class _TokenTally:
+    """Tokens of the passes TRL's GRPOTrainer runs per batch, summed over processes, for the FLOP count
+    both trainers share (:mod:`sftrl.training.evaluation`): sampling (each call's input and reply, as
+    the own learner counts it), a scoring pass over prompt + completion for the old log-probs
+    (``num_iterations`` > 1) and one for the KL reference (``beta`` > 0), and ``num_iterations``
+    forward+backward passes."""
+
+    def __init__(self, epochs: int, reference: bool) -> None:
+        self.epochs = epochs
+        self.scoring_passes = int(epochs > 1) + int(reference)
+        self.forward = 0.0
+        self.trained = 0.0
+        self.prior = 0.0
+        """FLOPs of the run before a resume (read back from metrics.jsonl)."""
+
+    def add(self, batch: dict[str, list[Any]], accelerator: Any) -> None:
+        import torch
+
+        rollout = sum(batch.pop("rollout_tokens"))  # ours, not TRL's: taken out of the batch
+        seq = sum(len(p) + len(c) for p, c in zip(batch["prompt_ids"], batch["completion_ids"], strict=True))
+        local = torch.tensor([float(rollout), float(seq)], dtype=torch.float64, device=accelerator.device)
+        total = accelerator.reduce(local, reduction="sum") if accelerator.num_processes > 1 else local
+        rollout_all, seq_all = (float(v) for v in total.tolist())
+        self.forward += rollout_all + self.scoring_passes * seq_all
+        self.trained += self.epochs * seq_all
+
+    def flops(self, state: Any, n_params: int) -> float:
+        return self.prior + 2.0 * n_params * self.forward + 6.0 * n_params * self.trained
+
+    def restore(self, metrics: Path, step: int) -> None:
+        """The FLOPs logged at the checkpoint's step (0 when none was logged)."""
+        if not metrics.exists():
+            return
+        for line in metrics.read_text().splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if row.get("step") == step and "flops" in row:
+                self.prior = float(row["flops"])
+
+
+def _ckpt_step(ckpt: Path) -> int:
+    return int(ckpt.name.split("-")[1])
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
     ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return ckpts[-1] if ckpts else None
@@ -455,6 +506,13 @@ def train_rl_trl(
         raise TRLGRPOError("--trainer trl collects its own episodes; --episodes needs --trainer sftrl")
     if cfg.env_workers:
         raise TRLGRPOError("--env-workers needs --trainer sftrl (TRL's rollout function steps its envs here)")
+    if cfg.fsdp:
+        raise TRLGRPOError(
+            "--fsdp is for --trainer sftrl; TRL's trainer shards through accelerate's own config "
+            "(accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml ...)"
+        )
+    if "track_episodes" in cfg.model_fields_set:
+        raise TRLGRPOError("--track-episodes is for --trainer sftrl (TRL's trainer logs no episode table)")
     if cfg.group_size < 2:
         raise TRLGRPOError("GRPO needs --group-size >= 2 (advantages are relative to the group)")
     if cfg.episodes_per_update % cfg.group_size:
@@ -499,13 +557,28 @@ def train_rl_trl(
     except ValueError as exc:
         raise TRLGRPOError(str(exc)) from None
     args = _grpo_args(cfg, _micro_batch(cfg.episodes_per_update, cfg.rl.minibatch_size), checkpointing)
+    from sftrl.training.evaluation import budget_eval_callback, parse_eval_env, plot_evals, validate_specs
+
+    try:
+        specs = [parse_eval_env(s) for s in cfg.eval_env]
+        validate_specs(specs)
+    except ValueError as exc:
+        raise TRLGRPOError(str(exc)) from None
+    tokens = _TokenTally(cfg.rl.ppo_epochs, cfg.rl.kl_coef > 0)
+    if ckpt is not None:
+        tokens.restore(out / METRICS_FILE, _ckpt_step(ckpt))
+
+    def counted_rollout(prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
+        batch = rollout(prompts, trainer)
+        tokens.add(batch, trainer.accelerator)  # a collective: every process generates each batch
+        return batch
 
     class _Progress(TrainerCallback):  # type: ignore[misc]
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
             if not logs or "loss" not in logs or not state.is_world_process_zero:
                 return
             with (out / METRICS_FILE).open("a") as fh:
-                fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+                fh.write(json.dumps({"step": state.global_step, **logs, "flops": budget.flops(state)}) + "\n")
             if progress:
                 # Rewards are logged on the steps that generated (every --ppo-epochs steps).
                 line = f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}"
@@ -523,6 +596,19 @@ def train_rl_trl(
         run_name=f"rl-{out.name}",
         resume=ckpt is not None,
     )
+    # Evaluations and the FLOP budget between updates (an update is --ppo-epochs optimizer steps), on
+    # the weights being trained; eval.jsonl rows are labelled with the update, as --trainer sftrl's.
+    budget = budget_eval_callback(
+        cfg,
+        specs,
+        progress or (lambda _m: None),
+        out=out,
+        model_name=str(cfg.model),
+        seed=cfg.seed,
+        flops=tokens.flops,
+        steps_per_point=cfg.rl.ppo_epochs,
+        on_eval=lambda row, state: tracker.log({"eval": row}, step=int(state.global_step)),
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*")
         trainer = GRPOTrainer(
@@ -531,8 +617,8 @@ def train_rl_trl(
             args=args,
             train_dataset=Dataset.from_list(rows),
             processing_class=policy.tokenizer,
-            rollout_func=rollout,
-            callbacks=[_Progress(), trainer_callback(tracker)],
+            rollout_func=counted_rollout,
+            callbacks=[_Progress(), budget, trainer_callback(tracker)],
         )
     from transformers.trainer_callback import PrinterCallback
 
@@ -551,9 +637,12 @@ def train_rl_trl(
             "step": int(trainer.state.global_step),
             "update": int(trainer.state.global_step) // cfg.rl.ppo_epochs,
             "train_runtime": float(result.metrics.get("train_runtime", 0.0)),
+            "flops": budget.flops(trainer.state),
             "trainer": "trl",
         }
     )
     if trainer.accelerator.is_main_process:
         policy.save_pretrained(out)
+        if specs:
+            plot_evals(out, f"RL (grpo, TRL) {Path(cfg.model).name}: evaluation")
     return metrics
