@@ -2,13 +2,16 @@
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_vs_trl.py [--updates 3 --episodes 8 --group 4]``.
 Both runs go through ``agent train rl`` (``python -m sftrl``), each in its own process, on the same
-tiny from-scratch model (``agent tiny-model``), the same GP-L env, group size, episodes per update,
-sequence length, learning rate, epochs per update and number of updates. Reported per trainer:
-episodes/s and updates/s over the training loop (the trainers' own clocks: the sum of the own
-learner's per-update ``seconds``; TRL's ``train_runtime``), the process wall time (imports and model
-load included), the peak resident memory of the process, and the mean reward of the last update;
-then the ratio own / TRL (> 1 = the own learner is faster / uses more). A tiny random model earns
-no reward, so rewards only show that both ran the same task.
+model (default: a tiny from-scratch one, ``agent tiny-model``; ``--model DIR``: any local model), the
+same GP-L env, group size, episodes per update, sequence length, learning rate, epochs per update
+and number of updates; ``--extra "..."`` adds the same ``agent train rl`` options to both (env
+options, ``--eval-env`` specs, ``--eval-every``). Reported per trainer: episodes/s and updates/s over
+the training loop (the trainers' own clocks: the sum of the own learner's per-update ``seconds``;
+TRL's ``train_runtime`` less the evaluations run inside it), the process wall time (imports, model
+load and evaluations included), the peak resident memory of the process, the mean reward of the
+first and the last update, and each ``--eval-env``'s success rate at the first and the last
+evaluation; then the ratio own / TRL (> 1 = the own learner is faster / uses more / scores more).
+A tiny random model earns no reward, so its rewards only show that both ran the same task.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -41,8 +45,8 @@ def run(trainer: str, model: Path, out: Path, args: argparse.Namespace) -> dict[
     cmd += ["--trainer", trainer, "--algo", "grpo", "--max-steps", str(args.updates)]
     cmd += ["--episodes-per-update", str(args.episodes), "--group-size", str(args.group)]
     cmd += ["--max-new-tokens", str(args.max_new_tokens), "--ppo-epochs", str(args.epochs)]
-    cmd += ["--minibatch-size", str(args.episodes), "--lr", "1e-5", "--concurrency", str(args.episodes)]
-    cmd += ["--save-every", str(args.updates), "--seed", "0", "--json"]
+    cmd += ["--minibatch-size", str(args.episodes), "--lr", str(args.lr), "--concurrency", str(args.episodes)]
+    cmd += ["--save-every", str(args.updates), "--seed", str(args.seed), "--json", *shlex.split(args.extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
@@ -52,20 +56,33 @@ def run(trainer: str, model: Path, out: Path, args: argparse.Namespace) -> dict[
     peak = max(int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB"))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     last = json.loads(proc.stdout.strip().splitlines()[-1])
+    eval_file = out / "eval.jsonl"
+    evals = [json.loads(line) for line in eval_file.read_text().splitlines()] if eval_file.exists() else []
     if trainer == "sftrl":
-        train_s = sum(float(r["seconds"]) for r in rows)
-        reward = float(rows[-1]["reward"])
-    else:
-        train_s = float(last["train_runtime"])
-        reward = float([r for r in rows if "reward" in r][-1]["reward"])
-    return {
+        train_s = sum(float(r["seconds"]) for r in rows)  # each update's own time: no evaluation in it
+        rewards = [float(r["reward"]) for r in rows]
+    else:  # TRL's clock runs through the evaluations its callbacks make: take them out
+        train_s = float(last["train_runtime"]) - sum(float(e["seconds"]) for e in evals)
+        rewards = [float(r["reward"]) for r in rows if "reward" in r]
+    result = {
         "episodes_s": args.updates * args.episodes / train_s,
         "updates_s": args.updates / train_s,
         "train_s": train_s,
         "wall_s": wall,
         "peak_mb": peak / 1024,
-        "reward": reward,
+        "reward_first": rewards[0],
+        "reward": rewards[-1],
     }
+    if evals:
+        for name in (k for k, v in evals[0].items() if isinstance(v, dict)):
+            result[f"eval:{name}:first"] = float(evals[0][name]["success_rate"])
+            result[f"eval:{name}:last"] = float(evals[-1][name]["success_rate"])
+        result["eval_dirs"] = {
+            name: (evals[0][name]["out"], evals[-1][name]["out"])
+            for name, v in evals[0].items()
+            if isinstance(v, dict)
+        }
+    return result
 
 
 def main() -> None:
@@ -75,19 +92,38 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=4, help="GRPO group size")
     ap.add_argument("--epochs", type=int, default=1, help="optimizer passes per update")
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", type=Path, help="a local model (default: a tiny from-scratch one)")
+    ap.add_argument(
+        "--extra", default="", help='more `agent train rl` options for both, e.g. "--verify-iter 3"'
+    )
+    ap.add_argument("--out", type=Path, help="keep both runs (own/, trl/) and results.json here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "tiny"
-        subprocess.run(
-            [sys.executable, "-m", "sftrl", "tiny-model", "--out", str(model)],
-            check=True,
-            capture_output=True,
-        )
-        own = run("sftrl", model, Path(tmp) / "own", args)
-        trl = run("trl", model, Path(tmp) / "trl", args)
+        work = args.out or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        model = args.model
+        if model is None:
+            model = work / "tiny"
+            subprocess.run(
+                [sys.executable, "-m", "sftrl", "tiny-model", "--out", str(model), "--overwrite"],
+                check=True,
+                capture_output=True,
+            )
+        console = Console()
+        with console.status("own learner (--trainer sftrl)"):
+            own = run("sftrl", model, work / "own", args)
+        with console.status("TRL GRPOTrainer (--trainer trl)"):
+            trl = run("trl", model, work / "trl", args)
+        paired = paired_rows(own.get("eval_dirs", {}), trl.get("eval_dirs", {}))
+        if args.out is not None:
+            results = {"args": vars(args), "own": own, "trl": trl, "paired": paired}
+            (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
     table = Table(
-        title=f"GRPO on GP-L, tiny model: {args.updates} updates x {args.episodes} episodes "
-        f"(groups of {args.group}), {args.max_new_tokens} new tokens, {args.epochs} epoch(s)/update"
+        title=f"GRPO on GP-L, {model.name if args.model else 'tiny model'}: {args.updates} updates x "
+        f"{args.episodes} episodes (groups of {args.group}), {args.max_new_tokens} new tokens, "
+        f"{args.epochs} epoch(s)/update, lr {args.lr:g}"
     )
     for col in ("metric", "own (sftrl)", "TRL GRPOTrainer", "own / TRL"):
         table.add_column(col, justify="right" if col != "metric" else "left")
@@ -97,11 +133,52 @@ def main() -> None:
         ("train_s", "training loop s", "{:.1f}"),
         ("wall_s", "process wall s (with start-up)", "{:.1f}"),
         ("peak_mb", "peak RSS MB", "{:.0f}"),
+        ("reward_first", "mean reward, first update", "{:.3f}"),
         ("reward", "mean reward, last update", "{:.3f}"),
+        *(
+            (k, f"success {k.split(':')[1]} ({k.split(':')[2]} evaluation)", "{:.3f}")
+            for k in own
+            if ":" in k
+        ),
     ):
-        ratio = own[key] / trl[key] if trl[key] else float("nan")
-        table.add_row(name, fmt.format(own[key]), fmt.format(trl[key]), f"{ratio:.2f}")
-    Console().print(table)
+        ratio = own[key] / trl[key] if trl.get(key) else float("nan")
+        table.add_row(name, fmt.format(own[key]), fmt.format(trl.get(key, float("nan"))), f"{ratio:.2f}")
+    console.print(table)
+    if paired:
+        ptable = Table(
+            title="Evaluation success, paired differences (95% bootstrap CI over episodes)", width=110
+        )
+        for col in ("eval env", "own: last - first", "TRL: last - first", "own - TRL, last"):
+            ptable.add_column(col, justify="right" if col != "eval env" else "left")
+        for name, diffs in paired.items():
+            ptable.add_row(name, *(_diff_text(d) for d in diffs.values()))
+        console.print(ptable)
+
+
+def _diff_text(d: dict) -> str:
+    lo, hi = d["success_diff_ci95"]
+    return f"{d['success_diff']:+.3f} ({lo:+.3f} .. {hi:+.3f})"
+
+
+def paired_rows(
+    own: dict[str, tuple[str, str]], trl: dict[str, tuple[str, str]]
+) -> dict[str, dict[str, dict]]:
+    """Success differences over episodes paired by seed (every evaluation plays the same seeds), with
+    bootstrap 95% intervals: each trainer's last evaluation vs its first, and own vs TRL at the last."""
+    from sftrl.agents.metrics import paired_difference
+    from sftrl.agents.trajectory import read_episodes
+
+    def diff(a: str, b: str) -> dict:
+        return paired_difference(read_episodes(Path(a)), read_episodes(Path(b)))
+
+    return {
+        name: {
+            "own_last_minus_first": diff(first, last),
+            "trl_last_minus_first": diff(*trl[name]),
+            "own_minus_trl_last": diff(trl[name][1], last),
+        }
+        for name, (first, last) in own.items()
+    }
 
 
 if __name__ == "__main__":
