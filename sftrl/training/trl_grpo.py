@@ -508,8 +508,8 @@ def train_rl_trl(
         raise TRLGRPOError("--env-workers needs --trainer sftrl (TRL's rollout function steps its envs here)")
     if cfg.fsdp:
         raise TRLGRPOError(
-            "--fsdp is for --trainer sftrl; TRL's trainer shards through accelerate's config on GPUs "
-            "(accelerate launch --config_file configs/accelerate/fsdp.yaml ...)"
+            "--fsdp is for --trainer sftrl (the own learner applies torch's FSDP2); drop it with "
+            "--trainer trl, which shards through an accelerate DeepSpeed ZeRO-3 config instead"
         )
     if "track_episodes" in cfg.model_fields_set:
         raise TRLGRPOError("--track-episodes is for --trainer sftrl (TRL's trainer logs no episode table)")
