@@ -111,7 +111,7 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
-        console = Console()
+        console = Console(width=max(120, Console().width))  # the paired table's CIs need the width
         with console.status("own learner (--trainer sftrl)"):
             own = run("sftrl", model, work / "own", args)
         with console.status("TRL GRPOTrainer (--trainer trl)"):
@@ -145,9 +145,7 @@ def main() -> None:
         table.add_row(name, fmt.format(own[key]), fmt.format(trl.get(key, float("nan"))), f"{ratio:.2f}")
     console.print(table)
     if paired:
-        ptable = Table(
-            title="Evaluation success, paired differences (95% bootstrap CI over episodes)", width=110
-        )
+        ptable = Table(title="Evaluation success, paired differences (95% bootstrap CI over episodes)")
         for col in ("eval env", "own: last - first", "TRL: last - first", "own - TRL, last"):
             ptable.add_column(col, justify="right" if col != "eval env" else "left")
         for name, diffs in paired.items():
