@@ -162,3 +162,24 @@ def test_rl_reports_updates_without_learning_signal(
     assert "big" not in evals[0] and evals[1]["big"]["episodes"] == 6
     logged = json.loads((out / "eval" / "step-000001" / "id" / "episodes.jsonl").read_text().splitlines()[0])
     assert logged["policy"]["model"] == f"{out}@step-1"  # the weights evaluated, not the start model
+
+
+def test_sampled_evaluations_draw_from_the_eval_seed_alone(char_model: Path, tmp_path: Path) -> None:
+    """Every evaluation plays the same seeds, sampled ones included: the same replies whatever the
+    evaluated policy's own seed (a training seed, another trainer), so two evaluations' difference
+    is the weights' (common random numbers); another --eval-seed samples other replies."""
+    from sftrl.agents.hf_policy import HFPolicy
+    from sftrl.training.evaluation import evaluate
+
+    spec = parse_eval_env("t1=gp:prompt_style=compact,verify_iter=2,episodes=4,temperature=1")
+
+    def replies(policy_seed: int, eval_seed: int) -> list[str]:
+        policy = HFPolicy(str(char_model), seed=policy_seed, max_batch_size=4)
+        out = tmp_path / f"p{policy_seed}-e{eval_seed}"
+        row = evaluate(policy, [spec], out, step=0, flops=0.0, episodes=4, seed=eval_seed, max_new_tokens=12)
+        logged = (Path(row["t1"]["out"]) / "episodes.jsonl").read_text().splitlines()
+        return [t["reply"]["text"] for x in logged for t in json.loads(x)["turns"]]
+
+    first = replies(1, 7)
+    assert replies(2, 7) == first
+    assert replies(1, 8) != first

@@ -65,7 +65,8 @@ class BudgetEvalOptions(BaseModel):
     eval_episodes: int = Field(default=64, ge=1)
     """Episodes per evaluation env (unless its spec sets ``episodes``)."""
     eval_seed: int = Field(default=12345, ge=0)
-    """Run seed of the evaluation runs: every evaluation plays the same seeds."""
+    """Run seed of the evaluation runs: every evaluation plays the same seeds (and sampled specs the
+    same per-call sampling seeds)."""
     eval_max_new_tokens: int = Field(default=128, ge=1)
     """Reply length cap of the evaluation episodes."""
 

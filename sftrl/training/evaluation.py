@@ -164,7 +164,11 @@ def evaluate(
                 {
                     **run.model_dump(),
                     "policy": "hf",
-                    "sampling": SamplingParams(temperature=spec.temperature, max_new_tokens=max_new_tokens),
+                    # Per-call sampling seeds from the run seed (and episode, call): a sampled spec
+                    # draws the same numbers at every evaluation, whatever the policy object's own RNG.
+                    "sampling": SamplingParams(
+                        temperature=spec.temperature, max_new_tokens=max_new_tokens, seed=run.seed
+                    ),
                 }
             )
             try:
