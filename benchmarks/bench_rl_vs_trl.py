@@ -29,6 +29,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+ALL_TRANSITIONS = 1_000_000
+"""The own learner's --minibatch-size for "every transition of the update in one mini-batch"."""
+
 # Runs `python -m sftrl ...` and reports the process's peak RSS (ru_maxrss, KiB on Linux) on stderr.
 _WRAPPER = (
     "import resource, runpy, sys\n"
@@ -45,7 +48,11 @@ def run(trainer: str, model: Path, out: Path, args: argparse.Namespace) -> dict[
     cmd += ["--trainer", trainer, "--algo", "grpo", "--max-steps", str(args.updates)]
     cmd += ["--episodes-per-update", str(args.episodes), "--group-size", str(args.group)]
     cmd += ["--max-new-tokens", str(args.max_new_tokens), "--ppo-epochs", str(args.epochs)]
-    cmd += ["--minibatch-size", str(args.episodes), "--lr", str(args.lr), "--concurrency", str(args.episodes)]
+    # One optimizer step per epoch over the whole update in both: TRL's micro-batches count episodes
+    # (it accumulates them into one step), the own learner's mini-batches count transitions (one per
+    # model call: a multi-turn episode is several), so its mini-batch must hold every transition.
+    minibatch = args.episodes if trainer == "trl" else ALL_TRANSITIONS
+    cmd += ["--minibatch-size", str(minibatch), "--lr", str(args.lr), "--concurrency", str(args.episodes)]
     cmd += ["--save-every", str(args.updates), "--seed", str(args.seed), "--json", *shlex.split(args.extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
