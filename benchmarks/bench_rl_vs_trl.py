@@ -1,6 +1,7 @@
 """Own GRPO learner vs TRL's GRPOTrainer (``agent train rl --trainer trl``) at equal settings.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_vs_trl.py [--updates 3 --episodes 8 --group 4]``.
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_vs_trl.py [--updates 3 --episodes 8 --group 4]``
+(``--trainers sftrl|trl``: one of the two, e.g. one per core, paired afterwards with ``paired_rows``).
 Both runs go through ``agent train rl`` (``python -m sftrl``), each in its own process, on the same
 model (default: a tiny from-scratch one, ``agent tiny-model``; ``--model DIR``: any local model), the
 same GP-L env, group size, episodes per update, sequence length, learning rate, epochs per update
@@ -56,7 +57,7 @@ def run(trainer: str, model: Path, out: Path, args: argparse.Namespace) -> dict[
     cmd += ["--save-every", str(args.updates), "--seed", str(args.seed), "--json", *shlex.split(args.extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{trainer} failed:\n{proc.stderr[-3000:]}")
@@ -106,6 +107,13 @@ def main() -> None:
         "--extra", default="", help='more `agent train rl` options for both, e.g. "--verify-iter 3"'
     )
     ap.add_argument("--out", type=Path, help="keep both runs (own/, trl/) and results.json here")
+    ap.add_argument(
+        "--trainers",
+        choices=("both", "sftrl", "trl"),
+        default="both",
+        help="run one trainer only (e.g. one per core); pair the runs later with paired_rows",
+    )
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds each training run may take")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.out or Path(tmp)
@@ -119,11 +127,15 @@ def main() -> None:
                 capture_output=True,
             )
         console = Console(width=max(120, Console().width))  # the paired table's CIs need the width
-        with console.status("own learner (--trainer sftrl)"):
-            own = run("sftrl", model, work / "own", args)
-        with console.status("TRL GRPOTrainer (--trainer trl)"):
-            trl = run("trl", model, work / "trl", args)
-        paired = paired_rows(own.get("eval_dirs", {}), trl.get("eval_dirs", {}))
+        own: dict = {}
+        trl: dict = {}
+        if args.trainers in ("both", "sftrl"):
+            with console.status("own learner (--trainer sftrl)"):
+                own = run("sftrl", model, work / "own", args)
+        if args.trainers in ("both", "trl"):
+            with console.status("TRL GRPOTrainer (--trainer trl)"):
+                trl = run("trl", model, work / "trl", args)
+        paired = paired_rows(own.get("eval_dirs", {}), trl.get("eval_dirs", {})) if own and trl else {}
         if args.out is not None:
             results = {"args": vars(args), "own": own, "trl": trl, "paired": paired}
             (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
@@ -144,12 +156,13 @@ def main() -> None:
         ("reward", "mean reward, last update", "{:.3f}"),
         *(
             (k, f"success {k.split(':')[1]} ({k.split(':')[2]} evaluation)", "{:.3f}")
-            for k in own
+            for k in own or trl
             if ":" in k
         ),
     ):
-        ratio = own[key] / trl[key] if trl.get(key) else float("nan")
-        table.add_row(name, fmt.format(own[key]), fmt.format(trl.get(key, float("nan"))), f"{ratio:.2f}")
+        a, b = own.get(key, float("nan")), trl.get(key, float("nan"))
+        ratio = a / b if own and trl and b else float("nan")
+        table.add_row(name, fmt.format(a), fmt.format(b), f"{ratio:.2f}")
     console.print(table)
     if paired:
         ptable = Table(title="Evaluation success, paired differences (95% bootstrap CI over episodes)")
