@@ -1,7 +1,8 @@
 """Own GRPO learner vs TRL's GRPOTrainer (``agent train rl --trainer trl``) at equal settings.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_vs_trl.py [--updates 3 --episodes 8 --group 4]``
-(``--trainers sftrl|trl``: one of the two, e.g. one per core, paired afterwards with ``paired_rows``).
+(``--trainers sftrl|trl``: one of the two, e.g. one per core; ``--pair OWN_OUT TRL_OUT``, once per
+seed, then pairs such runs at every evaluation point, with seed-level t-intervals, and trains nothing).
 Both runs go through ``agent train rl`` (``python -m sftrl``), each in its own process, on the same
 model (default: a tiny from-scratch one, ``agent tiny-model``; ``--model DIR``: any local model), the
 same GP-L env, group size, episodes per update, sequence length, learning rate, epochs per update
@@ -114,7 +115,18 @@ def main() -> None:
         help="run one trainer only (e.g. one per core); pair the runs later with paired_rows",
     )
     ap.add_argument("--timeout", type=float, default=3600, help="seconds each training run may take")
+    ap.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        metavar=("OWN_OUT", "TRL_OUT"),
+        help="train nothing: pair the --out dirs of earlier runs (one pair per seed) at every "
+        "evaluation, with seed-level t-intervals; repeat once per seed",
+    )
     args = ap.parse_args()
+    if args.pair:
+        summarize_pairs([(Path(a), Path(b)) for a, b in args.pair], args.out)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = args.out or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -197,6 +209,70 @@ def paired_rows(
         }
         for name, (first, last) in own.items()
     }
+
+
+def _evals(out: Path, trainer: str) -> list[dict]:
+    path = out / trainer / "eval.jsonl"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: not the --out of a --trainers {trainer} run with --eval-env")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarize_pairs(pairs: list[tuple[Path, Path]], out: Path | None) -> dict:
+    """Per seed (one (own, TRL) pair of runs each) and evaluation point: both trainers' success, own -
+    TRL paired over episodes; each trainer's change from its first evaluation; then the seed level of
+    the last point (mean of per-seed differences, 95% t-interval, sign-flip p)."""
+    from sftrl.repro.pipeline import seed_test
+
+    per_seed = []
+    for own_out, trl_out in pairs:
+        own, trl = _evals(own_out, "own"), _evals(trl_out, "trl")
+        if len(own) != len(trl):
+            raise SystemExit(f"{own_out} has {len(own)} evaluations, {trl_out} {len(trl)}: not a pair")
+        names = [k for k, v in own[0].items() if isinstance(v, dict)]
+        seed: dict[str, list[dict]] = {}
+        for name in names:
+            rows = []
+            for o, t in zip(own, trl, strict=True):
+                dirs = {
+                    "own": (own[0][name]["out"], o[name]["out"]),
+                    "trl": (trl[0][name]["out"], t[name]["out"]),
+                }
+                d = paired_rows({name: dirs["own"]}, {name: dirs["trl"]})[name]
+                rows.append(
+                    {"step": o["step"], "own": o[name]["success_rate"], "trl": t[name]["success_rate"], **d}
+                )
+            seed[name] = rows
+        per_seed.append(seed)
+    console = Console(width=max(120, Console().width))
+    summary: dict = {"pairs": [[str(a), str(b)] for a, b in pairs], "per_seed": per_seed, "seed_level": {}}
+    for name in per_seed[0]:
+        table = Table(title=f"{name}: success by evaluation point (own - TRL and changes: 95% bootstrap CI)")
+        for col in ("seed", "step", "own", "TRL", "own - TRL", "own: from first", "TRL: from first"):
+            table.add_column(col, justify="right")
+        for i, seed in enumerate(per_seed):
+            for r in seed[name]:
+                table.add_row(
+                    str(i), str(r["step"]), f"{r['own']:.3f}", f"{r['trl']:.3f}",
+                    _diff_text(r["own_minus_trl_last"]), _diff_text(r["own_last_minus_first"]),
+                    _diff_text(r["trl_last_minus_first"]),
+                )  # fmt: skip
+        console.print(table)
+        level = {
+            key: seed_test([seed[name][-1][key]["success_diff"] for seed in per_seed])
+            for key in ("own_minus_trl_last", "own_last_minus_first", "trl_last_minus_first")
+        }
+        summary["seed_level"][name] = level
+        for key, test in level.items():
+            ci = test.get("ci")
+            ci_text = f"({ci[0]:+.3f} .. {ci[1]:+.3f})" if ci else "(one seed: no interval)"
+            console.print(
+                f"{name} {key}, last point, mean over {test['n_seeds']} seeds: {test['mean']:+.3f} {ci_text}"
+            )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "paired_seeds.json").write_text(json.dumps(summary, indent=1))
+    return summary
 
 
 if __name__ == "__main__":
