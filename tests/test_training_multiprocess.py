@@ -263,17 +263,20 @@ from accelerate import Accelerator
 from sftrl.training.rl import Learner, RLConfig
 from sftrl.training.transitions import EpisodeBatch, Transition
 
-out, layout, minibatch = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+out, layout, minibatch, agg = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 acc = Accelerator(cpu=True)
 torch.manual_seed(0)
 config = transformers.LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
 model = transformers.LlamaForCausalLM(config)
-rl = RLConfig(algo="ppo", lr=1e-2, minibatch_size=minibatch, ppo_epochs=2)
+# --loss-agg token: per-token policy terms weighed by each process's tokens, the value loss by its rows.
+rl = RLConfig(algo="ppo", lr=1e-2, minibatch_size=minibatch, ppo_epochs=2, loss_agg=agg,
+              ratio="token" if agg == "token" else "sequence")
 learner = Learner(model, lambda t: {"input_ids": t.prompt[0]["ids"]}, rl, accelerator=acc,
                   fsdp=layout == "fsdp")
 # Multi-turn episodes of 3 attempts on even indices, 1 on odd ones: with two processes, rank 0 holds
-# 9 transitions and rank 1 holds 3 (and, in mini-batches of 2, 5 steps against 2).
+# 9 transitions and rank 1 holds 3 (and, in mini-batches of 2, 5 steps against 2); replies of 3-6
+# tokens give them 30 and 16 tokens, another proportion than their rows'.
 episodes, returns = [], []
 for e in range(6):
     turns = 3 if e % 2 == 0 else 1
@@ -282,7 +285,8 @@ for e in range(6):
     for k in range(turns):
         prompt = [1 + e, 2, 3] + [4 + k] * (k + 1)
         ep.append(Transition(prompt=[{"role": "user", "content": "x", "ids": prompt}],
-                             completion_ids=[5 + e, 6 + k, 7], behaviour_logprobs=None,
+                             completion_ids=[5 + e, 6 + k, 7] + [8] * (2 * (e % 2) + e // 4),
+                             behaviour_logprobs=None,
                              reward=final if k == turns - 1 else -0.5, done=k == turns - 1,
                              temperature=1.0, run_dir=Path("."), episode_key=f"e{e}",
                              group_key=f"g{e}", index=k))
@@ -295,8 +299,8 @@ stats = learner.update(batch)
 policy = acc.unwrap_model(learner.module).policy
 weights = learner.full_policy_state() if layout == "fsdp" else policy.state_dict()
 if acc.is_main_process:
-    torch.save({k: v.detach().cpu() for k, v in weights.items()}, out / f"{layout}-{minibatch}.pt")
-    (out / f"{layout}-{minibatch}.json").write_text(json.dumps(stats))
+    torch.save({k: v.detach().cpu() for k, v in weights.items()}, out / f"{layout}-{minibatch}-{agg}.pt")
+    (out / f"{layout}-{minibatch}-{agg}.json").write_text(json.dumps(stats))
 from sftrl.training.tracking import end_processes
 end_processes()
 """
@@ -306,18 +310,22 @@ def test_rl_ranks_with_different_numbers_of_transitions_train_like_one_process(t
     """Multi-turn episodes give the processes different numbers of transitions (9 and 3 here). Every
     process runs as many passes (idle ones where it has no batch left) and scales its gradient by its
     share of the step's rows, so with one mini-batch per process the update equals one process's on
-    all episodes; with uneven mini-batch counts (idle passes) DDP and --fsdp run through alike."""
+    all episodes; with uneven mini-batch counts (idle passes) DDP and --fsdp run through alike.
+    Under --loss-agg token the policy terms are weighed by tokens instead, which the processes hold
+    in another proportion than rows: the update still equals one process's."""
     import torch
 
     script = tmp_path / "uneven.py"
     script.write_text(UNEVEN_SCRIPT)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    _run([sys.executable, str(script), str(tmp_path), "one", "64"])
-    for layout, minibatch in (("ddp", "64"), ("ddp", "2"), ("fsdp", "2")):
+    for agg in ("reply", "token"):
+        _run([sys.executable, str(script), str(tmp_path), "one", "64", agg])
+    for layout, minibatch, agg in (("ddp", "64", "reply"), ("ddp", "64", "token"), ("ddp", "2", "reply"),
+                                   ("fsdp", "2", "reply")):  # fmt: skip
         port = ["--main_process_port", str(_free_port())]
-        _run([*launch, *port, str(script), str(tmp_path), layout, minibatch])
-    one = torch.load(tmp_path / "one-64.pt")
+        _run([*launch, *port, str(script), str(tmp_path), layout, minibatch, agg])
+    one = torch.load(tmp_path / "one-64-reply.pt")
     import transformers
 
     torch.manual_seed(0)
@@ -328,18 +336,21 @@ def test_rl_ranks_with_different_numbers_of_transitions_train_like_one_process(t
     start = transformers.LlamaForCausalLM(config).state_dict()
     moved = max((one[k] - start[k]).abs().max().item() for k in one)
     assert moved > 1e-3, moved
-    got = torch.load(tmp_path / "ddp-64.pt")
+    got = torch.load(tmp_path / "ddp-64-reply.pt")
     apart = max((one[k] - got[k]).abs().max().item() for k in one)
     assert apart < 1e-5, (apart, moved)
-    solo, split = (json.loads((tmp_path / f).read_text()) for f in ("one-64.json", "ddp-64.json"))
+    one_token, got_token = torch.load(tmp_path / "one-64-token.pt"), torch.load(tmp_path / "ddp-64-token.pt")
+    assert max((one_token[k] - one[k]).abs().max().item() for k in one) > 1e-3  # another update
+    assert max((one_token[k] - got_token[k]).abs().max().item() for k in one) < 1e-5
+    solo, split = (json.loads((tmp_path / f).read_text()) for f in ("one-64-reply.json", "ddp-64-reply.json"))
     for key in ("policy_loss", "value_loss"):  # rank 0's mini-batch, not the whole batch: differs
         assert split[key] != pytest.approx(solo[key], rel=1e-3)
     for layout in ("ddp", "fsdp"):
-        uneven = torch.load(tmp_path / f"{layout}-2.pt")
+        uneven = torch.load(tmp_path / f"{layout}-2-reply.pt")
         assert all(torch.isfinite(v).all() for v in uneven.values())
         assert max((uneven[k] - start[k]).abs().max().item() for k in uneven) > 1e-3
-        assert json.loads((tmp_path / f"{layout}-2.json").read_text())["transitions"] == 9  # rank 0's
-    ddp, fsdp = (torch.load(tmp_path / f"{layout}-2.pt") for layout in ("ddp", "fsdp"))
+        assert json.loads((tmp_path / f"{layout}-2-reply.json").read_text())["transitions"] == 9  # rank 0's
+    ddp, fsdp = (torch.load(tmp_path / f"{layout}-2-reply.pt") for layout in ("ddp", "fsdp"))
     assert max((ddp[k] - fsdp[k]).abs().max().item() for k in ddp) < 1e-5  # the same steps, sharded
 
 

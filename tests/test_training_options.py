@@ -58,6 +58,13 @@ def test_trl_trainer_refuses_rl_options_it_cannot_honour(tmp_path, capsys, optio
     assert f"--trainer trl cannot honour {option}" in err and err.count("\n") == 1
 
 
+def test_trl_trainer_refuses_the_per_reply_loss_average(tmp_path, capsys):
+    args = ["train", "rl", "--trainer", "trl", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o")]
+    assert main([*args, "--group-size", "2", "--loss-agg", "reply"]) == 2
+    err = capsys.readouterr().err
+    assert "--loss-agg reply needs --trainer sftrl" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     ("distributed_type", "zero_stage", "refused"),
     [

@@ -112,16 +112,19 @@ def test_consistency_check_accepts_own_rollouts_and_refuses_others(model):
         ("ppo", "sequence", "random"),
         ("ppo", "token", "random"),
         ("grpo", "sequence", "random"),
+        ("grpo-token", "sequence", "random"),
         ("ppo", "sequence", "length"),
         ("grpo", "sequence", "length"),
     ],
 )
 def test_updates_move_probability_towards_rewarded_replies(model, algo, ratio, order):
+    algo, _, loss_agg = algo.partition("-")
     learner = Learner(
         model,
         encode,
         RLConfig(
             algo=algo,
+            loss_agg=loss_agg or "reply",
             lr=3e-3,
             ppo_epochs=2,
             minibatch_size=4,
@@ -153,6 +156,22 @@ def test_token_ratios_clip_tokens_where_reply_ratios_clip_whole_replies(model):
         )
         fractions[ratio] = learner.update(batch_of(learner))["clip_fraction"]
     assert fractions["sequence"] > 1.5 * fractions["token"] > 0
+
+
+@pytest.mark.parametrize(("loss_agg", "want"), [("reply", 0.0), ("token", 0.5)])
+def test_loss_agg_weighs_each_reply_or_each_token_alike(model, loss_agg, want):
+    """A rewarded 1-token reply and an unrewarded 3-token one (GRPO advantages +1, -1; ratios 1 at
+    the first step): averaged per reply the two cancel, averaged per token the long one counts 3x."""
+    learner = Learner(model, encode, RLConfig(algo="grpo", ppo_epochs=1, minibatch_size=8, loss_agg=loss_agg))
+    eps = [[make([10], 1.0, "a", "g", learner)], [make([20, 21, 22], 0.0, "b", "g", learner)]]
+    batch = EpisodeBatch(episodes=eps, returns=[1.0, 0.0], successes=[True, False])
+    assert learner.update(batch)["policy_loss"] == pytest.approx(want, abs=1e-4)
+
+
+def test_token_loss_agg_needs_token_level_ratios():
+    with pytest.raises(ValueError, match="--loss-agg token .* --ratio token"):
+        RLConfig(algo="ppo", ratio="sequence", loss_agg="token")
+    assert RLConfig(algo="ppo", ratio="token", loss_agg="token").loss_agg == "token"
 
 
 def test_grpo_kl_to_reference_is_reported(model):

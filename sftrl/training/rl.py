@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sftrl.training.advantages import gae, group_advantages, normalize
 from sftrl.training.batching import length_batches
@@ -52,6 +52,13 @@ class RLConfig(BaseModel):
         description="PPO importance ratio per reply (the paper's: a reply is one action) or per token "
         "(each token clipped on its own, the reply's advantage on every token; as GRPO always does)",
     )
+    loss_agg: Literal["reply", "token"] = Field(
+        default="reply",
+        description="how a mini-batch's token losses are averaged: over each reply's tokens, then over "
+        "the replies (every model call weighs the same), or over all its tokens at once (a long reply "
+        "weighs more; TRL's loss_type='dapo', verl's token-mean). Token-level ratios only: GRPO, or PPO "
+        "with --ratio token",
+    )
     gamma: float = Field(default=0.9, ge=0, le=1)
     lam: float = Field(default=0.95, ge=0, le=1)
     vf_coef: float = Field(default=0.5, ge=0)
@@ -63,6 +70,15 @@ class RLConfig(BaseModel):
         default=0.05, ge=0, description="largest mean |trainer - rollout| token log-prob gap accepted"
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _token_loss_needs_token_ratios(self) -> RLConfig:
+        if self.loss_agg == "token" and self.algo == "ppo" and self.ratio == "sequence":
+            raise ValueError(
+                "--loss-agg token averages per-token losses: it needs --algo grpo or --ratio token "
+                "(a sequence-level PPO ratio gives one loss per reply)"
+            )
+        return self
 
 
 @dataclass
@@ -375,19 +391,21 @@ class Learner:
         self.tokens_trained, self.tokens_scored = trained, scored
         return s
 
-    def _share(self, rows: int) -> float:
-        """This process's weight in a step's gradient: its rows over the mean rows per process. DDP
-        and FSDP average the processes' gradients; scaled so, the average is the gradient of the mean
-        loss over all rows of the step, whatever each process held (1.0 when they hold equal shares)."""
+    def _shares(self, rows: int, tokens: int) -> tuple[float, float]:
+        """This process's weights in a step's gradient: its rows (tokens) over the mean rows (tokens)
+        per process. DDP and FSDP average the processes' gradients; scaled so, the average is the
+        gradient of the mean loss over all rows (or, for token-averaged terms, all tokens) of the
+        step, whatever each process held ((1.0, 1.0) when they hold equal shares)."""
         import torch
 
         world = self.accelerator.num_processes
         if world == 1:
-            return 1.0
-        total = self.accelerator.reduce(
-            torch.tensor([float(rows)], dtype=torch.float64, device=self.accelerator.device), reduction="sum"
+            return 1.0, 1.0
+        local = torch.tensor(
+            [float(rows), float(tokens)], dtype=torch.float64, device=self.accelerator.device
         )
-        return rows * world / float(total)
+        total_rows, total_tokens = self.accelerator.reduce(local, reduction="sum").tolist()
+        return rows * world / max(total_rows, 1.0), tokens * world / max(total_tokens, 1.0)
 
     def check_consistency(self, items: Sequence[Transition]) -> float:
         gap = self.logprob_gap(items)
@@ -537,7 +555,7 @@ class Learner:
                     # same order: forward, share, backward, clipping) and add a zero gradient.
                     s = self._idle_pass(items, with_values=cfg.algo == "ppo")
                     zero = (s.logprobs * 0).sum() + (0 if s.values is None else (s.values * 0).sum())
-                    self._share(0)
+                    self._shares(0, 0)
                     self.optimizer.zero_grad(set_to_none=True)
                     self.accelerator.backward(zero)
                     self.accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
@@ -562,11 +580,10 @@ class Learner:
                         old[j, :c] = s.logprobs[j, :c].detach()
                 dev = s.logprobs.device
                 a = torch.tensor([adv[i] for i in idx], dtype=torch.float32, device=dev)
-                n_tok = s.mask.sum(-1).clamp(min=1)
                 if cfg.algo == "ppo":
                     if cfg.ratio == "token":
                         w_tok = weight if prox else None
-                        pg, clipped, approx_kl = _token_surrogate(s, old, a, w_tok, cfg.clip)
+                        pg, clipped, approx_kl = _token_surrogate(s, old, a, w_tok, cfg.clip, cfg.loss_agg)
                     else:
                         # Action = the whole reply: its log-prob is the sum of its token log-probs.
                         new_lp = (s.logprobs * s.mask).sum(-1)
@@ -582,7 +599,9 @@ class Learner:
                     kl = torch.zeros((), device=dev)
                 else:
                     # GRPO: token-level clipped ratios, the episode's group advantage on every token.
-                    pg, clipped, approx_kl = _token_surrogate(s, old, a, weight if prox else None, cfg.clip)
+                    pg, clipped, approx_kl = _token_surrogate(
+                        s, old, a, weight if prox else None, cfg.clip, cfg.loss_agg
+                    )
                     v_loss = torch.zeros((), device=dev)
                     kl = torch.zeros((), device=dev)
                     if ref_lp:
@@ -597,12 +616,15 @@ class Learner:
                         d = ref - s.logprobs
                         # k3 estimator of KL(policy || reference): unbiased and always >= 0.
                         k3 = torch.exp(d) - d - 1
-                        kl = ((k3 * s.mask).sum(-1) / n_tok).mean()
-                ent = ((s.entropy * s.mask).sum(-1) / n_tok).mean()
-                loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * ent + cfg.kl_coef * kl
-                share = self._share(len(idx))
+                        kl = _aggregate(k3, s.mask, cfg.loss_agg)
+                ent = _aggregate(s.entropy, s.mask, cfg.loss_agg)
+                row_share, token_share = self._shares(len(idx), int(s.mask.sum()))
+                # Token-averaged terms are weighed by this process's tokens, per-reply ones by its rows.
+                policy_share = token_share if cfg.loss_agg == "token" else row_share
+                loss = (pg - cfg.ent_coef * ent + cfg.kl_coef * kl) * policy_share
+                loss = loss + cfg.vf_coef * v_loss * row_share
                 self.optimizer.zero_grad(set_to_none=True)
-                self.accelerator.backward(loss * share if share != 1.0 else loss)
+                self.accelerator.backward(loss)
                 self.accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 stats["policy_loss"].append(float(pg.detach()))
@@ -696,20 +718,32 @@ class Learner:
         return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def _aggregate(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Mean of per-token ``x`` [B, C] over the real tokens: each row's mean, then over rows
+    (``reply``), or over all tokens at once (``token``)."""
+    if how == "token":
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+
 def _token_surrogate(
-    s: Scored, old: torch.Tensor, adv: torch.Tensor, weight: torch.Tensor | None, clip: float
+    s: Scored,
+    old: torch.Tensor,
+    adv: torch.Tensor,
+    weight: torch.Tensor | None,
+    clip: float,
+    how: str = "reply",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token-level clipped surrogate (each reply's advantage on each of its tokens; mean over a
-    reply's tokens, then over replies): policy loss, clipped-token fraction, approximate KL."""
+    """Token-level clipped surrogate (each reply's advantage on each of its tokens, averaged as
+    ``how`` says, see :func:`_aggregate`): policy loss, clipped-token fraction, approximate KL."""
     import torch
 
-    n_tok = s.mask.sum(-1).clamp(min=1)
     ratio = torch.exp((s.logprobs - old).clamp(-20, 20))
     at = adv.unsqueeze(-1)
     tok = -torch.min(ratio * at, ratio.clamp(1 - clip, 1 + clip) * at)
     if weight is not None:
         tok = tok * weight
-    pg = ((tok * s.mask).sum(-1) / n_tok).mean()
+    pg = _aggregate(tok, s.mask, how)
     real = s.mask.sum().clamp(min=1)
     clipped = (((ratio - 1).abs() > clip).float() * s.mask).sum() / real
     approx_kl = ((old - s.logprobs) * s.mask).sum() / real

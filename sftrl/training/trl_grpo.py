@@ -400,6 +400,9 @@ def _grpo_args(cfg: RLRunConfig, micro: int, checkpointing: bool) -> Any:
         "lr_scheduler_type": "constant",  # as our own learner: RL has no known horizon to decay over
         "beta": cfg.rl.kl_coef,
         "epsilon": cfg.rl.clip,
+        # Every trained token of the update weighs the same (our --loss-agg token); pinned, as TRL's
+        # default has changed between releases.
+        "loss_type": "dapo",
         "max_grad_norm": cfg.rl.max_grad_norm,
         "temperature": cfg.temperature,
         "max_completion_length": cfg.max_new_tokens,
@@ -501,6 +504,11 @@ def train_rl_trl(
         raise TRLGRPOError(
             f"--trainer trl cannot honour {', '.join(ignored)}: TRL's GRPO has no value head, GAE, "
             "entropy bonus or rollout log-prob check; drop them or use --trainer sftrl"
+        )
+    if "loss_agg" in cfg.rl.model_fields_set and cfg.rl.loss_agg != "token":
+        raise TRLGRPOError(
+            "--trainer trl averages the loss over all tokens of an update (--loss-agg token, TRL's "
+            "loss_type 'dapo'); --loss-agg reply needs --trainer sftrl"
         )
     if cfg.episodes:
         raise TRLGRPOError("--trainer trl collects its own episodes; --episodes needs --trainer sftrl")
