@@ -787,12 +787,12 @@ def cmd_train(ns: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from exc
     except (WeightSyncError, LogprobMismatchError, DistributedSetupError) as exc:
         raise CLIError(str(exc)) from exc
-    from sftrl.training.tracking import end_processes, process_info
+    from sftrl.training.tracking import end_processes, leave_helper_process, process_info
 
     main_process = process_info()[0]
     end_processes()
     if not main_process:
-        return 0  # under accelerate launch the main process reports for all
+        leave_helper_process()  # under accelerate launch the main process reports for all
     if ns.json:
         print(json.dumps(metrics, sort_keys=True))
     else:

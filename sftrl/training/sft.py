@@ -33,6 +33,7 @@ from sftrl.training.tracking import (
     TrackingError,
     check_installed,
     end_processes,
+    leave_helper_process,
     process_info,
     sample_rows,
     trainer_callback,
@@ -596,7 +597,7 @@ def train_sft_main(
     main = process_info()[0]
     end_processes()
     if not main:
-        return 0  # the main process reports for all
+        leave_helper_process()  # the main process reports for all
     if json_output:
         print(json.dumps(metrics, sort_keys=True))
     else:

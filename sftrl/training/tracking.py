@@ -23,9 +23,10 @@ import importlib.util
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from pydantic import BeforeValidator
 
@@ -107,6 +108,18 @@ def end_processes() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def leave_helper_process() -> NoReturn:
+    """End a launched non-main process once :func:`end_processes` has run: flush its output and exit
+    at once, skipping interpreter finalization. There a helper rank was still seen aborting after
+    all its work was done (SIGABRT, "terminate called without an active exception", twice in full
+    CI runs, never in isolation), which fails the whole launch; gloo's C++ threads releasing
+    Python-held tensors while the interpreter is torn down are a known cause (pytorch PR 179291).
+    The main process, which writes every result, exits normally."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def process_info() -> tuple[bool, int]:
