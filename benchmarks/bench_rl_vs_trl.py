@@ -2,7 +2,8 @@
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_vs_trl.py [--updates 3 --episodes 8 --group 4]``
 (``--trainers sftrl|trl``: one of the two, e.g. one per core; ``--pair OWN_OUT TRL_OUT``, once per
-seed, then pairs such runs at every evaluation point, with seed-level t-intervals, and trains nothing).
+seed, then pairs such runs at every evaluation point, with seed-level t-intervals, and trains nothing;
+either run of a pair may be of either trainer, e.g. two own-learner settings, named by ``--labels``).
 Both runs go through ``agent train rl`` (``python -m sftrl``), each in its own process, on the same
 model (default: a tiny from-scratch one, ``agent tiny-model``; ``--model DIR``: any local model), the
 same GP-L env, group size, episodes per update, sequence length, learning rate, epochs per update
@@ -123,9 +124,16 @@ def main() -> None:
         help="train nothing: pair the --out dirs of earlier runs (one pair per seed) at every "
         "evaluation, with seed-level t-intervals; repeat once per seed",
     )
+    ap.add_argument(
+        "--labels",
+        nargs=2,
+        default=("own", "TRL"),
+        metavar=("A", "B"),
+        help="names of the two sides of --pair in its tables (e.g. token reply for two own runs)",
+    )
     args = ap.parse_args()
     if args.pair:
-        summarize_pairs([(Path(a), Path(b)) for a, b in args.pair], args.out)
+        summarize_pairs([(Path(a), Path(b)) for a, b in args.pair], args.out, labels=tuple(args.labels))
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = args.out or Path(tmp)
@@ -212,16 +220,22 @@ def paired_rows(
 
 
 def _evals(out: Path, trainer: str) -> list[dict]:
-    path = out / trainer / "eval.jsonl"
-    if not path.exists():
-        raise SystemExit(f"{path} is missing: not the --out of a --trainers {trainer} run with --eval-env")
+    """The evaluations of the run in ``out``: its ``trainer`` run (own/ or trl/), else its only one."""
+    found = [out / t / "eval.jsonl" for t in (trainer, *({"own", "trl"} - {trainer}))]
+    path = next((p for p in found if p.exists()), None)
+    if path is None:
+        raise SystemExit(f"{out} holds no own/ or trl/eval.jsonl: not the --out of a run with --eval-env")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def summarize_pairs(pairs: list[tuple[Path, Path]], out: Path | None) -> dict:
-    """Per seed (one (own, TRL) pair of runs each) and evaluation point: both trainers' success, own -
-    TRL paired over episodes; each trainer's change from its first evaluation; then the seed level of
-    the last point (mean of per-seed differences, 95% t-interval, sign-flip p)."""
+def summarize_pairs(
+    pairs: list[tuple[Path, Path]], out: Path | None, labels: tuple[str, str] = ("own", "TRL")
+) -> dict:
+    """Per seed (one (A, B) pair of runs each, by default (own, TRL)) and evaluation point: both
+    sides' success, A - B paired over episodes; each side's change from its first evaluation; then
+    the seed level of the last point (mean of per-seed differences, 95% t-interval, sign-flip p).
+    The JSON keeps the keys own/trl for A/B and records ``labels``."""
+    a, b = labels
     from sftrl.repro.pipeline import seed_test
 
     per_seed = []
@@ -245,10 +259,15 @@ def summarize_pairs(pairs: list[tuple[Path, Path]], out: Path | None) -> dict:
             seed[name] = rows
         per_seed.append(seed)
     console = Console(width=max(120, Console().width))
-    summary: dict = {"pairs": [[str(a), str(b)] for a, b in pairs], "per_seed": per_seed, "seed_level": {}}
+    summary: dict = {
+        "pairs": [[str(x), str(y)] for x, y in pairs],
+        "labels": [a, b],
+        "per_seed": per_seed,
+        "seed_level": {},
+    }
     for name in per_seed[0]:
-        table = Table(title=f"{name}: success by evaluation point (own - TRL and changes: 95% bootstrap CI)")
-        for col in ("seed", "step", "own", "TRL", "own - TRL", "own: from first", "TRL: from first"):
+        table = Table(title=f"{name}: success by evaluation point ({a} - {b} and changes: 95% bootstrap CI)")
+        for col in ("seed", "step", a, b, f"{a} - {b}", f"{a}: from first", f"{b}: from first"):
             table.add_column(col, justify="right")
         for i, seed in enumerate(per_seed):
             for r in seed[name]:
@@ -266,8 +285,11 @@ def summarize_pairs(pairs: list[tuple[Path, Path]], out: Path | None) -> dict:
         for key, test in level.items():
             ci = test.get("ci")
             ci_text = f"({ci[0]:+.3f} .. {ci[1]:+.3f})" if ci else "(one seed: no interval)"
+            what = {"own_minus_trl_last": f"{a} - {b}", "own_last_minus_first": f"{a}: last - first"}
+            what["trl_last_minus_first"] = f"{b}: last - first"
             console.print(
-                f"{name} {key}, last point, mean over {test['n_seeds']} seeds: {test['mean']:+.3f} {ci_text}"
+                f"{name} {what[key]} ({key}), last point, mean over {test['n_seeds']} seeds: "
+                f"{test['mean']:+.3f} {ci_text}"
             )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
