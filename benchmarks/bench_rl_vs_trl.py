@@ -265,6 +265,11 @@ def summarize_pairs(
         "per_seed": per_seed,
         "seed_level": {},
     }
+    what = {
+        "own_minus_trl_last": f"{a} - {b}",
+        "own_last_minus_first": f"{a}: last - first",
+        "trl_last_minus_first": f"{b}: last - first",
+    }
     for name in per_seed[0]:
         table = Table(title=f"{name}: success by evaluation point ({a} - {b} and changes: 95% bootstrap CI)")
         for col in ("seed", "step", a, b, f"{a} - {b}", f"{a}: from first", f"{b}: from first"):
@@ -285,8 +290,6 @@ def summarize_pairs(
         for key, test in level.items():
             ci = test.get("ci")
             ci_text = f"({ci[0]:+.3f} .. {ci[1]:+.3f})" if ci else "(one seed: no interval)"
-            what = {"own_minus_trl_last": f"{a} - {b}", "own_last_minus_first": f"{a}: last - first"}
-            what["trl_last_minus_first"] = f"{b}: last - first"
             console.print(
                 f"{name} {what[key]} ({key}), last point, mean over {test['n_seeds']} seeds: "
                 f"{test['mean']:+.3f} {ci_text}"
