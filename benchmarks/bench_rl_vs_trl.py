@@ -46,6 +46,13 @@ _WRAPPER = (
 )
 
 
+def tiny_model(out: Path) -> Path:
+    """A tiny from-scratch model (``agent tiny-model``) at ``out``."""
+    cmd = [sys.executable, "-m", "sftrl", "tiny-model", "--out", str(out), "--overwrite"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
 def run(trainer: str, model: Path, out: Path, args: argparse.Namespace) -> dict[str, float]:
     cmd = [sys.executable, "-c", _WRAPPER, "train", "rl", "--model", str(model), "--out", str(out)]
     cmd += ["--trainer", trainer, "--algo", "grpo", "--max-steps", str(args.updates)]
@@ -138,14 +145,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.out or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        model = args.model
-        if model is None:
-            model = work / "tiny"
-            subprocess.run(
-                [sys.executable, "-m", "sftrl", "tiny-model", "--out", str(model), "--overwrite"],
-                check=True,
-                capture_output=True,
-            )
+        model = args.model or tiny_model(work / "tiny")
         console = Console(width=max(120, Console().width))  # the paired table's CIs need the width
         own: dict = {}
         trl: dict = {}

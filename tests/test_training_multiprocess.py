@@ -264,6 +264,8 @@ from sftrl.training.rl import Learner, RLConfig
 from sftrl.training.transitions import EpisodeBatch, Transition
 
 out, layout, minibatch, agg = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+micro = int(sys.argv[5]) if len(sys.argv) > 5 else None
+name = f"{layout}-{minibatch}-{agg}" + (f"-micro{micro}" if micro else "")
 acc = Accelerator(cpu=True)
 torch.manual_seed(0)
 config = transformers.LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -271,7 +273,7 @@ config = transformers.LlamaConfig(vocab_size=32, hidden_size=32, intermediate_si
 model = transformers.LlamaForCausalLM(config)
 # --loss-agg token: per-token policy terms weighed by each process's tokens, the value loss by its rows.
 rl = RLConfig(algo="ppo", lr=1e-2, minibatch_size=minibatch, ppo_epochs=2, loss_agg=agg,
-              ratio="token" if agg == "token" else "sequence")
+              ratio="token" if agg == "token" else "sequence", micro_batch_size=micro)
 learner = Learner(model, lambda t: {"input_ids": t.prompt[0]["ids"]}, rl, accelerator=acc,
                   fsdp=layout == "fsdp")
 # Multi-turn episodes of 3 attempts on even indices, 1 on odd ones: with two processes, rank 0 holds
@@ -299,8 +301,8 @@ stats = learner.update(batch)
 policy = acc.unwrap_model(learner.module).policy
 weights = learner.full_policy_state() if layout == "fsdp" else policy.state_dict()
 if acc.is_main_process:
-    torch.save({k: v.detach().cpu() for k, v in weights.items()}, out / f"{layout}-{minibatch}-{agg}.pt")
-    (out / f"{layout}-{minibatch}-{agg}.json").write_text(json.dumps(stats))
+    torch.save({k: v.detach().cpu() for k, v in weights.items()}, out / f"{name}.pt")
+    (out / f"{name}.json").write_text(json.dumps(stats))
 from sftrl.training.tracking import end_processes
 end_processes()
 """
@@ -312,7 +314,9 @@ def test_rl_ranks_with_different_numbers_of_transitions_train_like_one_process(t
     share of the step's rows, so with one mini-batch per process the update equals one process's on
     all episodes; with uneven mini-batch counts (idle passes) DDP and --fsdp run through alike.
     Under --loss-agg token the policy terms are weighed by tokens instead, which the processes hold
-    in another proportion than rows: the update still equals one process's."""
+    in another proportion than rows: the update still equals one process's. With --micro-batch-size
+    2 the processes run 5 and 2 passes per mini-batch (idle ones on rank 1), accumulate, and still
+    take one process's step, under DDP and --fsdp."""
     import torch
 
     script = tmp_path / "uneven.py"
@@ -321,10 +325,11 @@ def test_rl_ranks_with_different_numbers_of_transitions_train_like_one_process(t
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     for agg in ("reply", "token"):
         _run([sys.executable, str(script), str(tmp_path), "one", "64", agg])
-    for layout, minibatch, agg in (("ddp", "64", "reply"), ("ddp", "64", "token"), ("ddp", "2", "reply"),
-                                   ("fsdp", "2", "reply")):  # fmt: skip
+    runs = [("ddp", "64", "reply"), ("ddp", "64", "token"), ("ddp", "2", "reply"), ("fsdp", "2", "reply")]
+    runs += [("ddp", "64", "token", "2"), ("fsdp", "64", "reply", "2")]  # --micro-batch-size 2
+    for layout, minibatch, agg, *micro in runs:
         port = ["--main_process_port", str(_free_port())]
-        _run([*launch, *port, str(script), str(tmp_path), layout, minibatch, agg])
+        _run([*launch, *port, str(script), str(tmp_path), layout, minibatch, agg, *micro])
     one = torch.load(tmp_path / "one-64-reply.pt")
     import transformers
 
@@ -352,6 +357,10 @@ def test_rl_ranks_with_different_numbers_of_transitions_train_like_one_process(t
         assert json.loads((tmp_path / f"{layout}-2-reply.json").read_text())["transitions"] == 9  # rank 0's
     ddp, fsdp = (torch.load(tmp_path / f"{layout}-2-reply.pt") for layout in ("ddp", "fsdp"))
     assert max((ddp[k] - fsdp[k]).abs().max().item() for k in ddp) < 1e-5  # the same steps, sharded
+    # Micro-batches: the same step as one pass per process, whatever the passes each process runs.
+    for name, want in (("ddp-64-token-micro2", one_token), ("fsdp-64-reply-micro2", one)):
+        micro = torch.load(tmp_path / f"{name}.pt")
+        assert max((want[k] - micro[k]).abs().max().item() for k in want) < 1e-5, name
 
 
 @pytest.mark.skipif(

@@ -219,6 +219,52 @@ def test_every_transition_is_trained_once_per_epoch_in_either_minibatch_order(mo
     assert stats["tokens_scored"] == real  # the value pass (PPO), one forward over each transition
 
 
+@pytest.mark.parametrize(
+    ("algo", "ratio", "agg"),
+    [
+        ("ppo", "sequence", "reply"),
+        ("ppo", "token", "token"),
+        ("grpo", "sequence", "reply"),
+        ("grpo", "sequence", "token"),
+    ],
+)
+def test_micro_batches_bound_each_pass_and_accumulate_the_same_update(model, algo, ratio, agg):
+    """``--micro-batch-size 3``: no forward with gradients holds more than 3 transitions, and the
+    accumulated mini-batch gradients give the update of whole mini-batches (replies of 1-6 tokens,
+    so averaging over replies and over tokens weigh the passes differently)."""
+    import copy
+
+    def learner_with(micro):
+        rl = RLConfig(algo=algo, ratio=ratio, loss_agg=agg, lr=1e-2, ppo_epochs=2, minibatch_size=8)
+        return Learner(copy.deepcopy(model), encode, rl.model_copy(update={"micro_batch_size": micro}))
+
+    whole, micro = learner_with(None), learner_with(3)
+    eps = [
+        [make([10 + i % 7] * (1 + i % 6), 1.0 if i % 3 == 0 else -1.0, f"e{i}", f"g{i // 2}", whole)]
+        for i in range(12)
+    ]
+    batch = EpisodeBatch(
+        episodes=eps, returns=[e[0].reward for e in eps], successes=[e[0].reward > 0 for e in eps]
+    )
+    rows: dict[str, list[int]] = {"whole": [], "micro": []}  # transitions per forward with gradients
+    stats = {}
+    for name, learner in (("whole", whole), ("micro", micro)):
+
+        def count(_module, _args, kwargs, _rows=rows[name]):
+            if torch.is_grad_enabled():
+                _rows.append(kwargs["input_ids"].shape[0])
+
+        learner.model.register_forward_pre_hook(count, with_kwargs=True)
+        stats[name] = learner.update(batch)
+    assert max(rows["whole"]) == 8 and max(rows["micro"]) == 3
+    assert sum(rows["micro"]) == sum(rows["whole"]) == 2 * 12  # every transition, once per epoch
+    for key, value in stats["whole"].items():
+        assert stats["micro"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    a, b = whole.model.state_dict(), micro.model.state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert max((a[k] - model.state_dict()[k]).abs().max().item() for k in a) > 1e-3  # it trained
+
+
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_update_checks_logged_logprobs_before_any_step(model, algo):
     learner = Learner(model, encode, RLConfig(algo=algo, lr=1e-2, logprob_tolerance=1e-3))

@@ -126,7 +126,9 @@ def test_trl_grpo_needs_grpo(
     assert "GRPO only" in capsys.readouterr().err
     # Options only the own learner honours are refused in one line, not silently dropped.
     args[args.index("ppo")] = "grpo"
-    for flag, says in ((["--fsdp"], "--fsdp is for --trainer sftrl"), (["--track-episodes", "2"], "episode")):
+    refused = [(["--fsdp"], "--fsdp is for --trainer sftrl"), (["--track-episodes", "2"], "episode")]
+    refused.append((["--micro-batch-size", "2"], "--minibatch-size is TRL's per-device micro-batch"))
+    for flag, says in refused:
         assert main([*args, "--out", str(tmp_path / "o"), *flag]) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1, err

@@ -46,6 +46,13 @@ class RLConfig(BaseModel):
         "(same number of mini-batches, in random order; later attempts carry the earlier ones, so random "
         "mini-batches pad to ~1.6x their tokens)",
     )
+    micro_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="transitions per forward/backward pass: each mini-batch's gradient is accumulated "
+        "over micro-batches of similar length before its one optimizer step, which bounds activation "
+        "memory and leaves the update as it is (default: the whole mini-batch in one pass)",
+    )
     clip: float = Field(default=0.1, gt=0)
     ratio: Literal["sequence", "token"] = Field(
         default="sequence",
@@ -203,6 +210,12 @@ class Learner:
 
             accelerator = Accelerator()
         self.accelerator = accelerator
+        if config.micro_batch_size is not None and accelerator.distributed_type == "DEEPSPEED":
+            # accelerate's DeepSpeed backward steps the engine itself, by its own accumulation count.
+            raise ValueError(
+                "--micro-batch-size accumulates gradients over several backward passes, which DeepSpeed "
+                "runs by its own config: set gradient_accumulation_steps there, or drop the option"
+            )
         if fsdp:
             from sftrl.training.fsdp import shard
 
@@ -253,9 +266,29 @@ class Learner:
         return self._encoded[key]
 
     def _batches(self, items: Sequence[Transition], rng: random.Random | None = None) -> list[list[int]]:
-        """Index mini-batches of ``items`` of similar length (``rng`` None: forward-only passes)."""
+        """Index mini-batches of ``items`` of similar length (``rng`` None: forward-only passes, of
+        ``micro_batch_size`` where set: no gradient to accumulate, only the memory bound matters)."""
         lengths = [len(self._encoding(t)["input_ids"]) + len(t.completion_ids) for t in items]
-        return length_batches(lengths, self.cfg.minibatch_size, rng)
+        size = (
+            self.cfg.minibatch_size
+            if rng is not None
+            else self.cfg.micro_batch_size or self.cfg.minibatch_size
+        )
+        return length_batches(lengths, size, rng)
+
+    def _micro(self, idx: list[int] | None, items: Sequence[Transition]) -> list[list[int] | None]:
+        """The forward/backward passes of mini-batch ``idx`` (None: this process has none in this
+        step): one, or with ``micro_batch_size`` chunks of similar length, padded with idle passes to
+        the most any process has (each backward is a collective under DDP/FSDP)."""
+        size = self.cfg.micro_batch_size
+        if size is None:
+            return [idx]
+        if idx is None:
+            return self._in_step([])
+        by_length = sorted(
+            idx, key=lambda i: len(self._encoding(items[i])["input_ids"]) + len(items[i].completion_ids)
+        )
+        return self._in_step(_chunks(by_length, size))
 
     def _inputs(self, items: Sequence[Transition]) -> tuple[dict[str, Any], list[int], int]:
         """A right-padded batch of prompt+completion ids, image tensors concatenated along dim 0."""
@@ -474,6 +507,86 @@ class Learner:
                 )
         return [lp[id(t)] for t in items]
 
+    def _loss_terms(
+        self,
+        idx: list[int],
+        items: Sequence[Transition],
+        adv: list[float],
+        ret: list[float],
+        prox: list[torch.Tensor],
+        is_w: list[torch.Tensor],
+        ref_lp: dict[int, torch.Tensor],
+    ) -> tuple[dict[str, torch.Tensor], int]:
+        """One pass over transitions ``idx``: its loss terms, each its mean over these transitions
+        (over their tokens for token-averaged terms), and its number of real completion tokens."""
+        import torch
+
+        cfg = self.cfg
+        per_token = cfg.algo == "grpo" or cfg.ratio == "token"
+        chunk = [items[i] for i in idx]
+        s = self.score(chunk, with_values=cfg.algo == "ppo")
+        old = torch.zeros_like(s.logprobs)
+        # Truncated importance weights (async only): per token or per reply, as the ratios.
+        weight = torch.ones_like(s.logprobs if per_token else s.logprobs[:, 0])
+        for j, t in enumerate(chunk):
+            c = len(t.completion_ids)
+            if prox:
+                old[j, :c] = prox[idx[j]]
+                if per_token:
+                    weight[j, :c] = is_w[idx[j]]
+                else:
+                    weight[j] = is_w[idx[j]][0]
+            elif t.behaviour_logprobs is not None:
+                old[j, :c] = torch.tensor(t.behaviour_logprobs, dtype=torch.float32)
+            else:
+                old[j, :c] = s.logprobs[j, :c].detach()
+        dev = s.logprobs.device
+        a = torch.tensor([adv[i] for i in idx], dtype=torch.float32, device=dev)
+        if cfg.algo == "ppo":
+            if cfg.ratio == "token":
+                w_tok = weight if prox else None
+                pg, clipped, approx_kl = _token_surrogate(s, old, a, w_tok, cfg.clip, cfg.loss_agg)
+            else:
+                # Action = the whole reply: its log-prob is the sum of its token log-probs.
+                new_lp = (s.logprobs * s.mask).sum(-1)
+                old_lp = (old * s.mask).sum(-1)
+                ratio = torch.exp((new_lp - old_lp).clamp(-20, 20))
+                surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a)
+                pg = -(surrogate * weight).mean() if prox else -surrogate.mean()
+                clipped = ((ratio - 1).abs() > cfg.clip).float().mean()
+                approx_kl = (old_lp - new_lp).mean()
+            assert s.values is not None
+            r = torch.tensor([ret[i] for i in idx], dtype=torch.float32, device=dev)
+            v_loss = 0.5 * (s.values - r).pow(2).mean()
+            kl = torch.zeros((), device=dev)
+        else:
+            # GRPO: token-level clipped ratios, the episode's group advantage on every token.
+            pg, clipped, approx_kl = _token_surrogate(
+                s, old, a, weight if prox else None, cfg.clip, cfg.loss_agg
+            )
+            v_loss = torch.zeros((), device=dev)
+            kl = torch.zeros((), device=dev)
+            if ref_lp:
+                ref = torch.stack(
+                    [
+                        torch.nn.functional.pad(ref_lp[i], (0, s.logprobs.shape[1] - ref_lp[i].shape[0]))
+                        for i in idx
+                    ]
+                )
+                d = ref - s.logprobs
+                # k3 estimator of KL(policy || reference): unbiased and always >= 0.
+                k3 = torch.exp(d) - d - 1
+                kl = _aggregate(k3, s.mask, cfg.loss_agg)
+        terms = {
+            "policy_loss": pg,
+            "value_loss": v_loss,
+            "entropy": _aggregate(s.entropy, s.mask, cfg.loss_agg),
+            "kl": kl,
+            "clip_fraction": clipped,
+            "approx_kl": approx_kl,
+        }
+        return terms, int(s.mask.sum())
+
     def update(
         self, batch: EpisodeBatch, *, is_cap: float | None = None, check: bool = False
     ) -> dict[str, float]:
@@ -550,89 +663,47 @@ class Learner:
                 self.rng.shuffle(order)
                 minibatches = _chunks(order, cfg.minibatch_size)
             for idx in self._in_step(minibatches):
-                if idx is None:
-                    # Another process still has a mini-batch: join its step (its collectives in the
-                    # same order: forward, share, backward, clipping) and add a zero gradient.
-                    s = self._idle_pass(items, with_values=cfg.algo == "ppo")
-                    zero = (s.logprobs * 0).sum() + (0 if s.values is None else (s.values * 0).sum())
-                    self._shares(0, 0)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.accelerator.backward(zero)
-                    self.accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
-                    self.optimizer.step()
-                    continue
-                chunk = [items[i] for i in idx]
-                s = self.score(chunk, with_values=cfg.algo == "ppo")
-                old = torch.zeros_like(s.logprobs)
-                # Truncated importance weights (async only): per token or per reply, as the ratios.
-                weight = torch.ones_like(s.logprobs if per_token else s.logprobs[:, 0])
-                for j, t in enumerate(chunk):
-                    c = len(t.completion_ids)
-                    if prox:
-                        old[j, :c] = prox[idx[j]]
-                        if per_token:
-                            weight[j, :c] = is_w[idx[j]]
-                        else:
-                            weight[j] = is_w[idx[j]][0]
-                    elif t.behaviour_logprobs is not None:
-                        old[j, :c] = torch.tensor(t.behaviour_logprobs, dtype=torch.float32)
-                    else:
-                        old[j, :c] = s.logprobs[j, :c].detach()
-                dev = s.logprobs.device
-                a = torch.tensor([adv[i] for i in idx], dtype=torch.float32, device=dev)
-                if cfg.algo == "ppo":
-                    if cfg.ratio == "token":
-                        w_tok = weight if prox else None
-                        pg, clipped, approx_kl = _token_surrogate(s, old, a, w_tok, cfg.clip, cfg.loss_agg)
-                    else:
-                        # Action = the whole reply: its log-prob is the sum of its token log-probs.
-                        new_lp = (s.logprobs * s.mask).sum(-1)
-                        old_lp = (old * s.mask).sum(-1)
-                        ratio = torch.exp((new_lp - old_lp).clamp(-20, 20))
-                        surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a)
-                        pg = -(surrogate * weight).mean() if prox else -surrogate.mean()
-                        clipped = ((ratio - 1).abs() > cfg.clip).float().mean()
-                        approx_kl = (old_lp - new_lp).mean()
-                    assert s.values is not None
-                    r = torch.tensor([ret[i] for i in idx], dtype=torch.float32, device=dev)
-                    v_loss = 0.5 * (s.values - r).pow(2).mean()
-                    kl = torch.zeros((), device=dev)
-                else:
-                    # GRPO: token-level clipped ratios, the episode's group advantage on every token.
-                    pg, clipped, approx_kl = _token_surrogate(
-                        s, old, a, weight if prox else None, cfg.clip, cfg.loss_agg
-                    )
-                    v_loss = torch.zeros((), device=dev)
-                    kl = torch.zeros((), device=dev)
-                    if ref_lp:
-                        ref = torch.stack(
-                            [
-                                torch.nn.functional.pad(
-                                    ref_lp[i], (0, s.logprobs.shape[1] - ref_lp[i].shape[0])
-                                )
-                                for i in idx
-                            ]
-                        )
-                        d = ref - s.logprobs
-                        # k3 estimator of KL(policy || reference): unbiased and always >= 0.
-                        k3 = torch.exp(d) - d - 1
-                        kl = _aggregate(k3, s.mask, cfg.loss_agg)
-                ent = _aggregate(s.entropy, s.mask, cfg.loss_agg)
-                row_share, token_share = self._shares(len(idx), int(s.mask.sum()))
+                # idx None: another process still has a mini-batch; this one joins its step (the
+                # same collectives in the same order: share, passes, clipping) with zero gradients.
+                rows = len(idx) if idx is not None else 0
+                tokens = sum(len(items[i].completion_ids) for i in idx) if idx is not None else 0
+                row_share, token_share = self._shares(rows, tokens)
                 # Token-averaged terms are weighed by this process's tokens, per-reply ones by its rows.
                 policy_share = token_share if cfg.loss_agg == "token" else row_share
-                loss = (pg - cfg.ent_coef * ent + cfg.kl_coef * kl) * policy_share
-                loss = loss + cfg.vf_coef * v_loss * row_share
                 self.optimizer.zero_grad(set_to_none=True)
-                self.accelerator.backward(loss)
+                step: dict[str, float] = dict.fromkeys(stats, 0.0)
+                for micro in self._micro(idx, items):
+                    if micro is None:
+                        s = self._idle_pass(items, with_values=cfg.algo == "ppo")
+                        zero = (s.logprobs * 0).sum() + (0 if s.values is None else (s.values * 0).sum())
+                        self.accelerator.backward(zero)
+                        continue
+                    terms, micro_tokens = self._loss_terms(micro, items, adv, ret, prox, is_w, ref_lp)
+                    # Each pass's part of the mini-batch's mean: its rows, or its tokens for terms
+                    # averaged over tokens (so the accumulated gradient is the whole mini-batch's).
+                    row_frac = len(micro) / rows
+                    token_frac = micro_tokens / max(tokens, 1)
+                    policy_frac = token_frac if cfg.loss_agg == "token" else row_frac
+                    seq_ppo = cfg.algo == "ppo" and cfg.ratio == "sequence"
+                    fracs = {
+                        "policy_loss": policy_frac,
+                        "entropy": policy_frac,
+                        "kl": policy_frac,
+                        "value_loss": row_frac,
+                        "clip_fraction": row_frac if seq_ppo else token_frac,
+                        "approx_kl": row_frac if seq_ppo else token_frac,
+                    }
+                    pg, ent, kl = terms["policy_loss"], terms["entropy"], terms["kl"]
+                    loss = (pg - cfg.ent_coef * ent + cfg.kl_coef * kl) * policy_share * policy_frac
+                    loss = loss + cfg.vf_coef * terms["value_loss"] * row_share * row_frac
+                    self.accelerator.backward(loss)
+                    for k, f in fracs.items():
+                        step[k] += float(terms[k].detach()) * f
                 self.accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
-                stats["policy_loss"].append(float(pg.detach()))
-                stats["value_loss"].append(float(v_loss.detach()))
-                stats["entropy"].append(float(ent.detach()))
-                stats["kl"].append(float(kl.detach()))
-                stats["clip_fraction"].append(float(clipped.detach()))
-                stats["approx_kl"].append(float(approx_kl.detach()))
+                if idx is not None:
+                    for k, v in step.items():
+                        stats[k].append(v)
         self.updates += 1
         # What sampling the batch cost: each call's prompt (prefill) and reply tokens, one forward each.
         rollout_tokens = float(

@@ -512,6 +512,11 @@ def train_rl_trl(
         )
     if cfg.episodes:
         raise TRLGRPOError("--trainer trl collects its own episodes; --episodes needs --trainer sftrl")
+    if cfg.rl.micro_batch_size is not None:
+        raise TRLGRPOError(
+            "--micro-batch-size is for --trainer sftrl; with --trainer trl, --minibatch-size is TRL's "
+            "per-device micro-batch (each epoch of an update is one accumulated step)"
+        )
     if cfg.env_workers:
         raise TRLGRPOError("--env-workers needs --trainer sftrl (TRL's rollout function steps its envs here)")
     if cfg.fsdp:

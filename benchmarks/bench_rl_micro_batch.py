@@ -1,0 +1,75 @@
+"""Micro-batches in the own RL learner (``agent train rl --micro-batch-size N``): memory for time, measured.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_micro_batch.py [--micro 0 64 16] [--updates 3
+--episodes 8 --group 4] [--model DIR --extra "..."]``. Each setting is one ``agent train rl --algo grpo``
+process (through :func:`bench_rl_vs_trl.run`, so the settings are those of the own-vs-TRL benchmark:
+one optimizer step per epoch over the whole update); ``0`` is the whole update in one forward/backward
+pass, ``N`` accumulates its gradient over passes of at most N transitions. Reported side by side in
+one run: episodes/s over the training loop (the learner's own clock), the process's peak resident
+memory and the mean reward of the first and last update (the update is the same, so these differ only
+by floating-point order), with ratios to the whole-update setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from bench_rl_vs_trl import run, tiny_model
+from rich.console import Console
+from rich.table import Table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--micro", type=int, nargs="+", default=[0, 64, 16], help="0: the whole update at once")
+    ap.add_argument("--updates", type=int, default=3)
+    ap.add_argument("--episodes", type=int, default=8, help="episodes per update")
+    ap.add_argument("--group", type=int, default=4, help="GRPO group size")
+    ap.add_argument("--epochs", type=int, default=1, help="optimizer passes per update")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--model", type=Path, default=None, help="a local model (default: a tiny from-scratch one)"
+    )
+    ap.add_argument("--extra", default="", help="more `agent train rl` options for every setting")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds each training run may take")
+    ap.add_argument("--out", type=Path, default=None, help="keep the runs here")
+    args = ap.parse_args()
+    rows: dict[int, dict[str, float]] = {}
+    console = Console(width=max(120, Console().width))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.out or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        model = args.model or tiny_model(work / "tiny")
+        for micro in args.micro:
+            setting = argparse.Namespace(**vars(args))
+            if micro:
+                setting.extra = f"{args.extra} --micro-batch-size {micro}"
+            with console.status(f"micro-batch {micro or 'whole update'}"):
+                rows[micro] = run("sftrl", model, work / f"micro-{micro}", setting)
+    base = rows[args.micro[0]]
+    table = Table(
+        title=f"own GRPO learner, {model.name if args.model else 'tiny model'}: {args.updates} updates x "
+        f"{args.episodes} episodes, {args.epochs} step(s)/update; ratios to micro {args.micro[0] or 'whole'}"
+    )
+    table.add_column("micro-batch (transitions)")
+    for name in ("episodes/s", "peak RSS MB", "reward first", "reward last", "speed ratio", "memory ratio"):
+        table.add_column(name, justify="right")
+    for micro, r in rows.items():
+        table.add_row(
+            str(micro or "whole update"),
+            f"{r['episodes_s']:.2f}",
+            f"{r['peak_mb']:.0f}",
+            f"{r['reward_first']:.3f}",
+            f"{r['reward']:.3f}",
+            f"{r['episodes_s'] / base['episodes_s']:.2f}",
+            f"{r['peak_mb'] / base['peak_mb']:.2f}",
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
