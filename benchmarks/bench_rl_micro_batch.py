@@ -1,6 +1,6 @@
 """Micro-batches in the own RL learner (``agent train rl --micro-batch-size N``): memory for time, measured.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_micro_batch.py [--micro 0 64 16] [--updates 3
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_rl_micro_batch.py [--micro 0 8 2] [--updates 3
 --episodes 8 --group 4] [--model DIR --extra "..."]``. Each setting is one ``agent train rl --algo grpo``
 process (through :func:`bench_rl_vs_trl.run`, so the settings are those of the own-vs-TRL benchmark:
 one optimizer step per epoch over the whole update); ``0`` is the whole update in one forward/backward
@@ -16,26 +16,15 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench_rl_vs_trl import run, tiny_model
+from bench_rl_vs_trl import add_run_options, run, tiny_model
 from rich.console import Console
 from rich.table import Table
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--micro", type=int, nargs="+", default=[0, 64, 16], help="0: the whole update at once")
-    ap.add_argument("--updates", type=int, default=3)
-    ap.add_argument("--episodes", type=int, default=8, help="episodes per update")
-    ap.add_argument("--group", type=int, default=4, help="GRPO group size")
-    ap.add_argument("--epochs", type=int, default=1, help="optimizer passes per update")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--model", type=Path, default=None, help="a local model (default: a tiny from-scratch one)"
-    )
-    ap.add_argument("--extra", default="", help="more `agent train rl` options for every setting")
-    ap.add_argument("--timeout", type=float, default=3600, help="seconds each training run may take")
+    ap.add_argument("--micro", type=int, nargs="+", default=[0, 8, 2], help="0: the whole update at once")
+    add_run_options(ap)
     ap.add_argument("--out", type=Path, default=None, help="keep the runs here")
     args = ap.parse_args()
     rows: dict[int, dict[str, float]] = {}

@@ -102,8 +102,8 @@ def run(trainer: str, model: Path, out: Path, args: argparse.Namespace) -> dict[
     return result
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def add_run_options(ap: argparse.ArgumentParser) -> None:
+    """The options :func:`run` reads (shared with the benchmarks built on it)."""
     ap.add_argument("--updates", type=int, default=3)
     ap.add_argument("--episodes", type=int, default=8, help="episodes per update")
     ap.add_argument("--group", type=int, default=4, help="GRPO group size")
@@ -113,8 +113,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", type=Path, help="a local model (default: a tiny from-scratch one)")
     ap.add_argument(
-        "--extra", default="", help='more `agent train rl` options for both, e.g. "--verify-iter 3"'
+        "--extra", default="", help='more `agent train rl` options for every run, e.g. "--verify-iter 3"'
     )
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds each training run may take")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    add_run_options(ap)
     ap.add_argument("--out", type=Path, help="keep both runs (own/, trl/) and results.json here")
     ap.add_argument(
         "--trainers",
@@ -122,7 +128,6 @@ def main() -> None:
         default="both",
         help="run one trainer only (e.g. one per core); pair the runs later with paired_rows",
     )
-    ap.add_argument("--timeout", type=float, default=3600, help="seconds each training run may take")
     ap.add_argument(
         "--pair",
         nargs=2,
