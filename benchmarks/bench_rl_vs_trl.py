@@ -8,7 +8,8 @@ Both runs go through ``agent train rl`` (``python -m sftrl``), each in its own p
 model (default: a tiny from-scratch one, ``agent tiny-model``; ``--model DIR``: any local model), the
 same GP-L env, group size, episodes per update, sequence length, learning rate, epochs per update
 and number of updates; ``--extra "..."`` adds the same ``agent train rl`` options to both (env
-options, ``--eval-env`` specs, ``--eval-every``). Reported per trainer: episodes/s and updates/s over
+options, ``--eval-env`` specs, ``--eval-every``), ``--own-extra "..."`` options of the own learner only
+(e.g. ``--micro-batch-size``). Reported per trainer: episodes/s and updates/s over
 the training loop (the trainers' own clocks: the sum of the own learner's per-update ``seconds``;
 TRL's ``train_runtime`` less the evaluations run inside it), the process wall time (imports, model
 load and evaluations included), the peak resident memory of the process, the mean reward of the
@@ -64,6 +65,8 @@ def run(trainer: str, model: Path, out: Path, args: argparse.Namespace) -> dict[
     minibatch = args.episodes if trainer == "trl" else ALL_TRANSITIONS
     cmd += ["--minibatch-size", str(minibatch), "--lr", str(args.lr), "--concurrency", str(args.episodes)]
     cmd += ["--save-every", str(args.updates), "--seed", str(args.seed), "--json", *shlex.split(args.extra)]
+    if trainer == "sftrl":
+        cmd += shlex.split(getattr(args, "own_extra", ""))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -121,6 +124,11 @@ def add_run_options(ap: argparse.ArgumentParser) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     add_run_options(ap)
+    ap.add_argument(
+        "--own-extra",
+        default="",
+        help='`agent train rl` options for the own learner only, e.g. "--micro-batch-size 16"',
+    )
     ap.add_argument("--out", type=Path, help="keep both runs (own/, trl/) and results.json here")
     ap.add_argument(
         "--trainers",
@@ -168,6 +176,7 @@ def main() -> None:
         title=f"GRPO on GP-L, {model.name if args.model else 'tiny model'}: {args.updates} updates x "
         f"{args.episodes} episodes (groups of {args.group}), {args.max_new_tokens} new tokens, "
         f"{args.epochs} epoch(s)/update, lr {args.lr:g}"
+        + (f"; own learner: {args.own_extra}" if args.own_extra else "")
     )
     for col in ("metric", "own (sftrl)", "TRL GRPOTrainer", "own / TRL"):
         table.add_column(col, justify="right" if col != "metric" else "left")
