@@ -684,14 +684,13 @@ class Learner:
                     row_frac = len(micro) / rows
                     token_frac = micro_tokens / max(tokens, 1)
                     policy_frac = token_frac if cfg.loss_agg == "token" else row_frac
-                    seq_ppo = cfg.algo == "ppo" and cfg.ratio == "sequence"
                     fracs = {
                         "policy_loss": policy_frac,
                         "entropy": policy_frac,
                         "kl": policy_frac,
                         "value_loss": row_frac,
-                        "clip_fraction": row_frac if seq_ppo else token_frac,
-                        "approx_kl": row_frac if seq_ppo else token_frac,
+                        "clip_fraction": token_frac if per_token else row_frac,
+                        "approx_kl": token_frac if per_token else row_frac,
                     }
                     pg, ent, kl = terms["policy_loss"], terms["entropy"], terms["kl"]
                     loss = (pg - cfg.ent_coef * ent + cfg.kl_coef * kl) * policy_share * policy_frac
