@@ -301,6 +301,9 @@ class _WandB:
 
     def close(self) -> None:
         self.run.finish()
+        # finish() can return while wandb-core still writes the run's file (offline runs read back
+        # or synced right after the command were seen truncated); teardown waits for the service.
+        self.wandb.teardown()
 
 
 class _Trackio:
