@@ -9,7 +9,8 @@ model (default: a tiny from-scratch one, ``agent tiny-model``; ``--model DIR``: 
 same GP-L env, group size, episodes per update, sequence length, learning rate, epochs per update
 and number of updates; ``--extra "..."`` adds the same ``agent train rl`` options to both (env
 options, ``--eval-env`` specs, ``--eval-every``), ``--own-extra "..."`` options of the own learner only
-(e.g. ``--micro-batch-size``). Reported per trainer: episodes/s and updates/s over
+(e.g. ``--micro-batch-size``), ``--trl-minibatch N`` TRL's per-device micro-batch (N episodes a pass,
+accumulated into the same step; default the whole update). Reported per trainer: episodes/s and updates/s over
 the training loop (the trainers' own clocks: the sum of the own learner's per-update ``seconds``;
 TRL's ``train_runtime`` less the evaluations run inside it), the process wall time (imports, model
 load and evaluations included), the peak resident memory of the process, the mean reward of the
@@ -62,7 +63,9 @@ def run(trainer: str, model: Path, out: Path, args: argparse.Namespace) -> dict[
     # One optimizer step per epoch over the whole update in both: TRL's micro-batches count episodes
     # (it accumulates them into one step), the own learner's mini-batches count transitions (one per
     # model call: a multi-turn episode is several), so its mini-batch must hold every transition.
-    minibatch = args.episodes if trainer == "trl" else ALL_TRANSITIONS
+    # --trl-minibatch N: TRL's per-device micro-batch of N episodes, accumulated into the same step.
+    trl_micro = getattr(args, "trl_minibatch", None) or args.episodes
+    minibatch = trl_micro if trainer == "trl" else ALL_TRANSITIONS
     cmd += ["--minibatch-size", str(minibatch), "--lr", str(args.lr), "--concurrency", str(args.episodes)]
     cmd += ["--save-every", str(args.updates), "--seed", str(args.seed), "--json", *shlex.split(args.extra)]
     if trainer == "sftrl":
@@ -129,6 +132,12 @@ def main() -> None:
         default="",
         help='`agent train rl` options for the own learner only, e.g. "--micro-batch-size 16"',
     )
+    ap.add_argument(
+        "--trl-minibatch",
+        type=int,
+        help="TRL's per-device micro-batch in episodes (its --minibatch-size; default: the whole update), "
+        "accumulated into one optimizer step per epoch as before",
+    )
     ap.add_argument("--out", type=Path, help="keep both runs (own/, trl/) and results.json here")
     ap.add_argument(
         "--trainers",
@@ -177,6 +186,7 @@ def main() -> None:
         f"{args.episodes} episodes (groups of {args.group}), {args.max_new_tokens} new tokens, "
         f"{args.epochs} epoch(s)/update, lr {args.lr:g}"
         + (f"; own learner: {args.own_extra}" if args.own_extra else "")
+        + (f"; TRL micro-batch {args.trl_minibatch} episodes" if args.trl_minibatch else "")
     )
     for col in ("metric", "own (sftrl)", "TRL GRPOTrainer", "own / TRL"):
         table.add_column(col, justify="right" if col != "metric" else "left")
